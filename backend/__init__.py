@@ -1,0 +1,110 @@
+"""The Flask app: `create_app()` builds it (`flask --app backend run`)."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from flask_cors import CORS
+from flask_openapi3 import Info, OpenAPI
+
+from backend.app_state import AppState
+from backend.auth.routes import SECURITY_SCHEMES, init_login
+from backend.auth.service import AuthService
+from backend.auth.store import UserStore
+from backend.auth.tokens import TokenVerifier
+from backend.config import Settings
+from backend.db import Database
+from backend.errors import register_error_handlers, validation_error_response
+from backend.http import ErrorResponse, JsonRequest
+from backend.log_config import configure_logging, install_request_logging
+from backend.sessions.service import SessionService
+from backend.sessions.store import SessionStore
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> OpenAPI:
+    settings = settings or Settings()
+    configure_logging(settings.log_level, settings.log_format)
+
+    app = OpenAPI(
+        __name__,
+        info=Info(title="Chat sessions backend", version="0.1.0"),
+        security_schemes=SECURITY_SCHEMES,
+        validation_error_status=400,
+        validation_error_model=ErrorResponse,
+        validation_error_callback=validation_error_response,
+        doc_prefix="/api/docs",
+        doc_url="/openapi.json",
+    )
+    app.request_class = JsonRequest
+    app.json.sort_keys = False  # keep `success` first, as the models order it
+    app.config.update(
+        SECRET_KEY=settings.secret_key or _development_secret(settings),
+        MAX_CONTENT_LENGTH=settings.max_request_bytes,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.cookie_secure,
+        REMEMBER_COOKIE_HTTPONLY=True,
+        REMEMBER_COOKIE_SAMESITE="Lax",
+        REMEMBER_COOKIE_SECURE=settings.cookie_secure,
+    )
+
+    db = Database.connect(settings)
+    log.info("database in use", extra={"database": db.description})
+    if settings.run_migrations_on_start:
+        db.prepare_schema()
+
+    verifier = TokenVerifier(
+        jwt_secret=settings.supabase_jwt_secret,
+        supabase_url=settings.supabase_url,
+        audience=settings.jwt_audience,
+        jwks_cache_seconds=settings.jwks_cache_seconds,
+    )
+    app.extensions["chat_backend"] = AppState(
+        settings=settings,
+        db=db,
+        auth=AuthService(UserStore(db.pool), verifier, settings.default_business_id),
+        sessions=SessionService(db.pool, SessionStore(db.pool)),
+    )
+
+    CORS(
+        app,
+        resources={r"/api/*": {"origins": settings.cors_origin_list}},
+        supports_credentials=True,
+        allow_headers=["Content-Type", "Authorization", "X-Request-ID"],
+        expose_headers=["X-Request-ID", "Retry-After"],
+        max_age=600,
+    )
+    install_request_logging(app)
+    register_error_handlers(app)
+    init_login(app)
+    _register_blueprints(app)
+
+    from backend.cli import register_cli
+
+    register_cli(app)
+    return app
+
+
+def _register_blueprints(app: OpenAPI) -> None:
+    from backend.auth.routes import bp as auth_bp
+    from backend.health import bp as health_bp
+    from backend.sessions.routes import bp as sessions_bp
+
+    for bp in (health_bp, auth_bp, sessions_bp):
+        app.register_api(bp)
+    # The OpenAPI document at /api/openapi.json, as the frontend's contract.
+    app.add_url_rule("/api/openapi.json", "openapi_json", lambda: app.api_doc)
+
+
+def _development_secret(settings: Settings) -> str:
+    """A signing key kept beside the embedded database, so cookies survive restarts
+    and every local worker process agrees. Production must set SECRET_KEY."""
+    path = settings.embedded_db_dir.parent / "secret_key"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(48))
+        path.chmod(0o600)
+    return path.read_text().strip()

@@ -1,0 +1,1 @@
+"""Authentication: cookie sessions (flask-login) and Supabase bearer tokens."""

@@ -1,0 +1,101 @@
+"""/api/auth: sign in and out with a cookie, and ask who you are."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, g, request
+from flask_login import LoginManager, current_user, login_user, logout_user
+from flask_openapi3 import APIBlueprint, Tag
+
+from backend.app_state import app_state
+from backend.auth.models import LoginBody, LogoutResponse, UserOut, UserResponse
+from backend.auth.service import AuthUser
+from backend.auth.tokens import InvalidToken
+from backend.errors import error_response
+from backend.http import error_responses, ok
+
+log = logging.getLogger(__name__)
+
+# Documented on every operation that needs a caller.
+SECURITY = [{"bearerAuth": []}, {"cookieAuth": []}]
+SECURITY_SCHEMES = {
+    "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT (Supabase access token)"},
+    "cookieAuth": {"type": "apiKey", "in": "cookie", "name": "session"},
+}
+
+bp = APIBlueprint("auth", __name__, url_prefix="/api/auth", abp_tags=[Tag(name="auth")])
+
+
+def user_out(user: AuthUser) -> UserOut:
+    return UserOut(user_id=user.id, business_id=user.business_id, email=user.email, auth_method=user.via)
+
+
+@bp.post("/login", responses={200: UserResponse, **error_responses(400, 401, 413, 429, 500, 503)})
+def login(body: LoginBody):
+    """Sign in with email and password; sets an HttpOnly session cookie."""
+    user = app_state().auth.login(body.email, body.password)
+    login_user(user)
+    log.info("login", extra={"user_id": user.id})
+    return ok(UserResponse(data=user_out(user)))
+
+
+@bp.post("/logout", responses={200: LogoutResponse, **error_responses(413, 500)})
+def logout():
+    """Sign out (clears the session cookie). Safe to call when signed out."""
+    logout_user()
+    return ok(LogoutResponse())
+
+
+@bp.get("/me", responses={200: UserResponse, **error_responses(401, 500, 503)}, security=SECURITY)
+def me():
+    """Who the request is authenticated as."""
+    if not current_user.is_authenticated:
+        return unauthorized()
+    return ok(UserResponse(data=user_out(current_user)))
+
+
+def unauthorized():
+    """401 JSON, never a redirect; says why when a token was refused."""
+    reason = g.get("auth_error")
+    if reason:
+        return error_response(401, "invalid_token", reason, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+    return error_response(401, "unauthorized", "Sign in or send a valid access token", headers={"WWW-Authenticate": "Bearer"})
+
+
+def init_login(app: Flask) -> None:
+    manager = LoginManager()
+    manager.init_app(app)
+    # "basic" marks the session non-fresh when the client's IP/agent changes;
+    # "strong" would log React users out on every network change.
+    manager.session_protection = "basic"
+
+    @manager.user_loader
+    def _load_from_cookie(user_id: str):
+        return app_state().auth.user_for_cookie(user_id)
+
+    @manager.request_loader
+    def _load_from_token(req):
+        header = req.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            if header:
+                g.auth_error = "The Authorization header must be 'Bearer <access token>'"
+            return None
+        try:
+            return app_state().auth.user_for_token(token.strip())
+        except InvalidToken as exc:
+            g.auth_error = str(exc)
+            log.info("token refused", extra={"reason": str(exc)})
+            return None
+
+    manager.unauthorized_handler(unauthorized)
+
+
+def require_user() -> None:
+    """A before_request hook for blueprints whose every route needs a caller."""
+    if request.method == "OPTIONS":
+        return None
+    if not current_user.is_authenticated:
+        return unauthorized()
+    return None

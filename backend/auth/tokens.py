@@ -1,0 +1,107 @@
+"""Verifying Supabase access tokens.
+
+Supabase signs with HS256 (the project's JWT secret) or, with asymmetric keys,
+RS256/ES256 published at {SUPABASE_URL}/auth/v1/.well-known/jwks.json. The
+algorithm is taken from the token header only to choose the key; PyJWT then
+accepts only that algorithm for that key, so `alg: none`, an HS256 token
+signed with a public key, or an unknown `kid` are all refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jwt
+from jwt import PyJWKClient
+
+ASYMMETRIC_ALGORITHMS = ("RS256", "ES256", "EdDSA")
+
+
+class InvalidToken(Exception):
+    """The token cannot be trusted; the message is safe to show the client."""
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    user_id: str
+    business_id: str | None
+    email: str | None
+
+
+class TokenVerifier:
+    def __init__(
+        self,
+        *,
+        jwt_secret: str | None,
+        supabase_url: str | None,
+        audience: str,
+        jwks_cache_seconds: int = 600,
+        jwks_timeout_seconds: float = 5.0,
+    ) -> None:
+        self._secret = jwt_secret
+        self._audience = audience
+        self._jwks: PyJWKClient | None = None
+        if supabase_url:
+            self._jwks = PyJWKClient(
+                supabase_url.rstrip("/") + "/auth/v1/.well-known/jwks.json",
+                cache_jwk_set=True,
+                lifespan=max(jwks_cache_seconds, 1),
+                timeout=jwks_timeout_seconds,
+                # An unknown kid refetches the set at most this often, so forged
+                # tokens cannot make every request call Supabase.
+                cooldown_duration=30,
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._secret or self._jwks)
+
+    def verify(self, token: str) -> TokenClaims:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise InvalidToken("The access token is malformed") from None
+        alg = header.get("alg")
+        key = self._key_for(alg, token)
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[alg],
+                audience=self._audience,
+                options={"require": ["exp", "sub", "aud"]},
+                leeway=10,
+            )
+        except jwt.ExpiredSignatureError:
+            raise InvalidToken("The access token has expired") from None
+        except jwt.InvalidAudienceError:
+            raise InvalidToken("The access token is not for this audience") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise InvalidToken(f"The access token has no {exc.claim} claim") from None
+        except jwt.PyJWTError:
+            raise InvalidToken("The access token signature or claims are invalid") from None
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub.strip() or len(sub) > 128:
+            raise InvalidToken("The access token has no usable sub claim")
+        app_metadata = claims.get("app_metadata")
+        business_id = app_metadata.get("business_id") if isinstance(app_metadata, dict) else None
+        if business_id is not None:
+            business_id = str(business_id)
+        email = claims.get("email") if isinstance(claims.get("email"), str) else None
+        return TokenClaims(user_id=sub, business_id=business_id or None, email=email)
+
+    def _key_for(self, alg: object, token: str):
+        if alg == "HS256":
+            if not self._secret:
+                raise InvalidToken("HS256 access tokens are not accepted by this server")
+            return self._secret
+        if alg in ASYMMETRIC_ALGORITHMS:
+            if self._jwks is None:
+                raise InvalidToken("Asymmetric access tokens are not accepted by this server")
+            try:
+                return self._jwks.get_signing_key_from_jwt(token).key
+            except jwt.PyJWKClientConnectionError:
+                raise InvalidToken("The signing keys could not be fetched") from None
+            except jwt.PyJWTError:
+                raise InvalidToken("The access token's signing key is unknown") from None
+        raise InvalidToken("The access token's algorithm is not accepted")

@@ -1,0 +1,29 @@
+"""`flask` commands for operators: apply migrations, create users."""
+
+from __future__ import annotations
+
+import click
+from flask import Flask
+
+from backend.app_state import app_state
+from backend.errors import ApiError
+
+
+def register_cli(app: Flask) -> None:
+    @app.cli.command("db-migrate")
+    def db_migrate() -> None:
+        """Create LangGraph's tables and apply pending sql/ migrations."""
+        applied = app_state().db.prepare_schema()
+        click.echo(f"applied: {', '.join(applied)}" if applied else "database is up to date")
+
+    @app.cli.command("create-user")
+    @click.option("--email", required=True)
+    @click.option("--business-id", required=True)
+    @click.password_option()
+    def create_user(email: str, business_id: str, password: str) -> None:
+        """Create a user who signs in with email and password."""
+        try:
+            user = app_state().auth.create_user(email, password, business_id)
+        except ApiError as exc:
+            raise click.ClickException(f"{exc.message}: {exc.fields or ''}".rstrip(": ")) from None
+        click.echo(f"created user {user.id} ({user.email}) in business {user.business_id}")

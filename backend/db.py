@@ -1,0 +1,164 @@
+"""The database: which PostgreSQL, the connection pool, and the schema.
+
+Production points `DATABASE_URL` at Supabase. On a laptop, with no URL, an
+embedded PostgreSQL from `pgserver` starts with its data in a local folder that
+survives restarts. Both the app's own SQL and LangGraph's `PostgresSaver` use
+the one pool built here, so every connection has the same settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from langgraph.checkpoint.postgres import PostgresSaver
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from backend.config import PROJECT_ROOT, Settings
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = PROJECT_ROOT / "sql"
+# Arbitrary, fixed keys for pg_advisory_*lock: one per kind of schema work.
+MIGRATIONS_LOCK_KEY = 7_241_001
+CHECKPOINTER_SETUP_LOCK_KEY = 7_241_002
+
+
+def start_embedded_postgres(data_dir: Path) -> str:
+    """Start (or join) the embedded PostgreSQL in `data_dir`; return its URI."""
+    import pgserver  # imported here: production never needs it loaded
+
+    data_dir = Path(data_dir).expanduser().resolve()
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    # 'stop': the server stops when the last process using it exits.
+    server = pgserver.get_server(data_dir, cleanup_mode="stop")
+    return server.get_uri()
+
+
+def resolve_database_url(settings: Settings) -> tuple[str, str]:
+    """Return (conninfo, a description for logs that carries no password)."""
+    if settings.database_url:
+        return settings.database_url, redact_url(settings.database_url)
+    uri = start_embedded_postgres(settings.embedded_db_dir)
+    return uri, f"embedded PostgreSQL in {settings.embedded_db_dir}"
+
+
+def redact_url(url: str) -> str:
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+def connection_kwargs(settings: Settings) -> dict:
+    """Settings shared by every connection, the saver's included.
+
+    LangGraph's saver needs autocommit and dict rows. Transaction-mode poolers
+    need prepared statements off entirely (`None`; LangGraph's own 0 means
+    "prepare at once", which breaks there).
+    """
+    kwargs: dict = {
+        "autocommit": True,
+        "row_factory": dict_row,
+        "prepare_threshold": None if settings.db_transaction_pooler else 5,
+    }
+    if settings.db_statement_timeout_ms and not settings.db_transaction_pooler:
+        # Poolers in transaction mode reject startup options; there the role's
+        # own statement_timeout (Supabase sets one) applies instead.
+        kwargs["options"] = f"-c statement_timeout={settings.db_statement_timeout_ms}"
+    return kwargs
+
+
+@dataclass
+class Database:
+    pool: ConnectionPool
+    description: str
+
+    @classmethod
+    def connect(cls, settings: Settings) -> "Database":
+        conninfo, description = resolve_database_url(settings)
+        pool = ConnectionPool(
+            conninfo,
+            min_size=settings.db_pool_min_size,
+            max_size=settings.db_pool_max_size,
+            timeout=settings.db_pool_timeout_seconds,
+            kwargs=connection_kwargs(settings),
+            # Checked on checkout so a restarted database costs one failed
+            # request per stale connection at most, not a broken pool.
+            check=ConnectionPool.check_connection,
+            name="app",
+            open=False,
+        )
+        pool.open(wait=False)
+        return cls(pool=pool, description=description)
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def ping(self) -> bool:
+        try:
+            with self.pool.connection(timeout=2) as conn:
+                conn.execute("select 1")
+            return True
+        except (psycopg.Error, Exception):  # PoolTimeout is not a psycopg.Error
+            return False
+
+    def checkpointer(self) -> PostgresSaver:
+        """The LangGraph saver for chat turns, on the shared pool."""
+        return PostgresSaver(self.pool)
+
+    def prepare_schema(self) -> list[str]:
+        """LangGraph's tables first (our migrations may refer to them), then ours."""
+        setup_checkpointer(self.pool)
+        return apply_migrations(self.pool)
+
+
+def setup_checkpointer(pool: ConnectionPool) -> None:
+    """Create LangGraph's tables with the library's own `setup()`.
+
+    Its migrations use CREATE INDEX CONCURRENTLY, so they cannot run inside a
+    transaction; a session advisory lock keeps two starting processes from
+    racing on its migrations table.
+    """
+    with pool.connection() as conn:
+        conn.execute("select pg_advisory_lock(%s)", (CHECKPOINTER_SETUP_LOCK_KEY,))
+        try:
+            PostgresSaver(conn).setup()
+        finally:
+            conn.execute("select pg_advisory_unlock(%s)", (CHECKPOINTER_SETUP_LOCK_KEY,))
+
+
+def migration_files(directory: Path = MIGRATIONS_DIR) -> list[Path]:
+    return sorted(p for p in directory.glob("*.sql") if p.is_file())
+
+
+def apply_migrations(pool: ConnectionPool, directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Apply pending `sql/*.sql` files in name order, each once; return their names.
+
+    All in one transaction under a transaction-scoped advisory lock, so two
+    processes starting together apply each file once, and a failing file
+    leaves the schema as it was. Works through transaction-mode poolers too.
+    """
+    applied_now: list[str] = []
+    with pool.connection() as conn, conn.transaction():
+        conn.execute("select pg_advisory_xact_lock(%s)", (MIGRATIONS_LOCK_KEY,))
+        conn.execute(
+            """
+            create table if not exists schema_migrations (
+                version text primary key,
+                applied_at timestamptz not null default now()
+            )
+            """
+        )
+        done = {r["version"] for r in conn.execute("select version from schema_migrations")}
+        for path in migration_files(directory):
+            if path.stem in done:
+                continue
+            # prepare=False: a file holds many statements, sent as one simple query.
+            conn.execute(path.read_text(encoding="utf-8"), prepare=False)
+            conn.execute("insert into schema_migrations (version) values (%s)", (path.stem,))
+            applied_now.append(path.stem)
+    for name in applied_now:
+        log.info("migration applied", extra={"migration": name})
+    return applied_now

@@ -1,0 +1,142 @@
+"""One JSON error shape for every failure: {"success": false, "error": {code, message, fields?}}.
+
+Routes and services raise `ApiError`; everything else (pydantic validation,
+werkzeug HTTP errors, a lost database, bugs) is translated here, so a client
+never sees HTML, a redirect or a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg
+from flask import Flask, Response, jsonify
+from psycopg_pool import PoolTimeout
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+# Fields the server maintains; a client that sends one is told so plainly.
+SERVER_OWNED_FIELDS = {
+    "message_count": "message_count is maintained by the server and cannot be set",
+    "thread_id": "thread_id is derived by the server and cannot be set",
+    "created_at": "created_at is set by the server and cannot be changed",
+    "updated_at": "updated_at is set by the server and cannot be changed",
+    "last_message_at": "last_message_at is set by the server and cannot be changed",
+}
+
+DATABASE_RETRY_AFTER_SECONDS = 5
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        fields: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.fields = fields
+        self.headers = headers or {}
+
+
+class NotFound(ApiError):
+    def __init__(self, message: str = "Session not found") -> None:
+        super().__init__(404, "not_found", message)
+
+
+def error_body(code: str, message: str, fields: dict[str, str] | None = None) -> dict:
+    error: dict = {"code": code, "message": message}
+    if fields:
+        error["fields"] = fields
+    return {"success": False, "error": error}
+
+
+def error_response(
+    status: int, code: str, message: str, fields: dict[str, str] | None = None, headers: dict | None = None
+) -> Response:
+    response = jsonify(error_body(code, message, fields))
+    response.status_code = status
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def _field_name(loc: tuple) -> str:
+    return ".".join(str(part) for part in loc) or "body"
+
+
+def validation_fields(exc: ValidationError) -> dict[str, str]:
+    """Turn pydantic's errors into {field: message}, one message per field."""
+    fields: dict[str, str] = {}
+    for err in exc.errors(include_url=False, include_input=False):
+        name = _field_name(tuple(err.get("loc", ())))
+        if err.get("type") == "extra_forbidden":
+            message = SERVER_OWNED_FIELDS.get(name, f"{name} is not a known field")
+        else:
+            message = err.get("msg", "invalid value")
+            # pydantic prefixes custom errors with "Value error, "; clients need not see it
+            message = message.removeprefix("Value error, ")
+        fields.setdefault(name, message)
+    return fields
+
+
+def validation_error_response(exc: ValidationError) -> Response:
+    """flask-openapi3's hook for request validation failures."""
+    fields = validation_fields(exc)
+    first = next(iter(fields.items()), ("body", "invalid"))
+    return error_response(400, "validation_error", f"Invalid {first[0]}: {first[1]}", fields)
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError):
+        return error_response(exc.status, exc.code, exc.message, exc.fields, exc.headers)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        # flask-openapi3 aborts with a ready response for validation errors.
+        if exc.response is not None:
+            return exc.response
+        status = exc.code or 500
+        code = {
+            400: "bad_request",
+            401: "unauthorized",
+            403: "forbidden",
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "payload_too_large",
+            415: "unsupported_media_type",
+            429: "rate_limited",
+        }.get(status, "http_error")
+        message = exc.description or exc.name
+        if status == 413:
+            message = "The request body is larger than the server accepts"
+        if status == 404:
+            message = "No such endpoint"
+        headers = {}
+        if status == 405 and getattr(exc, "valid_methods", None):
+            headers["Allow"] = ", ".join(exc.valid_methods)
+        return error_response(status, code, message, headers=headers)
+
+    @app.errorhandler(PoolTimeout)
+    @app.errorhandler(psycopg.OperationalError)
+    def _database_unavailable(exc: Exception):
+        log.warning("database unavailable", extra={"error_class": type(exc).__name__})
+        return error_response(
+            503,
+            "database_unavailable",
+            "The database is unavailable; try again shortly",
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+        )
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unhandled error", extra={"error_class": type(exc).__name__})
+        return error_response(500, "internal_error", "Something went wrong on our side")

@@ -1,0 +1,73 @@
+"""HTTP plumbing shared by every blueprint: JSON bodies, response helpers, common models."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
+
+from flask import Request, jsonify
+from pydantic import BaseModel, ConfigDict, PlainSerializer
+
+from backend.errors import ApiError
+
+
+class JsonRequest(Request):
+    """Reads every body as JSON, whatever its Content-Type, and refuses bad ones clearly.
+
+    `fetch` sends `text/plain` unless told otherwise, so the body is parsed
+    regardless of the header. An empty body is an empty object (every body
+    field is optional somewhere). Malformed JSON, or JSON that is not an
+    object, is a 400 of its own instead of a vague validation error.
+    """
+
+    def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
+        data = self.get_data(cache=True)
+        if not data.strip():
+            return {}
+        try:
+            value = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(400, "invalid_json", "The request body is not valid JSON") from None
+        if not isinstance(value, dict):
+            raise ApiError(400, "invalid_body", "The request body must be a JSON object")
+        return value
+
+
+def _utc_iso(value: datetime) -> str:
+    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+# Times leave the server as ISO 8601 in UTC with a Z, e.g. 2026-11-22T10:15:00.123456Z.
+UtcDatetime = Annotated[datetime, PlainSerializer(_utc_iso, return_type=str, when_used="json")]
+
+
+class ApiModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SuccessModel(BaseModel):
+    success: Literal[True] = True
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    fields: dict[str, str] | None = None
+
+
+class ErrorResponse(BaseModel):
+    success: Literal[False] = False
+    error: ErrorDetail
+
+
+def ok(model: BaseModel, status: int = 200, exclude: set[str] | None = None):
+    """Serialise a response model; `success` is its first field, so it comes first."""
+    response = jsonify(model.model_dump(mode="json", exclude=exclude))
+    response.status_code = status
+    return response
+
+
+def error_responses(*statuses: int) -> dict[int, type[BaseModel]]:
+    """OpenAPI entries for the error statuses an operation can answer with."""
+    return {status: ErrorResponse for status in statuses}

@@ -1,0 +1,1 @@
+"""Chat sessions: create, list, get, rename/archive, delete."""

@@ -1,0 +1,136 @@
+"""Request and response models for /api/llm/sessions: they validate and they document."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StringConstraints, model_validator
+
+from backend.http import ApiModel, SuccessModel, UtcDatetime
+
+SESSION_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+MAX_SESSION_NAME = 200
+# Bidi embeddings, overrides and isolates can make a name display as something
+# else ("Trojan Source"); plain LRM/RLM marks stay allowed for RTL text.
+_BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
+
+SessionId = Annotated[
+    str,
+    StringConstraints(pattern=SESSION_ID_PATTERN, min_length=1, max_length=128),
+    Field(description="1-128 characters of A-Z a-z 0-9 _ . : -"),
+]
+
+
+def clean_session_name(value: str) -> str:
+    value = value.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    if len(value) > MAX_SESSION_NAME:
+        raise ValueError(f"must be at most {MAX_SESSION_NAME} characters")
+    if any(unicodedata.category(ch) == "Cc" for ch in value):
+        raise ValueError("must not contain control characters")
+    if _BIDI_CONTROLS.search(value):
+        raise ValueError("must not contain bidirectional override characters")
+    return value
+
+
+SessionName = Annotated[
+    str,
+    # Length is checked after trimming, so the schema documents it without enforcing it.
+    Field(
+        description="Trimmed; 1-200 characters, no control characters",
+        json_schema_extra={"minLength": 1, "maxLength": MAX_SESSION_NAME},
+    ),
+    AfterValidator(clean_session_name),
+]
+
+
+class CreateSessionBody(ApiModel):
+    # Optional but not nullable: a missing field takes the default, a null is an error.
+    session_name: SessionName = Field(default=None, description="Defaults to 'New Chat'")  # type: ignore[assignment]
+    session_id: SessionId = Field(default=None, description="Generated as chat-<epoch ms>-<random> when missing")  # type: ignore[assignment]
+
+
+class UpdateSessionBody(ApiModel):
+    session_name: SessionName = None  # type: ignore[assignment]
+    is_archived: StrictBool = None  # type: ignore[assignment]
+
+    @model_validator(mode="after")
+    def _something_to_change(self) -> "UpdateSessionBody":
+        if self.session_name is None and self.is_archived is None:
+            raise ValueError("send session_name and/or is_archived")
+        return self
+
+
+class SessionPath(BaseModel):
+    session_id: SessionId
+
+
+class ListSessionsQuery(BaseModel):
+    # Unknown query parameters (cache busters) are ignored, not refused.
+    model_config = ConfigDict(extra="ignore")
+
+    include_archived: bool = False
+    limit: int = Field(default=50, ge=1, le=200)
+    offset: int = Field(default=0, ge=0, le=10_000_000)
+    cursor: str | None = Field(default=None, max_length=512, description="next_cursor from the previous page")
+
+
+class GetSessionQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_messages: bool = False
+
+
+class DeleteSessionQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    force: bool = Field(default=False, description="Cancel a reply still being written, then delete")
+
+
+class SessionOut(BaseModel):
+    session_id: str
+    thread_id: str
+    session_name: str
+    is_archived: bool
+    message_count: int
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
+    last_message_at: UtcDatetime | None
+
+
+class MessageOut(BaseModel):
+    role: Literal["user", "assistant"]
+    content: str
+    created_at: UtcDatetime | None = None
+
+
+class SessionCreatedResponse(SuccessModel):
+    data: SessionOut
+    session_id: str
+    thread_id: str
+
+
+class SessionListResponse(SuccessModel):
+    data: list[SessionOut]
+    count: int = Field(description="Items in this page")
+    total: int = Field(description="All sessions that match the filter")
+    limit: int
+    offset: int
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page")
+
+
+class SessionResponse(SuccessModel):
+    data: SessionOut
+
+
+class SessionDetailResponse(SuccessModel):
+    data: SessionOut
+    messages: list[MessageOut] | None = Field(default=None, description="Only with include_messages=true")
+
+
+class SessionDeletedResponse(SuccessModel):
+    session_id: str
+    deleted: dict[str, int] = Field(description="Rows removed per table")

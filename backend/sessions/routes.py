@@ -1,0 +1,94 @@
+"""/api/llm/sessions: thin handlers that parse, call the service and shape the response."""
+
+from __future__ import annotations
+
+from flask_login import current_user
+from flask_openapi3 import APIBlueprint, Tag
+
+from backend.app_state import app_state
+from backend.auth.routes import SECURITY, require_user
+from backend.http import error_responses, ok
+from backend.sessions.models import (
+    CreateSessionBody,
+    DeleteSessionQuery,
+    GetSessionQuery,
+    ListSessionsQuery,
+    SessionCreatedResponse,
+    SessionDeletedResponse,
+    SessionDetailResponse,
+    SessionListResponse,
+    SessionOut,
+    SessionPath,
+    SessionResponse,
+    UpdateSessionBody,
+)
+
+bp = APIBlueprint(
+    "sessions", __name__, url_prefix="/api/llm/sessions",
+    abp_tags=[Tag(name="sessions")], abp_security=SECURITY,
+)
+bp.before_request(require_user)
+
+
+def session_out(row: dict) -> SessionOut:
+    return SessionOut.model_validate(row, from_attributes=False)
+
+
+@bp.post(
+    "",
+    responses={200: SessionCreatedResponse, 201: SessionCreatedResponse, **error_responses(400, 401, 409, 413, 500, 503)},
+)
+def create_session(body: CreateSessionBody):
+    """Create a session; an id the caller already has returns that session unchanged (200)."""
+    row, created = app_state().sessions.create(current_user, body.session_id, body.session_name)
+    response = SessionCreatedResponse(data=session_out(row), session_id=row["session_id"], thread_id=row["thread_id"])
+    return ok(response, 201 if created else 200)
+
+
+@bp.get("", responses={200: SessionListResponse, **error_responses(400, 401, 500, 503)})
+def list_sessions(query: ListSessionsQuery):
+    """The caller's sessions, newest activity first; archived ones only when asked."""
+    page = app_state().sessions.list(
+        current_user,
+        include_archived=query.include_archived,
+        limit=query.limit,
+        offset=query.offset,
+        cursor=query.cursor,
+    )
+    return ok(
+        SessionListResponse(
+            data=[session_out(r) for r in page.rows],
+            count=len(page.rows),
+            total=page.total,
+            limit=page.limit,
+            offset=page.offset,
+            next_cursor=page.next_cursor,
+        )
+    )
+
+
+@bp.get("/<session_id>", responses={200: SessionDetailResponse, **error_responses(400, 401, 404, 500, 503)})
+def get_session(path: SessionPath, query: GetSessionQuery):
+    """One session; with include_messages=true, its conversation too."""
+    state = app_state()
+    row = state.sessions.get(current_user, path.session_id)
+    if not query.include_messages:
+        return ok(SessionDetailResponse(data=session_out(row)), exclude={"messages"})
+    messages = state.sessions.messages(row)
+    return ok(SessionDetailResponse(data=session_out(row), messages=messages))
+
+
+@bp.put("/<session_id>", responses={200: SessionResponse, **error_responses(400, 401, 404, 413, 500, 503)})
+def update_session(path: SessionPath, body: UpdateSessionBody):
+    """Rename and/or archive. message_count belongs to the server."""
+    row = app_state().sessions.update(
+        current_user, path.session_id, session_name=body.session_name, is_archived=body.is_archived
+    )
+    return ok(SessionResponse(data=session_out(row)))
+
+
+@bp.delete("/<session_id>", responses={200: SessionDeletedResponse, **error_responses(400, 401, 404, 409, 500, 503)})
+def delete_session(path: SessionPath, query: DeleteSessionQuery):
+    """Delete the session and every LangGraph row of its thread, atomically."""
+    counts = app_state().sessions.delete(current_user, path.session_id, force=query.force)
+    return ok(SessionDeletedResponse(session_id=path.session_id, deleted=counts))

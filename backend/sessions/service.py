@@ -1,0 +1,144 @@
+"""The rules for chat sessions: ids, ownership, paging, and a delete that leaves nothing behind."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import secrets
+import string
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from backend.auth.service import AuthUser
+from backend.errors import ApiError, NotFound
+from backend.sessions.store import SessionStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SESSION_NAME = "New Chat"
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def new_session_id() -> str:
+    """chat-<epoch ms>-<random alphanumerics>, the same shape the frontend makes."""
+    suffix = "".join(secrets.choice(_ID_ALPHABET) for _ in range(10))
+    return f"chat-{int(time.time() * 1000)}-{suffix}"
+
+
+def build_thread_id(user_id: str, business_id: str, session_id: str) -> str:
+    """The LangGraph thread id of a session."""
+    return f"user_{user_id}_business_{business_id}_session_{session_id}"
+
+
+def encode_cursor(row: dict) -> str:
+    raw = json.dumps([row["last_activity_at"].isoformat(), row["id"]]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, int]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        stamp, row_id = json.loads(raw)
+        when = datetime.fromisoformat(stamp)
+        if when.tzinfo is None or not isinstance(row_id, int) or isinstance(row_id, bool):
+            raise ValueError
+        return when, row_id
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise ApiError(400, "validation_error", "Invalid cursor", {"cursor": "not a cursor this server issued"}) from None
+
+
+@dataclass
+class SessionPage:
+    rows: list[dict]
+    total: int
+    limit: int
+    offset: int
+    next_cursor: str | None
+
+
+class SessionService:
+    def __init__(self, pool: ConnectionPool, store: SessionStore) -> None:
+        self._pool = pool
+        self._store = store
+
+    def create(self, user: AuthUser, session_id: str | None, session_name: str | None) -> tuple[dict, bool]:
+        session_id = session_id or new_session_id()
+        try:
+            row, created = self._store.insert_if_absent(
+                user_id=user.id,
+                business_id=user.business_id,
+                session_id=session_id,
+                thread_id=build_thread_id(user.id, user.business_id, session_id),
+                session_name=session_name or DEFAULT_SESSION_NAME,
+            )
+        except psycopg.errors.UniqueViolation:
+            # Only thread_id can clash here: another of this user's sessions,
+            # under another business, maps to the same LangGraph thread.
+            raise ApiError(409, "thread_conflict", "Another session already uses this conversation thread") from None
+        if created:
+            log.info("session created", extra={"user_id": user.id, "session_id": session_id})
+        return row, created
+
+    def list(
+        self, user: AuthUser, *, include_archived: bool, limit: int, offset: int, cursor: str | None
+    ) -> SessionPage:
+        if cursor and offset:
+            raise ApiError(
+                400, "validation_error", "Use either cursor or offset, not both",
+                {"cursor": "cannot be combined with offset"},
+            )
+        after = decode_cursor(cursor) if cursor else None
+        rows, total = self._store.list_page(
+            user.id, include_archived=include_archived, limit=limit, offset=offset, after=after
+        )
+        next_cursor = encode_cursor(rows[-1]) if len(rows) == limit else None
+        return SessionPage(rows=rows, total=total, limit=limit, offset=offset, next_cursor=next_cursor)
+
+    def get(self, user: AuthUser, session_id: str) -> dict:
+        row = self._store.get(user.id, session_id)
+        if row is None:
+            raise NotFound()
+        return row
+
+    def messages(self, row: dict) -> list[dict]:
+        """The conversation of a session. Chat turns are not stored yet, so none."""
+        return []
+
+    def update(self, user: AuthUser, session_id: str, *, session_name: str | None, is_archived: bool | None) -> dict:
+        row = self._store.update(user.id, session_id, session_name=session_name, is_archived=is_archived)
+        if row is None:
+            raise NotFound()
+        return row
+
+    def delete(self, user: AuthUser, session_id: str, *, force: bool = False) -> dict[str, int]:
+        """Delete the session row and every checkpoint row of its thread, in one transaction.
+
+        Only the caller's own session is touched: the row is looked up by
+        (user, session id), and a session that lived only in the browser is
+        found by the caller's own thread id, which carries their user id.
+        """
+        with self._pool.connection() as conn, conn.transaction():
+            row = self._store.lock_for_delete(conn, user.id, session_id)
+            thread_id = row["thread_id"] if row else build_thread_id(user.id, user.business_id, session_id)
+            counts = self._store.delete_thread_checkpoints(conn, thread_id)
+            counts["chat_sessions"] = self._store.delete_row(conn, row["id"]) if row else 0
+            if not any(counts.values()):
+                raise NotFound()  # rolls back; nothing was there to delete
+            self._store.record_deletion(
+                conn,
+                user_id=user.id,
+                business_id=row["business_id"] if row else user.business_id,
+                session_id=session_id,
+                thread_id=thread_id,
+                had_session_row=row is not None,
+                forced=force,
+                rows_deleted=counts,
+            )
+        log.info("session deleted", extra={"user_id": user.id, "session_id": session_id, "rows_deleted": counts})
+        return counts

@@ -1,0 +1,1 @@
+"""Flask-free model client setup and session naming."""

@@ -1,0 +1,213 @@
+"""Test fixtures: a real PostgreSQL, a fresh database per run, and API clients.
+
+The database is the embedded one (pgserver) unless TEST_DATABASE_URL names
+another server; either way each run creates its own database and drops it at
+the end, so runs never see each other's rows. Nothing here mocks the database.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import jwt
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from backend import create_app
+from backend.config import Settings
+from backend.db import start_embedded_postgres
+
+JWT_SECRET = "test-jwt-secret-" + "x" * 32
+SECRET_KEY = "test-secret-key-" + "y" * 32
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory) -> str:
+    """The PostgreSQL server the suite runs against (its maintenance database)."""
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        return url
+    return start_embedded_postgres(tmp_path_factory.mktemp("pg") / "data")
+
+
+@pytest.fixture(scope="session")
+def database_url(server_url) -> Iterator[str]:
+    """A database of this run's own, dropped afterwards."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'create database "{name}"')
+    params = conninfo_to_dict(server_url)
+    params["dbname"] = name
+    yield make_conninfo(**params)
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+@pytest.fixture(scope="session")
+def make_settings(database_url, tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("data")
+
+    def make(**overrides) -> Settings:
+        values = dict(
+            app_env="test",
+            database_url=database_url,
+            embedded_db_dir=data_dir / "pg",
+            secret_key=SECRET_KEY,
+            supabase_jwt_secret=JWT_SECRET,
+            db_pool_min_size=1,
+            db_pool_max_size=8,
+            log_format="json",
+        )
+        values.update(overrides)
+        return Settings(_env_file=None, **values)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def make_app(make_settings):
+    """Build extra apps (other settings, a second 'process'); closed at the end."""
+    apps = []
+
+    def make(**overrides):
+        app = create_app(make_settings(**overrides))
+        _install_contract_check(app)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.extensions["chat_backend"].db.close()
+
+
+@pytest.fixture(scope="session")
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture(scope="session")
+def pool(app):
+    return app.extensions["chat_backend"].db.pool
+
+
+def make_token(sub: str, *, business_id: str | None = "biz-1", secret: str = JWT_SECRET, **claims) -> str:
+    payload = {"sub": sub, "aud": "authenticated", "exp": int(time.time()) + 3600, "role": "authenticated"}
+    if business_id is not None:
+        payload["app_metadata"] = {"business_id": business_id}
+    payload.update(claims)
+    payload = {k: v for k, v in payload.items() if v is not None}
+    return jwt.encode(payload, secret, algorithm="HS256")
+
+
+class User:
+    """A caller with a fresh id, so tests never share rows."""
+
+    def __init__(self, business_id: str = "biz-1") -> None:
+        self.id = str(uuid.uuid4())
+        self.business_id = business_id
+        self.token = make_token(self.id, business_id=business_id)
+
+    def thread_id(self, session_id: str) -> str:
+        return f"user_{self.id}_business_{self.business_id}_session_{session_id}"
+
+
+def client_for(app, user: User | None):
+    client = app.test_client()
+    if user is not None:
+        client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {user.token}"
+    return client
+
+
+@pytest.fixture
+def alice() -> User:
+    return User()
+
+
+@pytest.fixture
+def bob() -> User:
+    return User()
+
+
+@pytest.fixture
+def api(app, alice):
+    return client_for(app, alice)
+
+
+@pytest.fixture
+def bob_api(app, bob):
+    return client_for(app, bob)
+
+
+@pytest.fixture
+def anon(app):
+    return app.test_client()
+
+
+def unique_session_id() -> str:
+    return f"chat-{secrets.token_hex(6)}"
+
+
+@contextmanager
+def fault(pool, sql_create: str, sql_drop: str):
+    """Install a database-side fault (a trigger) for the duration of a test."""
+    with pool.connection() as conn:
+        conn.execute(sql_create)
+    try:
+        yield
+    finally:
+        with pool.connection() as conn:
+            conn.execute(sql_drop)
+
+
+# --- every response the suite sees must be in the OpenAPI document ------------
+
+_undocumented: list[str] = []
+
+
+def _install_contract_check(app) -> None:
+    """Record any response whose status (or shape) the OpenAPI document does not describe."""
+    import re
+
+    from flask import request
+
+    from backend.http import ErrorResponse
+
+    spec = app.api_doc
+
+    @app.after_request
+    def _check(response):
+        rule = request.url_rule
+        if rule is None or request.method in ("OPTIONS", "HEAD") or rule.endpoint.startswith("openapi"):
+            return response
+        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+        operation = spec.get("paths", {}).get(path, {}).get(request.method.lower())
+        where = f"{request.method} {path} -> {response.status_code}"
+        if operation is None:
+            if path not in ("/api/openapi.json",):
+                _undocumented.append(f"{where}: operation not documented")
+            return response
+        documented = operation.get("responses", {}).get(str(response.status_code))
+        if documented is None:
+            _undocumented.append(f"{where}: status not documented")
+        elif "application/json" in documented.get("content", {}) and response.mimetype != "application/json":
+            _undocumented.append(f"{where}: documented as JSON, sent {response.mimetype}")
+        elif response.status_code >= 400 and response.mimetype == "application/json":
+            try:
+                ErrorResponse.model_validate(response.get_json())
+            except Exception as exc:  # noqa: BLE001 - any mismatch is a finding
+                _undocumented.append(f"{where}: not the error shape ({exc})")
+        return response
+
+
+@pytest.fixture(autouse=True)
+def responses_match_openapi_document():
+    start = len(_undocumented)
+    yield
+    found = _undocumented[start:]
+    assert not found, "responses the OpenAPI document does not describe:\n" + "\n".join(found)
