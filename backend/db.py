@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,15 +115,23 @@ class Database:
         return apply_migrations(self.pool)
 
 
-def setup_checkpointer(pool: ConnectionPool) -> None:
+def setup_checkpointer(pool: ConnectionPool, lock_timeout_seconds: float = 120.0) -> None:
     """Create LangGraph's tables with the library's own `setup()`.
 
-    Its migrations use CREATE INDEX CONCURRENTLY, so they cannot run inside a
-    transaction; a session advisory lock keeps two starting processes from
-    racing on its migrations table.
+    Its migrations use CREATE INDEX CONCURRENTLY, which cannot run in a
+    transaction and waits for every open transaction in the database. So a
+    second starting process must not sit in `pg_advisory_lock` (a waiting
+    statement is an open transaction: the two would deadlock); it polls
+    `pg_try_advisory_lock` instead, each try a transaction of its own.
     """
+    deadline = time.monotonic() + lock_timeout_seconds
+    delay = 0.05
     with pool.connection() as conn:
-        conn.execute("select pg_advisory_lock(%s)", (CHECKPOINTER_SETUP_LOCK_KEY,))
+        while not conn.execute("select pg_try_advisory_lock(%s) as ok", (CHECKPOINTER_SETUP_LOCK_KEY,)).fetchone()["ok"]:
+            if time.monotonic() > deadline:
+                raise TimeoutError("another process kept the checkpointer setup lock too long")
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
         try:
             PostgresSaver(conn).setup()
         finally:

@@ -1,0 +1,111 @@
+"""One JSON error shape everywhere, no internals, and a clean 503 when the database is gone."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from tests.conftest import fault, unique_session_id
+
+
+@pytest.mark.parametrize("raw", ['{"session_name": ', "{'single': 'quotes'}", "nul\x00", "\xff\xfe"])
+def test_malformed_json(api, raw):
+    r = api.post("/api/llm/sessions", data=raw.encode("latin-1"), content_type="application/json")
+    assert r.status_code == 400
+    assert r.get_json()["error"] == {"code": "invalid_json", "message": "The request body is not valid JSON"}
+
+
+@pytest.mark.parametrize("raw", ["[]", '"a string"', "null", "42", "true", '["session_name"]'])
+def test_json_that_is_not_an_object(api, raw):
+    r = api.post("/api/llm/sessions", data=raw, content_type="application/json")
+    assert r.status_code == 400 and r.get_json()["error"]["code"] == "invalid_body"
+    r = api.put(f"/api/llm/sessions/{unique_session_id()}", data=raw, content_type="application/json")
+    assert r.status_code == 400 and r.get_json()["error"]["code"] == "invalid_body"
+
+
+def test_body_over_the_limit_is_413(api, app):
+    limit = app.config["MAX_CONTENT_LENGTH"]
+    r = api.post("/api/llm/sessions", data=b'{"session_name": "' + b"x" * limit + b'"}', content_type="application/json")
+    assert r.status_code == 413
+    assert r.get_json()["error"]["code"] == "payload_too_large"
+    assert api.get("/api/llm/sessions").get_json()["total"] == 0
+
+
+def test_unknown_route_and_method_are_json(api):
+    r = api.get("/api/llm/nothing-here")
+    assert r.status_code == 404 and r.get_json()["error"]["code"] == "not_found"
+    r = api.patch("/api/llm/sessions")
+    assert r.status_code == 405 and r.get_json()["error"]["code"] == "method_not_allowed"
+    assert "GET" in r.headers["Allow"]
+
+
+def test_unexpected_error_is_500_without_internals(api, pool, alice, caplog):
+    sid = "boom-" + unique_session_id()
+    api.post("/api/llm/sessions", json={"session_id": sid})
+    install = """
+        create or replace function test_boom() returns trigger language plpgsql as $$
+        begin
+            if new.session_id like 'boom-%' then raise exception 'secret internal detail'; end if;
+            return new;
+        end $$;
+        create trigger test_boom before update on chat_sessions for each row execute function test_boom();
+    """
+    with fault(pool, install, "drop trigger test_boom on chat_sessions; drop function test_boom();"):
+        r = api.put(f"/api/llm/sessions/{sid}", json={"session_name": "x"})
+    assert r.status_code == 500
+    assert r.get_json() == {"success": False, "error": {"code": "internal_error", "message": "Something went wrong on our side"}}
+    assert "secret internal detail" not in r.get_data(as_text=True)
+    assert "Traceback" not in r.get_data(as_text=True)
+    # operators get the class and a request id in the log
+    record = next(rec for rec in caplog.records if rec.getMessage() == "unhandled error")
+    assert record.error_class == "RaiseException"
+    assert r.headers["X-Request-ID"]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_database_unreachable_is_503_with_retry_after(make_app):
+    app = make_app(
+        database_url=f"postgresql://nobody@127.0.0.1:{_closed_port()}/none?connect_timeout=1",
+        run_migrations_on_start=False,
+        db_pool_timeout_seconds=0.5,
+    )
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = "Bearer " + __import__("tests.conftest", fromlist=["x"]).make_token("u")
+    r = client.get("/api/llm/sessions")
+    assert r.status_code == 503
+    assert r.headers["Retry-After"] == "5"
+    assert r.get_json()["error"]["code"] == "database_unavailable"
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and ready.get_json()["success"] is False
+    assert client.get("/healthz").status_code == 200
+
+
+def test_health_and_readiness(anon):
+    assert anon.get("/healthz").get_json() == {"success": True, "data": {"status": "alive"}}
+    assert anon.get("/readyz").get_json() == {"success": True, "data": {"status": "ready"}}
+
+
+def test_request_id_is_echoed_or_made(anon):
+    assert anon.get("/healthz", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"] == "abc-123"
+    made = anon.get("/healthz", headers={"X-Request-ID": "x" * 500}).headers["X-Request-ID"]
+    assert len(made) == 32
+
+
+def test_logs_carry_no_tokens_or_passwords(app, alice, caplog):
+    from tests.conftest import client_for
+
+    client = client_for(app, alice)
+    client.post("/api/llm/sessions", json={"session_name": "Private thoughts about Highland"})
+    app.test_client().post("/api/auth/login", json={"email": "who@example.com", "password": "hunter2-password"})
+    app.test_client().get("/api/llm/sessions", headers={"Authorization": "Bearer forged.token.value"})
+    text = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    assert alice.token not in text
+    assert "hunter2-password" not in text
+    assert "forged.token.value" not in text
+    assert "Private thoughts" not in text
