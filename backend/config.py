@@ -48,7 +48,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
 
-    @field_validator("database_url", "supabase_url", "supabase_jwt_secret", "secret_key", mode="before")
+    @field_validator(
+        "database_url", "supabase_url", "supabase_jwt_secret", "secret_key", "session_cookie_secure", mode="before"
+    )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
