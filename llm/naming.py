@@ -39,7 +39,7 @@ _STOPWORDS = frozenset("""
     am is are was were be been being do does did doing have has had having get got
     can could would should will shall may might must what which who whom whose why how when where
     and or but if then than so because as of at by for from in into on onto to with without about
-    over under up down out off again once really quite maybe please pls thanks thank hi hello hey ok okay
+    vs over under up down out off again once really quite maybe please pls thanks thank hi hello hey ok okay
     yes tell show give find help explain describe write make create list need want know like let lets
     something anything thing things stuff kind sort way
     le la les un une des du de et est est-ce que qui quoi ce cette il elle je tu vous nous
@@ -164,7 +164,7 @@ def heuristic_session_name(message: str) -> str:
         head = items[head_start:of_at]
         tail_end = next((j for j in range(of_at + 1, len(items)) if items[j][1]), len(items))
         if all(w.islower() for w, _ in head):
-            tail = [(items[of_at][0], None)] + items[of_at + 1:tail_end]
+            tail = [(items[of_at][0], head[0][1])] + items[of_at + 1:tail_end]
             items = items[:head_start] + tail + [(head[0][0], None)] + head[1:] + items[tail_end:]
     out: list[str] = []
     budget = MAX_NAME_WORDS - len(items)
@@ -184,7 +184,7 @@ def _drop_contraction(token: str) -> str | None:
     head, _, tail = token.partition("'")
     if tail.lower() in _ENGLISH_SUFFIXES:
         return None if head.lower() in _STOPWORDS or tail.lower() == "t" else head
-    if head.lower() in _ELIDED_HEADS and head != head.upper() or head in ("l", "d"):
+    if head.lower() in _ELIDED_HEADS and not head.isupper():  # but keep L'Oréal, D'Angelo
         return tail
     return token
 
@@ -221,7 +221,8 @@ def _title_case_word(word: str, *, first: bool) -> str:
         return word  # acronyms, ALL CAPS, iPhone, OpenAI, 4o-mini: keep as written
     if not first and word.lower() in SMALL_WORDS:
         return word.lower()
-    return "-".join(_capitalise(part) for part in word.split("-"))
+    parts = word.split("-")  # state-of-the-art -> State-of-the-Art
+    return "-".join(p.lower() if j and p.lower() in SMALL_WORDS else _capitalise(p) for j, p in enumerate(parts))
 
 
 def _capitalise(part: str) -> str:

@@ -1,12 +1,9 @@
-"""A fake OpenAI-compatible upstream: a real HTTP server on 127.0.0.1 (ephemeral port).
-
-The real ``openai`` client talks to it over loopback, so tests exercise the SDK's
-actual HTTP, SSE, retry and timeout code:
+"""A fake OpenAI-compatible upstream: a real HTTP server on 127.0.0.1 (ephemeral port),
+so the real ``openai`` client exercises its actual HTTP, SSE, retry and timeout code.
 
     with FakeOpenAI() as fake:
         client = openai.OpenAI(api_key="k", base_url=fake.base_url)
         fake.fail_next(status=500)            # scripted faults: FIFO, one per chat request
-        fake.cut_stream_next(after_tokens=2)
         with fake.hold_streams() as gate:     # streams park after their first token
             ...; gate.wait_for_held(1); gate.release()
 
@@ -18,7 +15,6 @@ from __future__ import annotations
 import collections
 import json
 import re
-import socket
 import sys
 import threading
 import time
@@ -94,10 +90,6 @@ class StreamGate:
         self.release()  # never leave streams parked when a test fails
 
 
-class _ClientGone(ConnectionError):
-    """The client closed its connection while we were writing."""
-
-
 class FakeOpenAI:
     def __init__(self, reply: ReplyFn | None = None, *, token_delay: float = 0.0,
                  first_token_delay: float = 0.0, model: str = "fake-model",
@@ -108,15 +100,13 @@ class FakeOpenAI:
         self.first_token_delay = first_token_delay  # also delays non-streamed answers
         self.model = model
         self.honor_max_tokens = honor_max_tokens  # cut at max_tokens words, finish_reason "length"
-        self.stream_started = threading.Event()  # set when any stream's first chunk is flushed
+        self.stream_started = threading.Event()  # set when a stream's first token is flushed
         self.client_disconnected = threading.Event()  # set when a client vanished mid-response
         self._cond = threading.Condition()  # guards everything below
         self._requests: list[ReceivedRequest] = []
         self._faults: collections.deque[_Fault] = collections.deque()
         self._gate: StreamGate | None = None
-        self._streams_started = 0
         self._stopping = threading.Event()
-        self._sockets: set[socket.socket] = set()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -135,17 +125,11 @@ class FakeOpenAI:
         if server is None:
             return
         self._stopping.set()  # wakes hangs and delays
-        with self._cond:
-            gate, sockets = self._gate, list(self._sockets)
+        gate = self._current_gate()
         if gate is not None:
             gate.release()
-        server.shutdown()
+        server.shutdown()  # idle keep-alive handlers (daemon threads) end when clients close
         server.server_close()
-        for sock in sockets:  # unblock handler threads idling on keep-alive reads
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         if self._thread is not None:
             self._thread.join(timeout=5)
 
@@ -181,18 +165,6 @@ class FakeOpenAI:
             self._gate = StreamGate()
             return self._gate
 
-    def reset(self) -> None:
-        """Forget requests, pending faults, the gate and events (for shared fixtures)."""
-        with self._cond:
-            gate, self._gate = self._gate, None
-            self._requests.clear()
-            self._faults.clear()
-            self._streams_started = 0
-        if gate is not None:
-            gate.release()
-        self.stream_started.clear()
-        self.client_disconnected.clear()
-
     # -- observation -------------------------------------------------------------
     @property
     def requests(self) -> list[ReceivedRequest]:
@@ -214,11 +186,6 @@ class FakeOpenAI:
         with self._cond:
             return self._cond.wait_for(lambda: len(self._requests) >= n, timeout)
 
-    def wait_for_streams(self, n: int, timeout: float = 5.0) -> bool:
-        """Block until at least n streams have flushed their first chunk."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self._streams_started >= n, timeout)
-
     # -- used by the handler -------------------------------------------------------
     def _add_fault(self, fault: _Fault) -> None:
         with self._cond:
@@ -232,13 +199,9 @@ class FakeOpenAI:
             self._cond.notify_all()
             return fault, len(self._requests)
 
-    def _stream_began(self) -> StreamGate | None:
+    def _current_gate(self) -> StreamGate | None:
         with self._cond:
-            self._streams_started += 1
-            self._cond.notify_all()
-            gate = self._gate
-        self.stream_started.set()
-        return gate
+            return self._gate
 
     def _pause(self, seconds: float) -> bool:
         """Sleep unless stopping; False means the server is shutting down."""
@@ -261,19 +224,6 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True  # tokens are tiny writes; don't let TCP batch them
     server: _Server
 
-    def setup(self) -> None:
-        super().setup()
-        with self.server.fake._cond:
-            self.server.fake._sockets.add(self.connection)
-
-    def finish(self) -> None:
-        with self.server.fake._cond:
-            self.server.fake._sockets.discard(self.connection)
-        try:
-            super().finish()
-        except OSError:
-            pass
-
     def log_message(self, format: str, *args: Any) -> None:
         pass  # silence per-request logging
 
@@ -292,6 +242,8 @@ class _Handler(BaseHTTPRequestHandler):
         fake, path = self.server.fake, self.path.split("?", 1)[0]
         fault, number = fake._record(ReceivedRequest(self.command, path, self.headers, body))
         try:
+            if fake._stopping.is_set():
+                return
             if path in MODELS_PATHS and self.command == "GET":
                 model = {"id": fake.model, "object": "model", "created": 0, "owned_by": "fake"}
                 return self._send_json(200, {"object": "list", "data": [model]})
@@ -308,9 +260,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self._stream(body, f"chatcmpl-fake-{number}", cut)
             else:
                 self._complete(body, f"chatcmpl-fake-{number}", cut is not None)
-        except _ClientGone:
+        except OSError:  # BrokenPipe/ConnectionReset: the client left
             fake.client_disconnected.set()
             self.close_connection = True
+        finally:
+            if fake._stopping.is_set():  # aborted replies must not leave the client waiting
+                self.close_connection = True
 
     def _tokens(self, body: dict[str, Any]) -> tuple[list[str], str]:
         fake = self.server.fake
@@ -331,7 +286,7 @@ class _Handler(BaseHTTPRequestHandler):
                          "message": {"role": "assistant", "content": "".join(tokens)}}],
             "usage": _usage(body, tokens),
         }).encode()
-        self._send_head(200, "application/json", length=len(data))
+        self._send_head(200, "application/json", {"Content-Length": str(len(data))})
         if cut:  # promise the full body, deliver half, hang up
             self.close_connection = True
             return self._write(data[: len(data) // 2])
@@ -347,7 +302,7 @@ class _Handler(BaseHTTPRequestHandler):
             choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
             self._sse({**base, "choices": [choice]})
 
-        self._send_head(200, "text/event-stream", length=None)
+        self._send_head(200, "text/event-stream", {"Transfer-Encoding": "chunked", "Cache-Control": "no-cache"})
         if not fake._pause(fake.first_token_delay):
             return
         for i, token in enumerate(tokens):
@@ -357,7 +312,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             send_chunk({"role": "assistant", "content": token} if i == 0 else {"content": token}, None)
             if i == 0:
-                gate = fake._stream_began()
+                fake.stream_started.set()
+                gate = fake._current_gate()
                 if gate is not None:
                     gate._park()
                     if fake._stopping.is_set():
@@ -366,8 +322,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # abrupt: no final chunk, no [DONE], no chunked terminator
             return
         send_chunk({} if tokens else {"role": "assistant", "content": ""}, finish)
-        if not tokens:
-            fake._stream_began()
         if (body.get("stream_options") or {}).get("include_usage"):
             self._sse({**base, "choices": [], "usage": _usage(body, tokens)})
         self._write_chunk(b"data: [DONE]\n\n")
@@ -383,24 +337,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(payload).encode()
-        self._send_head(status, "application/json", length=len(data), headers=headers)
+        self._send_head(status, "application/json", {"Content-Length": str(len(data)), **(headers or {})})
         self._write(data)
 
-    def _send_head(self, status: int, content_type: str, length: int | None,
-                   headers: dict[str, str] | None = None) -> None:
+    def _send_head(self, status: int, content_type: str, headers: dict[str, str]) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
-        if length is None:
-            self.send_header("Transfer-Encoding", "chunked")
-            self.send_header("Cache-Control", "no-cache")
-        else:
-            self.send_header("Content-Length", str(length))
-        for name, value in (headers or {}).items():
+        for name, value in headers.items():
             self.send_header(name, value)
-        try:
-            self.end_headers()
-        except OSError as exc:
-            raise _ClientGone from exc
+        self.end_headers()
 
     def _sse(self, payload: dict[str, Any]) -> None:
         self._write_chunk(b"data: " + json.dumps(payload).encode() + b"\n\n")
@@ -409,11 +354,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._write(b"%X\r\n%s\r\n" % (len(data), data))
 
     def _write(self, data: bytes) -> None:
-        try:
-            self.wfile.write(data)
-            self.wfile.flush()
-        except OSError as exc:  # BrokenPipe, ConnectionReset, or shut down by stop()
-            raise _ClientGone from exc
+        self.wfile.write(data)
+        self.wfile.flush()
 
 
 def _usage(body: dict[str, Any], tokens: list[str]) -> dict[str, int]:
