@@ -8,18 +8,13 @@ import secrets
 from flask_cors import CORS
 from flask_openapi3 import Info, OpenAPI
 
-from backend.app_state import AppState
+from backend.app_state import build_state
 from backend.auth.routes import SECURITY_SCHEMES, init_login
-from backend.auth.service import AuthService
-from backend.auth.store import UserStore
-from backend.auth.tokens import TokenVerifier
 from backend.config import Settings
 from backend.db import Database
 from backend.errors import register_error_handlers, validation_error_response
 from backend.http import ErrorResponse, JsonRequest
 from backend.log_config import configure_logging, install_request_logging
-from backend.sessions.service import SessionService
-from backend.sessions.store import SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +51,9 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     if settings.run_migrations_on_start:
         db.prepare_schema()
 
-    verifier = TokenVerifier(
-        jwt_secret=settings.supabase_jwt_secret,
-        supabase_url=settings.supabase_url,
-        audience=settings.jwt_audience,
-        jwks_cache_seconds=settings.jwks_cache_seconds,
-    )
-    app.extensions["chat_backend"] = AppState(
-        settings=settings,
-        db=db,
-        auth=AuthService(UserStore(db.pool), verifier, settings.default_business_id),
-        sessions=SessionService(db.pool, SessionStore(db.pool)),
-    )
+    state = build_state(settings, db)
+    app.extensions["chat_backend"] = state
+    state.maintenance.start()
 
     CORS(
         app,
@@ -90,10 +76,11 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
 
 def _register_blueprints(app: OpenAPI) -> None:
     from backend.auth.routes import bp as auth_bp
+    from backend.chat.routes import bp as chat_bp
     from backend.health import bp as health_bp
     from backend.sessions.routes import bp as sessions_bp
 
-    for bp in (health_bp, auth_bp, sessions_bp):
+    for bp in (health_bp, auth_bp, sessions_bp, chat_bp):
         app.register_api(bp)
     # The OpenAPI document at /api/openapi.json, as the frontend's contract.
     app.add_url_rule("/api/openapi.json", "openapi_json", lambda: app.api_doc)

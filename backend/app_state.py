@@ -1,15 +1,30 @@
-"""What one app instance holds: the database and the services built on it."""
+"""What one app instance holds, built once in create_app: the database and the services on it."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from flask import current_app
 
 from backend.auth.service import AuthService
+from backend.auth.store import UserStore
+from backend.auth.tokens import TokenVerifier
+from backend.chat.checkpointer import SessionCheckpointSaver
+from backend.chat.maintenance import Maintenance
+from backend.chat.namer import SessionNamer
+from backend.chat.runs import RunLeases
+from backend.chat.service import ChatService
+from backend.chat.store import ChatStore
 from backend.config import Settings
 from backend.db import Database
 from backend.sessions.service import SessionService
+from backend.sessions.store import SessionStore
+from llm.chat_model import ChatModel, OfflineChatModel, OpenAIChatModel
+from llm.client import ModelSettings, make_async_client, make_client
+from llm.graph import load_graph_factory
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -18,7 +33,92 @@ class AppState:
     db: Database
     auth: AuthService
     sessions: SessionService
+    chat: ChatService
+    leases: RunLeases
+    namer: SessionNamer
+    maintenance: Maintenance
+
+    def close(self) -> None:
+        self.maintenance.stop()
+        self.leases.stop()
+        self.db.close()
 
 
 def app_state() -> AppState:
     return current_app.extensions["chat_backend"]
+
+
+def model_settings(settings: Settings) -> ModelSettings:
+    return ModelSettings(
+        api_key=settings.openai_api_key,
+        base_url=settings.openai_base_url,
+        model=settings.openai_model,
+        naming_model=settings.naming_model,
+        timeout_seconds=settings.openai_timeout_seconds,
+        connect_timeout_seconds=settings.openai_connect_timeout_seconds,
+        max_retries=settings.openai_max_retries,
+    )
+
+
+def build_chat_model(settings: Settings) -> ChatModel:
+    if settings.model_offline:
+        log.warning(
+            "no model configured: the built-in offline model answers (set OPENAI_API_KEY or OPENAI_BASE_URL)"
+        )
+        return OfflineChatModel()
+    log.info("chat model", extra={"model": settings.openai_model, "base_url": settings.openai_base_url or "default"})
+    return OpenAIChatModel(make_client(model_settings(settings)), settings.openai_model)
+
+
+def build_state(settings: Settings, db: Database) -> AppState:
+    checkpointer = SessionCheckpointSaver(db.pool)
+    chat_store = ChatStore(db.pool)
+    leases = RunLeases(chat_store, lease_seconds=settings.run_lease_seconds, renew_seconds=settings.run_renew_seconds)
+    offline = settings.model_offline
+    namer = SessionNamer(
+        chat_store,
+        lambda: None if offline else make_async_client(model_settings(settings)),
+        model=settings.naming_model,
+        timeout_seconds=settings.naming_timeout_seconds,
+    )
+    sessions = SessionService(
+        db.pool,
+        SessionStore(db.pool),
+        runs=chat_store,
+        checkpointer=checkpointer,
+        force_delete_wait_seconds=settings.force_delete_wait_seconds,
+    )
+    graph = load_graph_factory(settings.chat_graph_factory)().compile(checkpointer=checkpointer)
+    chat = ChatService(
+        sessions=sessions,
+        store=chat_store,
+        leases=leases,
+        namer=namer,
+        graph=graph,
+        model=build_chat_model(settings),
+        system_prompt=settings.system_prompt,
+        heartbeat_seconds=settings.sse_heartbeat_seconds,
+    )
+    verifier = TokenVerifier(
+        jwt_secret=settings.supabase_jwt_secret,
+        supabase_url=settings.supabase_url,
+        audience=settings.jwt_audience,
+        jwks_cache_seconds=settings.jwks_cache_seconds,
+    )
+    maintenance = Maintenance(
+        chat_store,
+        namer,
+        interval_seconds=settings.maintenance_interval_seconds,
+        sweep_interval_seconds=settings.orphan_sweep_interval_seconds,
+        orphan_min_age_seconds=settings.orphan_min_age_seconds,
+    )
+    return AppState(
+        settings=settings,
+        db=db,
+        auth=AuthService(UserStore(db.pool), verifier, settings.default_business_id),
+        sessions=sessions,
+        chat=chat,
+        leases=leases,
+        namer=namer,
+        maintenance=maintenance,
+    )

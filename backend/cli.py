@@ -16,6 +16,15 @@ def register_cli(app: Flask) -> None:
         applied = app_state().db.prepare_schema()
         click.echo(f"applied: {', '.join(applied)}" if applied else "database is up to date")
 
+    @app.cli.command("sweep-orphans")
+    @click.option("--min-age-seconds", type=float, default=None,
+                  help="Only threads quiet this long (default: ORPHAN_MIN_AGE_SECONDS)")
+    def sweep_orphans(min_age_seconds: float | None) -> None:
+        """Delete LangGraph threads whose session no longer exists; report what went."""
+        report = app_state().maintenance.sweep_orphans(min_age_seconds)
+        rows = ", ".join(f"{table}: {n}" for table, n in report["rows"].items())
+        click.echo(f"removed {report['threads']} orphaned thread(s) ({rows})")
+
     @app.cli.command("create-user")
     @click.option("--email", required=True)
     @click.option("--business-id", required=True)

@@ -44,12 +44,41 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=1_048_576, ge=1024)
     session_cookie_secure: bool | None = None  # None: Secure everywhere but development
 
+    # The model: any OpenAI-compatible server. Neither key nor base URL: the
+    # built-in offline model answers (deterministic, and says so).
+    openai_api_key: str | None = None
+    openai_base_url: str | None = None
+    openai_model: str = "gpt-4o-mini"
+    openai_timeout_seconds: float = Field(default=60.0, gt=0)
+    openai_connect_timeout_seconds: float = Field(default=10.0, gt=0)
+    openai_max_retries: int = Field(default=2, ge=0, le=10)
+    require_model: bool = False  # production: refuse to start on the offline model
+    system_prompt: str | None = None
+    chat_graph_factory: str = "llm.graph:build_chat_graph"
+
+    # Auto-naming of sessions from their first message.
+    naming_model: str = "gpt-4o-mini"
+    naming_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    # Replies being written: a lease in PostgreSQL, renewed while the reply runs.
+    run_lease_seconds: float = Field(default=15.0, gt=0)
+    run_renew_seconds: float = Field(default=1.0, gt=0)
+    force_delete_wait_seconds: float = Field(default=10.0, ge=0)
+    sse_heartbeat_seconds: float = Field(default=15.0, gt=0)
+
+    # Background upkeep in each process (0 turns a job off): finish turns whose
+    # process died, name sessions left unnamed, remove orphaned LangGraph threads.
+    maintenance_interval_seconds: float = Field(default=60.0, ge=0)
+    orphan_sweep_interval_seconds: float = Field(default=3600.0, ge=0)
+    orphan_min_age_seconds: float = Field(default=86400.0, ge=0)
+
     # Logs
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
 
     @field_validator(
-        "database_url", "supabase_url", "supabase_jwt_secret", "secret_key", "session_cookie_secure", mode="before"
+        "database_url", "supabase_url", "supabase_jwt_secret", "secret_key", "session_cookie_secure",
+        "openai_api_key", "openai_base_url", "system_prompt", mode="before",
     )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
@@ -57,6 +86,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_production(self) -> "Settings":
+        if self.require_model and self.model_offline:
+            raise ValueError("REQUIRE_MODEL is set but neither OPENAI_API_KEY nor OPENAI_BASE_URL is")
+        if self.run_renew_seconds * 3 > self.run_lease_seconds:
+            raise ValueError("RUN_LEASE_SECONDS must be at least 3 x RUN_RENEW_SECONDS, so one slow renewal loses no lease")
         if self.db_pool_min_size > self.db_pool_max_size:
             raise ValueError("DB_POOL_MIN_SIZE must not exceed DB_POOL_MAX_SIZE")
         if self.app_env == "production":
@@ -65,6 +98,10 @@ class Settings(BaseSettings):
             if not self.database_url:
                 raise ValueError("DATABASE_URL is required in production (the embedded database is for laptops)")
         return self
+
+    @property
+    def model_offline(self) -> bool:
+        return not self.openai_api_key and not self.openai_base_url
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -41,8 +41,11 @@ def configure_logging(level: str, fmt: str) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler._chat_backend = True  # type: ignore[attr-defined]
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    # Replace only our own handler (create_app may run more than once); leave
+    # handlers other code installed alone.
+    root.handlers[:] = [h for h in root.handlers if not getattr(h, "_chat_backend", False)] + [handler]
     root.setLevel(level.upper())
     # werkzeug's access log repeats what `request finished` says, without ids.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)

@@ -22,6 +22,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from backend import create_app
 from backend.config import Settings
 from backend.db import start_embedded_postgres
+from tests.chat_support import fake, fake_model  # noqa: F401 - fixtures
 
 JWT_SECRET = "test-jwt-secret-" + "x" * 32
 SECRET_KEY = "test-secret-key-" + "y" * 32
@@ -63,6 +64,11 @@ def make_settings(database_url, tmp_path_factory):
             db_pool_min_size=1,
             db_pool_max_size=8,
             log_format="json",
+            # Background upkeep off: tests run each step themselves, when they mean to.
+            maintenance_interval_seconds=0,
+            run_lease_seconds=3,
+            run_renew_seconds=0.1,
+            force_delete_wait_seconds=5,
         )
         values.update(overrides)
         return Settings(_env_file=None, **values)
@@ -83,12 +89,31 @@ def make_app(make_settings):
 
     yield make
     for app in apps:
-        app.extensions["chat_backend"].db.close()
+        app.extensions["chat_backend"].close()
 
 
 @pytest.fixture(scope="session")
 def app(make_app):
     return make_app()
+
+
+@pytest.fixture(scope="session")
+def chat_app(make_app, fake_model):
+    """An app whose model (and naming model) is the fake upstream on loopback."""
+    return make_app(
+        openai_base_url=fake_model.base_url,
+        openai_api_key="test-key",
+        openai_model="fake-chat",
+        naming_model="fake-naming",
+        openai_timeout_seconds=2,
+        openai_max_retries=1,
+        naming_timeout_seconds=2,
+    )
+
+
+@pytest.fixture
+def chat(chat_app, alice):
+    return client_for(chat_app, alice)
 
 
 @pytest.fixture(scope="session")

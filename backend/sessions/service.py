@@ -10,6 +10,7 @@ import secrets
 import string
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from datetime import datetime
 
 import psycopg
@@ -18,10 +19,15 @@ from psycopg_pool import ConnectionPool
 from backend.auth.service import AuthUser
 from backend.errors import ApiError, NotFound
 from backend.sessions.store import SessionStore
+from llm.messages import load_thread_messages, visible_messages
+
+if TYPE_CHECKING:
+    from langgraph.checkpoint.base import BaseCheckpointSaver
+
+    from backend.chat.store import ChatStore
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SESSION_NAME = "New Chat"
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
 
@@ -63,9 +69,20 @@ class SessionPage:
 
 
 class SessionService:
-    def __init__(self, pool: ConnectionPool, store: SessionStore) -> None:
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        store: SessionStore,
+        *,
+        runs: ChatStore,
+        checkpointer: BaseCheckpointSaver,
+        force_delete_wait_seconds: float,
+    ) -> None:
         self._pool = pool
         self._store = store
+        self._runs = runs
+        self._checkpointer = checkpointer
+        self._force_wait = force_delete_wait_seconds
 
     def create(self, user: AuthUser, session_id: str | None, session_name: str | None) -> tuple[dict, bool]:
         session_id = session_id or new_session_id()
@@ -75,7 +92,7 @@ class SessionService:
                 business_id=user.business_id,
                 session_id=session_id,
                 thread_id=build_thread_id(user.id, user.business_id, session_id),
-                session_name=session_name or DEFAULT_SESSION_NAME,
+                session_name=session_name,
             )
         except psycopg.errors.UniqueViolation:
             # Only thread_id can clash here: another of this user's sessions,
@@ -107,8 +124,8 @@ class SessionService:
         return row
 
     def messages(self, row: dict) -> list[dict]:
-        """The conversation of a session. Chat turns are not stored yet, so none."""
-        return []
+        """The conversation, from the thread's latest LangGraph checkpoint."""
+        return visible_messages(load_thread_messages(self._checkpointer, row["thread_id"]))
 
     def update(self, user: AuthUser, session_id: str, *, session_name: str | None, is_archived: bool | None) -> dict:
         row = self._store.update(user.id, session_id, session_name=session_name, is_archived=is_archived)
@@ -122,9 +139,23 @@ class SessionService:
         Only the caller's own session is touched: the row is looked up by
         (user, session id), and a session that lived only in the browser is
         found by the caller's own thread id, which carries their user id.
+
+        While a reply is being written (in any process) the delete is refused
+        with 409, unless forced: then the reply is asked to stop and given
+        FORCE_DELETE_WAIT_SECONDS to do so. If it still runs after that, the
+        delete goes ahead anyway; its late checkpoint writes will find no
+        session and fail (SessionCheckpointSaver), so nothing is left behind.
         """
+        if force:
+            self._stop_reply(user.id, session_id)
         with self._pool.connection() as conn, conn.transaction():
             row = self._store.lock_for_delete(conn, user.id, session_id)
+            if row and not force and self._runs.run_is_live(user.id, session_id, conn):
+                raise ApiError(
+                    409, "session_busy",
+                    "A reply is still being written in this session. Stop it first, "
+                    "or delete with ?force=true to stop it and delete.",
+                )
             thread_id = row["thread_id"] if row else build_thread_id(user.id, user.business_id, session_id)
             counts = self._store.delete_thread_checkpoints(conn, thread_id)
             counts["chat_sessions"] = self._store.delete_row(conn, row["id"]) if row else 0
@@ -140,5 +171,16 @@ class SessionService:
                 forced=force,
                 rows_deleted=counts,
             )
-        log.info("session deleted", extra={"user_id": user.id, "session_id": session_id, "rows_deleted": counts})
+        log.info(
+            "session deleted",
+            extra={"user_id": user.id, "session_id": session_id, "rows_deleted": counts, "forced": force},
+        )
         return counts
+
+    def _stop_reply(self, user_id: str, session_id: str) -> None:
+        """Ask the reply's process to stop, and wait (bounded) until it has."""
+        if not self._runs.request_cancel(user_id, session_id):
+            return
+        deadline = time.monotonic() + self._force_wait
+        while self._runs.run_is_live(user_id, session_id) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the owner notices within RUN_RENEW_SECONDS, then ends the run

@@ -16,7 +16,7 @@ from backend.errors import ApiError
 
 SESSION_COLUMNS = (
     "id, user_id, business_id, session_id, thread_id, session_name, is_archived, "
-    "message_count, created_at, updated_at, last_message_at, last_activity_at"
+    "message_count, created_at, updated_at, last_message_at, last_activity_at, name_source"
 )
 
 # LangGraph's tables, each keyed by thread_id. Deleted in this order; the
@@ -73,7 +73,7 @@ class SessionStore:
     # --- writes ----------------------------------------------------------
 
     def insert_if_absent(
-        self, *, user_id: str, business_id: str, session_id: str, thread_id: str, session_name: str
+        self, *, user_id: str, business_id: str, session_id: str, thread_id: str, session_name: str | None
     ) -> tuple[dict, bool]:
         """Create the session, or return the user's existing one unchanged.
 
@@ -82,12 +82,12 @@ class SessionStore:
         with self._pool.connection() as conn:
             row = conn.execute(
                 f"""
-                insert into chat_sessions (user_id, business_id, session_id, thread_id, session_name)
-                values (%s, %s, %s, %s, %s)
+                insert into chat_sessions (user_id, business_id, session_id, thread_id, session_name, name_source)
+                values (%s, %s, %s, %s, coalesce(%s, 'New Chat'), case when %s::text is null then 'default' else 'user' end)
                 on conflict (user_id, session_id) do nothing
                 returning {SESSION_COLUMNS}
                 """,
-                (user_id, business_id, session_id, thread_id, session_name),
+                (user_id, business_id, session_id, thread_id, session_name, session_name),
             ).fetchone()
             if row is not None:
                 return row, True
@@ -108,11 +108,13 @@ class SessionStore:
                 f"""
                 update chat_sessions
                    set session_name = coalesce(%s, session_name),
+                       -- a name the user chose is never replaced by auto-naming
+                       name_source  = case when %s::text is null then name_source else 'user' end,
                        is_archived  = coalesce(%s, is_archived)
                  where user_id = %s and session_id = %s
                 returning {SESSION_COLUMNS}
                 """,
-                (session_name, is_archived, user_id, session_id),
+                (session_name, session_name, is_archived, user_id, session_id),
             ).fetchone()
 
     def increment_message_count(self, user_id: str, session_id: str, increment: int = 1) -> dict | None:

@@ -1,0 +1,1 @@
+"""Chat turns: the streaming endpoint, replies in progress, naming, and upkeep."""

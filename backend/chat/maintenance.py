@@ -1,0 +1,108 @@
+"""Upkeep that keeps sessions consistent after crashes, in every server process.
+
+- Runs whose process died (lease expired): bring message_count level with the
+  history the dead run left, and free the session.
+- Sessions with messages but still the default name: name them.
+- LangGraph threads with no session (crashes, older versions): delete them.
+
+It runs once shortly after start (the "on the next start" recovery), then on
+a timer. Every step is safe to run in several processes at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from backend.chat.namer import SessionNamer
+from backend.chat.store import ChatStore
+from backend.sessions.store import CHECKPOINT_TABLES
+
+log = logging.getLogger(__name__)
+
+ORPHAN_BATCH = 500
+
+
+class Maintenance:
+    def __init__(
+        self,
+        store: ChatStore,
+        namer: SessionNamer,
+        *,
+        interval_seconds: float,
+        sweep_interval_seconds: float,
+        orphan_min_age_seconds: float,
+    ) -> None:
+        self._store = store
+        self._namer = namer
+        self._interval = interval_seconds
+        self._sweep_interval = sweep_interval_seconds
+        self.orphan_min_age_seconds = orphan_min_age_seconds
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def reconcile_runs(self) -> int:
+        """Finish runs whose process died. Returns how many."""
+        finished = 0
+        for run in self._store.expired_runs():
+            self._store.finish_run(run["user_id"], run["session_id"], None)
+            finished += 1
+        if finished:
+            log.info("expired runs reconciled", extra={"runs": finished})
+        return finished
+
+    def name_unnamed(self) -> int:
+        """Queue naming for sessions whose naming was lost. Returns how many were queued."""
+        rows = self._store.unnamed_sessions()
+        for row in rows:
+            self._namer.submit(row["user_id"], row["session_id"])
+        return len(rows)
+
+    def sweep_orphans(self, min_age_seconds: float | None = None, max_threads: int = 10 * ORPHAN_BATCH) -> dict:
+        """Delete LangGraph threads that have no session. Returns what was removed."""
+        min_age = self.orphan_min_age_seconds if min_age_seconds is None else min_age_seconds
+        report = {"threads": 0, "rows": {table: 0 for table in CHECKPOINT_TABLES}}
+        seen: set[str] = set()
+        while report["threads"] < max_threads:
+            batch = [t for t in self._store.orphan_threads(min_age, ORPHAN_BATCH) if t not in seen]
+            if not batch:
+                break
+            for thread_id in batch:
+                seen.add(thread_id)
+                counts = self._store.delete_orphan_thread(thread_id)
+                if any(counts.values()):
+                    report["threads"] += 1
+                    for table, n in counts.items():
+                        report["rows"][table] += n
+        if report["threads"]:
+            log.info("orphaned threads removed", extra={"threads": report["threads"], "rows_deleted": report["rows"]})
+        return report
+
+    def run_once(self, *, sweep: bool) -> None:
+        self.reconcile_runs()
+        self.name_unnamed()
+        if sweep:
+            self.sweep_orphans()
+
+    def start(self) -> None:
+        if self._interval <= 0 or self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._loop, name="chat-maintenance", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _loop(self) -> None:
+        last_sweep = 0.0
+        delay = 1.0  # first pass soon after start: recovery from the last crash
+        while not self._stopped.wait(delay):
+            delay = self._interval
+            sweep = self._sweep_interval > 0 and time.monotonic() - last_sweep >= self._sweep_interval
+            try:
+                self.run_once(sweep=sweep)
+                if sweep:
+                    last_sweep = time.monotonic()
+            except Exception:  # noqa: BLE001 - upkeep must outlive any one bad pass
+                log.exception("maintenance pass failed")

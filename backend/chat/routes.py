@@ -1,0 +1,31 @@
+"""/api/llm/query/stream: one chat turn, streamed as Server-Sent Events."""
+
+from __future__ import annotations
+
+from flask import Response, stream_with_context
+from flask_login import current_user
+from flask_openapi3 import APIBlueprint, Tag
+
+from backend.app_state import app_state
+from backend.auth.routes import SECURITY, require_user
+from backend.chat.models import STREAM_DESCRIPTION, STREAM_RESPONSE, QueryBody
+from backend.http import error_responses
+
+bp = APIBlueprint("chat", __name__, url_prefix="/api/llm", abp_tags=[Tag(name="chat")], abp_security=SECURITY)
+bp.before_request(require_user)
+
+
+@bp.post(
+    "/query/stream",
+    responses={200: STREAM_RESPONSE, **error_responses(400, 401, 404, 409, 413, 500, 503)},
+    description=STREAM_DESCRIPTION,
+)
+def query_stream(body: QueryBody):
+    """Send a message and stream the reply. The session is created on first use."""
+    chat = app_state().chat
+    turn = chat.start_turn(current_user._get_current_object(), body.session_id, body.query)
+    return Response(
+        stream_with_context(chat.stream(turn)),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

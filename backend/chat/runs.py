@@ -1,0 +1,140 @@
+"""Replies being written by this process, and the lease that tells every process so.
+
+The lease lives in PostgreSQL (chat_session_runs). One keeper thread per
+process renews the leases of all its runs in a single statement every
+RUN_RENEW_SECONDS, and learns from the same statement whether another process
+asked for a cancel (a forced delete). A process that dies stops renewing; its
+leases expire and the sessions are free again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg_pool import PoolTimeout
+
+from backend.chat.store import ChatStore
+
+log = logging.getLogger(__name__)
+
+
+class CancelToken:
+    """A threading.Event that can also run callbacks when set (to close a blocked read)."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], None]] = []
+        self.reason: str | None = None
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._event.wait(timeout)
+
+    def set(self, reason: str = "cancelled") -> None:
+        with self._lock:
+            if self._event.is_set():
+                return
+            self.reason = reason
+            self._event.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - closing a stream may raise; the run ends anyway
+                log.debug("cancel callback failed", exc_info=True)
+
+    def on_cancel(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Run `callback` when cancelled (at once if already). Returns a remover."""
+        with self._lock:
+            if not self._event.is_set():
+                self._callbacks.append(callback)
+                return lambda: self._remove(callback)
+        callback()
+        return lambda: None
+
+    def _remove(self, callback: Callable[[], None]) -> None:
+        with self._lock:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
+
+
+@dataclass
+class ActiveRun:
+    run_id: uuid.UUID
+    user_id: str
+    session_id: str
+    cancel: CancelToken = field(default_factory=CancelToken)
+
+
+class RunLeases:
+    def __init__(self, store: ChatStore, *, lease_seconds: float, renew_seconds: float) -> None:
+        self._store = store
+        self._lease_seconds = lease_seconds
+        self._renew_seconds = renew_seconds
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self._runs: dict[uuid.UUID, ActiveRun] = {}
+        self._lock = threading.Lock()
+        self._keeper: threading.Thread | None = None
+        self._stopped = threading.Event()
+
+    def start(self, user_id: str, session_id: str) -> ActiveRun | None:
+        """Take the session's lease for a new reply; None if a live run holds it."""
+        run_id = self._store.acquire_run(user_id, session_id, self.owner, self._lease_seconds)
+        if run_id is None:
+            return None
+        run = ActiveRun(run_id=run_id, user_id=user_id, session_id=session_id)
+        with self._lock:
+            self._runs[run_id] = run
+            self._ensure_keeper()
+        return run
+
+    def forget(self, run: ActiveRun) -> None:
+        with self._lock:
+            self._runs.pop(run.run_id, None)
+
+    def active(self) -> list[ActiveRun]:
+        with self._lock:
+            return list(self._runs.values())
+
+    def renew_now(self) -> None:
+        """One renewal pass: extend every lease, pass on cancels, stop runs that lost theirs."""
+        runs = self.active()
+        if not runs:
+            return
+        held = self._store.renew_runs([r.run_id for r in runs], self._lease_seconds)
+        for run in runs:
+            if run.run_id not in held:
+                # The run row is gone: the session was deleted, or the lease
+                # expired and another run took over. Either way, stop writing.
+                run.cancel.set("lease_lost")
+            elif held[run.run_id]:
+                run.cancel.set("cancel_requested")
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _ensure_keeper(self) -> None:
+        # Started on first use, so each gunicorn worker gets its own after fork.
+        if self._keeper is None or not self._keeper.is_alive():
+            self._keeper = threading.Thread(target=self._keep, name="run-lease-keeper", daemon=True)
+            self._keeper.start()
+
+    def _keep(self) -> None:
+        while not self._stopped.wait(self._renew_seconds):
+            try:
+                self.renew_now()
+            except (psycopg.Error, PoolTimeout) as exc:
+                # Leases outlive a few missed renewals (lease >= 3 x renew).
+                log.warning("lease renewal failed", extra={"error_class": type(exc).__name__})
+            except Exception:  # noqa: BLE001 - the keeper must outlive any one bad pass
+                log.exception("lease renewal crashed")

@@ -1,0 +1,201 @@
+"""A chat turn: take the session, run the graph, stream its tokens, count, release.
+
+The graph runs in a worker thread of its own and hands tokens to the
+response through a queue, so the response can send heartbeats while the model
+is quiet, and a client that goes away cancels the reply without waiting for
+it. Whatever happens, the worker ends the run with `finish_run`, which makes
+message_count equal to the history the turn left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import openai
+import psycopg
+from langchain_core.messages import AIMessage, AIMessageChunk
+from langgraph.graph.state import CompiledStateGraph
+
+from backend.auth.service import AuthUser
+from backend.chat.checkpointer import SessionGone
+from backend.chat.namer import SessionNamer
+from backend.chat.runs import ActiveRun, RunLeases
+from backend.chat.store import ChatStore
+from backend.errors import ApiError, NotFound
+from backend.sessions.service import SessionService
+from llm.chat_model import ChatModel, ReplyCancelled
+from llm.graph import ChatContext
+from llm.messages import text_of, user_message
+
+log = logging.getLogger(__name__)
+
+# Why a reply stopped early -> the `error` event a listening client gets.
+CANCEL_ERRORS = {
+    "cancel_requested": ("cancelled", "The reply was stopped: the session is being deleted"),
+    "lease_lost": ("session_deleted", "The session was deleted while the reply was being written"),
+    "client_disconnected": ("cancelled", "The client went away"),
+}
+
+
+def sse_event(event: str, data: dict) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+@dataclass
+class Turn:
+    user: AuthUser
+    session: dict
+    run: ActiveRun
+    query: str
+    events: queue.Queue = field(default_factory=queue.Queue)
+
+
+class ChatService:
+    def __init__(
+        self,
+        *,
+        sessions: SessionService,
+        store: ChatStore,
+        leases: RunLeases,
+        namer: SessionNamer,
+        graph: CompiledStateGraph,
+        model: ChatModel,
+        system_prompt: str | None,
+        heartbeat_seconds: float,
+    ) -> None:
+        self._sessions = sessions
+        self._store = store
+        self._leases = leases
+        self._namer = namer
+        self._graph = graph
+        self._model = model
+        self._system_prompt = system_prompt
+        self._heartbeat = heartbeat_seconds
+
+    def start_turn(self, user: AuthUser, session_id: str, query: str) -> Turn:
+        """Everything that can fail with a status code, before any byte is streamed."""
+        session, _ = self._sessions.create(user, session_id, None)  # ids are made by the frontend
+        if session["is_archived"]:
+            raise ApiError(409, "session_archived", "This session is archived; unarchive it to send messages")
+        try:
+            run = self._leases.start(user.id, session_id)
+        except psycopg.errors.ForeignKeyViolation:
+            raise NotFound("The session was deleted") from None
+        if run is None:
+            raise ApiError(
+                409, "session_busy",
+                "A reply is still being written in this session; wait for it to finish before sending another message",
+            )
+        if session["message_count"] == 0 and session["name_source"] == "default":
+            self._namer.submit(user.id, session_id, query)
+        turn = Turn(user=user, session=session, run=run, query=query)
+        # Started now, not when the response is first read: a turn whose
+        # response is never read still ends and frees its session.
+        threading.Thread(target=self._run_turn, args=(turn,), name="chat-turn", daemon=True).start()
+        return turn
+
+    def stream(self, turn: Turn) -> Iterator[str]:
+        """The SSE body: tokens, then `done` or `error`; heartbeats while the model is quiet."""
+        finished = False
+        try:
+            yield ": stream open\n\n"
+            while True:
+                try:
+                    kind, payload = turn.events.get(timeout=self._heartbeat)
+                except queue.Empty:
+                    yield ": keep-alive\n\n"
+                    continue
+                if kind == "token":
+                    yield sse_event("token", {"content": payload})
+                    continue
+                finished = True
+                yield sse_event(kind, payload)
+                return
+        finally:
+            if not finished:
+                turn.run.cancel.set("client_disconnected")
+
+    def _run_turn(self, turn: Turn) -> None:
+        run, started = turn.run, time.perf_counter()
+        error: tuple[str, str] | None = None
+        tokens = 0
+        try:
+            tokens = self._stream_graph(turn)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an `error` event
+            error = self._describe_failure(run, exc)
+        finally:
+            try:
+                session = self._store.finish_run(run.user_id, run.session_id, run.run_id)
+            except Exception:  # noqa: BLE001 - a later reconcile repairs the count
+                log.exception("finishing a run failed", extra={"session_id": run.session_id})
+                session = None
+                error = error or ("internal_error", "Something went wrong on our side")
+            self._leases.forget(run)
+        if error is None and session is None:
+            error = CANCEL_ERRORS["lease_lost"]
+        if error:
+            turn.events.put(("error", {"code": error[0], "message": error[1]}))
+        else:
+            turn.events.put((
+                "done",
+                {"session_id": run.session_id, "message_count": session["message_count"],
+                 "session_name": session["session_name"]},
+            ))
+        log.info(
+            "turn finished",
+            extra={
+                "user_id": run.user_id, "session_id": run.session_id, "outcome": error[0] if error else "done",
+                "tokens": tokens, "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+            },
+        )
+
+    def _stream_graph(self, turn: Turn) -> int:
+        """Run the graph, passing its tokens on; returns how many were sent."""
+        run = turn.run
+        context = ChatContext(model=self._model, cancel=run.cancel, system_prompt=self._system_prompt)
+        config = {"configurable": {"thread_id": turn.session["thread_id"]}}
+        sent, last_reply = 0, None
+        stream = self._graph.stream(
+            {"messages": [user_message(turn.query)]}, config, context=context, stream_mode=["custom", "messages"]
+        )
+        for mode, chunk in stream:
+            if run.cancel.is_set():
+                raise ReplyCancelled()
+            text = None
+            if mode == "custom" and isinstance(chunk, dict) and isinstance(chunk.get("token"), str):
+                text = chunk["token"]
+            elif mode == "messages":
+                message = chunk[0]
+                if isinstance(message, AIMessageChunk):
+                    text = text_of(message)
+                elif isinstance(message, AIMessage):
+                    last_reply = text_of(message)  # a whole reply; sent below if nothing streamed
+            if text:
+                turn.events.put(("token", text))
+                sent += 1
+        if not sent and last_reply:
+            turn.events.put(("token", last_reply))
+            sent = 1
+        return sent
+
+    @staticmethod
+    def _describe_failure(run: ActiveRun, exc: Exception) -> tuple[str, str]:
+        if run.cancel.is_set():  # whatever broke, it broke because we stopped it
+            return CANCEL_ERRORS.get(run.cancel.reason or "", CANCEL_ERRORS["cancel_requested"])
+        if isinstance(exc, SessionGone):
+            return CANCEL_ERRORS["lease_lost"]
+        if isinstance(exc, openai.APITimeoutError):
+            return ("upstream_timeout", "The model did not answer in time")
+        if isinstance(exc, openai.RateLimitError):
+            return ("upstream_rate_limited", "The model is rate limited; try again shortly")
+        if isinstance(exc, openai.APIError):
+            log.warning("model call failed", extra={"error_class": type(exc).__name__})
+            return ("upstream_error", "The model failed to answer")
+        log.exception("turn failed", extra={"session_id": run.session_id, "error_class": type(exc).__name__})
+        return ("internal_error", "Something went wrong on our side")

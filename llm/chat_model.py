@@ -1,0 +1,70 @@
+"""The model behind a chat turn: any OpenAI-compatible server, or a built-in offline one."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import openai
+
+OFFLINE_MODEL_NAME = "offline"
+
+
+class ReplyCancelled(Exception):
+    """The reply was stopped (client gone, or a forced delete) before it finished."""
+
+
+class ChatModel(Protocol):
+    name: str
+
+    def stream(self, messages: list[dict[str, Any]], cancel: threading.Event) -> Iterator[str]:
+        """Yield the reply's text in pieces; raise ReplyCancelled once `cancel` is set."""
+        ...
+
+
+class OpenAIChatModel:
+    def __init__(self, client: openai.OpenAI, model: str) -> None:
+        self._client = client
+        self.name = model
+
+    def stream(self, messages: list[dict[str, Any]], cancel: threading.Event) -> Iterator[str]:
+        if cancel.is_set():
+            raise ReplyCancelled()
+        response = self._client.chat.completions.create(model=self.name, messages=messages, stream=True)
+        # Closing the HTTP response on cancel also wakes a read blocked on a
+        # quiet upstream; leaving the `with` closes it in any case, so a
+        # stopped reply stops costing tokens upstream at once.
+        stop_watching = cancel.on_cancel(response.close) if hasattr(cancel, "on_cancel") else (lambda: None)
+        try:
+            with response:
+                for chunk in response:
+                    if cancel.is_set():
+                        raise ReplyCancelled()
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        yield chunk.choices[0].delta.content
+        except Exception:
+            if cancel.is_set():
+                raise ReplyCancelled() from None
+            raise
+        finally:
+            stop_watching()
+
+
+class OfflineChatModel:
+    """Deterministic answers for running without any model configured. It says so."""
+
+    name = OFFLINE_MODEL_NAME
+
+    def stream(self, messages: list[dict[str, Any]], cancel: threading.Event) -> Iterator[str]:
+        question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        turns = sum(1 for m in messages if m["role"] == "user")
+        preview = " ".join(question.split())[:200]
+        text = (
+            "[offline model] No language model is configured (set OPENAI_API_KEY or OPENAI_BASE_URL), "
+            f"so this is a canned reply to message {turns} of this chat. You said: {preview}"
+        )
+        for word in text.split(" "):
+            if cancel.is_set():
+                raise ReplyCancelled()
+            yield word + " "

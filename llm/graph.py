@@ -1,0 +1,71 @@
+"""The LangGraph graph behind chat turns, and how a custom one is plugged in.
+
+A graph factory is any `module:callable` returning an *uncompiled* `StateGraph`
+whose state has a `messages` channel with the `add_messages` reducer. The
+backend compiles it with its checkpointer and runs it with a `ChatContext`:
+nodes reach the configured model as `runtime.context.model` and should stop
+when `runtime.context.cancel` is set. Tokens reach the client from
+`runtime.stream_writer({"token": text})`, or from LangChain chat models
+streaming (LangGraph's "messages" mode).
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, TypedDict
+
+from langchain_core.messages import AnyMessage
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.message import add_messages
+from langgraph.runtime import Runtime
+
+from llm.chat_model import ChatModel
+from llm.messages import assistant_message, to_openai_messages
+
+DEFAULT_GRAPH_FACTORY = "llm.graph:build_chat_graph"
+
+
+@dataclass
+class ChatContext:
+    model: ChatModel
+    cancel: threading.Event
+    system_prompt: str | None = None
+
+
+class ChatState(TypedDict):
+    messages: Annotated[list[AnyMessage], add_messages]
+
+
+def call_model(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str, Any]:
+    context = runtime.context
+    pieces: list[str] = []
+    for piece in context.model.stream(to_openai_messages(state["messages"], context.system_prompt), context.cancel):
+        pieces.append(piece)
+        runtime.stream_writer({"token": piece})
+    return {"messages": [assistant_message("".join(pieces))]}
+
+
+def build_chat_graph() -> StateGraph:
+    """The default graph: one node that calls the chat model."""
+    builder = StateGraph(ChatState, context_schema=ChatContext)
+    builder.add_node("model", call_model)
+    builder.add_edge(START, "model")
+    builder.add_edge("model", END)
+    return builder
+
+
+def load_graph_factory(spec: str) -> Callable[[], StateGraph]:
+    """Resolve 'package.module:callable'; errors name the setting's value."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(f"CHAT_GRAPH_FACTORY must look like 'package.module:callable', got {spec!r}")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"CHAT_GRAPH_FACTORY {spec!r} cannot be loaded: {exc}") from exc
+    if not callable(factory):
+        raise ValueError(f"CHAT_GRAPH_FACTORY {spec!r} is not callable")
+    return factory

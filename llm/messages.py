@@ -1,0 +1,94 @@
+"""Conversation messages: what a client sees, and what a model is sent.
+
+The checkpointed state holds LangChain messages; a custom graph may add tool
+calls, tool results or system messages. Clients see only the user's messages
+and the assistant's replies with text, and `message_count` counts exactly those.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+
+CREATED_AT_KEY = "created_at"
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def text_of(message: BaseMessage) -> str:
+    """Message content as plain text (content can be a list of typed parts)."""
+    content = message.content
+    if isinstance(content, str):
+        return content
+    parts = []
+    for part in content:
+        if isinstance(part, str):
+            parts.append(part)
+        elif isinstance(part, dict) and part.get("type") == "text":
+            parts.append(str(part.get("text", "")))
+    return "".join(parts)
+
+
+def user_message(text: str) -> HumanMessage:
+    return HumanMessage(content=text, additional_kwargs={CREATED_AT_KEY: now_iso()})
+
+
+def assistant_message(text: str) -> AIMessage:
+    return AIMessage(content=text, additional_kwargs={CREATED_AT_KEY: now_iso()})
+
+
+def _created_at(message: BaseMessage) -> datetime | None:
+    stamp = message.additional_kwargs.get(CREATED_AT_KEY)
+    try:
+        return datetime.fromisoformat(stamp) if isinstance(stamp, str) else None
+    except ValueError:
+        return None
+
+
+def visible_messages(messages: list[BaseMessage]) -> list[dict[str, Any]]:
+    """[{role, content, created_at}] for the user's messages and the assistant's text replies."""
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        if isinstance(message, HumanMessage):
+            role = "user"
+        elif isinstance(message, AIMessage):
+            role = "assistant"
+        else:
+            continue
+        text = text_of(message)
+        if role == "assistant" and not text:
+            continue  # a tool call without words is not a reply
+        out.append({"role": role, "content": text, "created_at": _created_at(message)})
+    return out
+
+
+def to_openai_messages(messages: list[BaseMessage], system_prompt: str | None = None) -> list[dict[str, Any]]:
+    """The chat-completions `messages` for a plain conversation (text turns only)."""
+    out: list[dict[str, Any]] = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    for message in messages:
+        if isinstance(message, SystemMessage):
+            out.append({"role": "system", "content": text_of(message)})
+        elif isinstance(message, HumanMessage):
+            out.append({"role": "user", "content": text_of(message)})
+        elif isinstance(message, AIMessage) and text_of(message):
+            out.append({"role": "assistant", "content": text_of(message)})
+        elif isinstance(message, ToolMessage):
+            continue  # the default graph has no tools; a custom graph formats its own
+    return out
+
+
+def load_thread_messages(checkpointer: Any, thread_id: str) -> list[BaseMessage]:
+    """The messages of a thread's latest checkpoint (none for an unknown thread).
+
+    `checkpointer` is any LangGraph saver; pass one built on a connection to
+    read inside that connection's transaction.
+    """
+    saved = checkpointer.get_tuple({"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}})
+    if saved is None:
+        return []
+    messages = saved.checkpoint.get("channel_values", {}).get("messages", [])
+    return [m for m in messages if isinstance(m, BaseMessage)]

@@ -1,0 +1,271 @@
+"""Chat turns: streaming, memory, the offline model, errors before and during the stream, counts."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from tests.chat_support import parse_sse, reply_text, send, turn, wait_until
+from tests.conftest import client_for, unique_session_id
+
+
+def named_session(client, name="Named by the user"):
+    """A session that will not be auto-named (so the fake sees chat requests only)."""
+    sid = unique_session_id()
+    assert client.post("/api/llm/sessions", json={"session_id": sid, "session_name": name}).status_code == 201
+    return sid
+
+
+def session_of(client, sid):
+    return client.get(f"/api/llm/sessions/{sid}?include_messages=true").get_json()
+
+
+def test_turn_streams_tokens_then_done(chat, fake, alice):
+    sid = unique_session_id()
+    events = turn(chat, sid, "What is the capital of France?")
+    tokens = [e for e in events if e.event == "token"]
+    assert len(tokens) > 1  # streamed in pieces, not one blob
+    assert reply_text(events) == "Echo: What is the capital of France?"
+    assert events[-1].event == "done"
+    assert events[-1].data["session_id"] == sid and events[-1].data["message_count"] == 2
+    assert set(events[-1].data) == {"session_id", "message_count", "session_name"}
+    [chat_request] = [r for r in fake.chat_requests if r.json.get("stream") and r.json["messages"][-1]["content"] == "What is the capital of France?"]
+    assert chat_request.json["model"] == "fake-chat"
+    assert chat_request.headers["authorization"] == "Bearer test-key"
+
+
+def test_session_is_created_on_first_use(chat, fake, alice):
+    sid = unique_session_id()
+    assert chat.get(f"/api/llm/sessions/{sid}").status_code == 404
+    turn(chat, sid, "hello")
+    body = session_of(chat, sid)
+    assert body["data"]["thread_id"] == alice.thread_id(sid)
+    assert sid in [s["session_id"] for s in chat.get("/api/llm/sessions").get_json()["data"]]
+
+
+def test_memory_over_several_turns(chat, fake):
+    sid = named_session(chat)
+    for i in range(3):
+        turn(chat, sid, f"message number {i}")
+    last = [r for r in fake.chat_requests if r.json["messages"][-1]["content"] == "message number 2"][-1]
+    assert [(m["role"], m["content"]) for m in last.json["messages"]] == [
+        ("user", "message number 0"), ("assistant", "Echo: message number 0"),
+        ("user", "message number 1"), ("assistant", "Echo: message number 1"),
+        ("user", "message number 2"),
+    ]
+    body = session_of(chat, sid)
+    assert [(m["role"], m["content"]) for m in body["messages"]] == [
+        ("user", "message number 0"), ("assistant", "Echo: message number 0"),
+        ("user", "message number 1"), ("assistant", "Echo: message number 1"),
+        ("user", "message number 2"), ("assistant", "Echo: message number 2"),
+    ]
+    assert all(m["created_at"].endswith("Z") for m in body["messages"])
+    assert body["data"]["message_count"] == 6 == len(body["messages"])
+    assert body["data"]["last_message_at"] is not None
+
+
+def test_two_users_same_session_id_have_separate_memories(chat_app, fake, alice, bob):
+    sid = unique_session_id()
+    a, b = client_for(chat_app, alice), client_for(chat_app, bob)
+    turn(a, sid, "alice's secret")
+    turn(b, sid, "bob's question")
+    assert [m["content"] for m in session_of(b, sid)["messages"]] == ["bob's question", "Echo: bob's question"]
+    assert session_of(a, sid)["data"]["message_count"] == 2
+
+
+# --- refused before streaming: ordinary JSON errors, never a 200 stream ------------
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"session_id": "s1"}, "query"),
+        ({"query": "hi"}, "session_id"),
+        ({"session_id": "s1", "query": ""}, "query"),
+        ({"session_id": "s1", "query": "   \n "}, "query"),
+        ({"session_id": "s1", "query": "x" * 32_001}, "query"),
+        ({"session_id": "s1", "query": "nul\x00byte"}, "query"),
+        ({"session_id": "bad id", "query": "hi"}, "session_id"),
+        ({"session_id": "s1", "query": ["hi"]}, "query"),
+        ({"session_id": "s1", "query": "hi", "stream": True}, "stream"),
+    ],
+)
+def test_bad_requests_are_400_json(chat, fake, body, field):
+    before = len(fake.requests)
+    r = chat.post("/api/llm/query/stream", json=body)
+    assert r.status_code == 400 and r.mimetype == "application/json"
+    assert field in r.get_json()["error"]["fields"]
+    assert len(fake.requests) == before
+
+
+def test_longest_query_is_accepted(chat, fake):
+    sid = named_session(chat)
+    assert send(chat, sid, "y" * 32_000).status_code == 200
+
+
+def test_unauthenticated_is_401(chat_app, fake):
+    r = chat_app.test_client().post("/api/llm/query/stream", json={"session_id": "s", "query": "hi"})
+    assert r.status_code == 401 and r.mimetype == "application/json"
+
+
+def test_archived_session_refuses_messages(chat, fake):
+    sid = named_session(chat)
+    chat.put(f"/api/llm/sessions/{sid}", json={"is_archived": True})
+    r = send(chat, sid, "hello?")
+    assert r.status_code == 409 and r.get_json()["error"]["code"] == "session_archived"
+    assert session_of(chat, sid)["messages"] == []
+
+
+def test_second_message_while_busy_is_409(chat, chat_app, fake, alice):
+    sid = named_session(chat)
+    with fake.hold_streams() as gate:
+        first = send(chat, sid, "first", buffered=False)
+        assert gate.wait_for_held(1)
+        second = send(client_for(chat_app, alice), sid, "second")
+        assert second.status_code == 409
+        assert second.get_json()["error"]["code"] == "session_busy"
+        gate.release()
+        events, _ = parse_sse(first.get_data(as_text=True))
+    assert events[-1].event == "done" and events[-1].data["message_count"] == 2
+    assert turn(chat, sid, "third")[-1].event == "done"  # free again
+
+
+# --- the offline model -------------------------------------------------------------
+
+def test_offline_model_answers_deterministically(make_app, alice, caplog):
+    with caplog.at_level("WARNING"):
+        app = make_app()  # no key, no base URL
+    assert any("offline model" in r.getMessage() for r in caplog.records)
+    client = client_for(app, alice)
+    sid = unique_session_id()
+    first = reply_text(turn(client, sid, "Tell me about Highland"))
+    assert first.startswith("[offline model]") and "Tell me about Highland" in first
+    again = unique_session_id()
+    assert reply_text(turn(client, again, "Tell me about Highland")) == first
+    assert session_of(client, sid)["data"]["message_count"] == 2
+
+
+def test_require_model_refuses_to_start_offline(make_settings):
+    with pytest.raises(ValueError, match="REQUIRE_MODEL"):
+        make_settings(require_model=True)
+
+
+# --- failures after streaming began: an error event, and a consistent session ------------
+
+@pytest.mark.parametrize(
+    "script, code",
+    [
+        (lambda fake: [fake.fail_next(500), fake.fail_next(500)], "upstream_error"),
+        (lambda fake: [fake.fail_next(429, retry_after=0.01), fake.fail_next(429, retry_after=0.01)], "upstream_rate_limited"),
+        (lambda fake: [fake.hang_next(3), fake.hang_next(3)], "upstream_timeout"),
+        (lambda fake: [fake.cut_stream_next(after_tokens=2)], "upstream_error"),
+    ],
+)
+def test_upstream_failure_gives_error_event_and_consistent_session(chat, fake, script, code):
+    sid = named_session(chat)
+    turn(chat, sid, "a good first turn")
+    script(fake)
+    events = turn(chat, sid, "this one fails")
+    assert events[-1].event == "error"
+    assert events[-1].data["code"] == code and events[-1].data["message"]
+    assert not [e for e in events if e.event == "done"]
+    body = session_of(chat, sid)
+    # the question stays in history without an answer; the count agrees with history
+    assert [m["content"] for m in body["messages"]] == ["a good first turn", "Echo: a good first turn", "this one fails"]
+    assert body["data"]["message_count"] == 3
+    assert turn(chat, sid, "and again")[-1].event == "done"
+    assert session_of(chat, sid)["data"]["message_count"] == 5
+
+
+def test_sdk_retry_recovers_within_the_turn(chat, fake):
+    sid = named_session(chat)
+    fake.fail_next(500)
+    events = turn(chat, sid, "retried")
+    assert events[-1].event == "done" and reply_text(events) == "Echo: retried"
+
+
+def test_client_disconnect_cancels_the_reply(chat_app, chat, fake, alice, pool):
+    sid = named_session(chat)
+    fake.token_delay = 0.05
+    fake.client_disconnected.clear()
+    response = send(chat, sid, "a long answer please " * 20, buffered=False)
+    chunks = iter(response.response)
+    received = ""
+    while "event: token" not in received:
+        received += next(chunks).decode()
+    response.close()  # the browser tab is gone
+    assert fake.client_disconnected.wait(5), "upstream stream was not closed"
+    runs = chat_app.extensions["chat_backend"]
+    assert wait_until(lambda: not runs.chat._store.run_is_live(alice.id, sid))
+    body = session_of(chat, sid)
+    assert [m["role"] for m in body["messages"]] == ["user"]
+    assert body["data"]["message_count"] == 1
+
+
+def test_heartbeats_while_the_model_is_quiet(make_app, fake, alice):
+    app = make_app(openai_base_url=fake.base_url, openai_api_key="k", sse_heartbeat_seconds=0.02)
+    client = client_for(app, alice)
+    sid = named_session(client)
+    with fake.hold_streams() as gate:
+        response = send(client, sid, "slow", buffered=False)
+        chunks = iter(response.response)
+        seen = ""
+        while seen.count(": keep-alive") < 2:
+            seen += next(chunks).decode()
+        gate.release()
+        seen += "".join(c.decode() for c in chunks)
+    events, comments = parse_sse(seen)
+    assert comments.count("keep-alive") >= 2
+    assert events[-1].event == "done"
+
+
+# --- exact counts -----------------------------------------------------------------
+
+def test_counts_exact_with_many_sessions_in_parallel(chat_app, fake, alice):
+    fake.token_delay = 0.001
+    client = client_for(chat_app, alice)
+    sids = [named_session(client) for _ in range(6)]
+    errors: list[str] = []
+
+    def talk(sid):
+        c = client_for(chat_app, alice)
+        for i in range(3):
+            events = turn(c, sid, f"turn {i}")
+            if events[-1].event != "done":
+                errors.append(str(events[-1]))
+
+    threads = [threading.Thread(target=talk, args=(s,)) for s in sids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    for sid in sids:
+        body = session_of(client, sid)
+        assert body["data"]["message_count"] == 6 == len(body["messages"])
+
+
+def test_concurrent_sends_to_one_session_one_wins_count_exact(chat_app, fake, alice):
+    client = client_for(chat_app, alice)
+    sid = named_session(client)
+    statuses: list[int] = []
+    start = threading.Barrier(6)
+    with fake.hold_streams() as gate:
+        def attempt():
+            c = client_for(chat_app, alice)
+            start.wait()
+            r = send(c, sid, "race", buffered=False)
+            statuses.append(r.status_code)
+            if r.status_code == 200:
+                gate.wait_for_held(1)
+                gate.release()
+                parse_sse(r.get_data(as_text=True))
+
+        threads = [threading.Thread(target=attempt) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert sorted(statuses) == [200, 409, 409, 409, 409, 409]
+    body = session_of(client, sid)
+    assert body["data"]["message_count"] == 2 == len(body["messages"])
