@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Response, stream_with_context
+from flask import Response
 from flask_login import current_user
 from flask_openapi3 import APIBlueprint, Tag
 
@@ -24,8 +24,11 @@ def query_stream(body: QueryBody):
     """Send a message and stream the reply. The session is created on first use."""
     chat = app_state().chat
     turn = chat.start_turn(current_user._get_current_object(), body.session_id, body.query)
+    # No stream_with_context: the stream needs nothing from the request, and
+    # keeping its context pushed would let it leak into other requests (and
+    # their flask-login user) in the same thread.
     return Response(
-        stream_with_context(chat.stream(turn)),
+        chat.stream(turn),
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -1,0 +1,263 @@
+"""Deletes and replies in progress: busy, force, the write fence, dead processes, orphans."""
+
+from __future__ import annotations
+
+import random
+import threading
+import uuid
+
+import pytest
+from langgraph.checkpoint.base import empty_checkpoint
+
+from backend.chat.checkpointer import SessionCheckpointSaver, SessionGone
+from tests.chat_support import parse_sse, send, turn, wait_until
+from tests.checkpoints import seed_thread, thread_row_counts
+from tests.conftest import client_for, unique_session_id
+
+EMPTY = {"checkpoints": 0, "checkpoint_blobs": 0, "checkpoint_writes": 0}
+
+
+def state_of(app):
+    return app.extensions["chat_backend"]
+
+
+def named_session(client):
+    sid = unique_session_id()
+    client.post("/api/llm/sessions", json={"session_id": sid, "session_name": "No auto-naming"})
+    return sid
+
+
+def session_row(pool, user_id, sid):
+    with pool.connection() as conn:
+        return conn.execute(
+            "select * from chat_sessions where user_id = %s and session_id = %s", (user_id, sid)
+        ).fetchone()
+
+
+def test_delete_of_busy_session_is_409_then_force_cancels_and_deletes(chat_app, chat, fake, alice, pool):
+    sid = named_session(chat)
+    turn(chat, sid, "earlier turn")
+    with fake.hold_streams() as gate:
+        streaming = send(chat, sid, "a reply to be interrupted", buffered=False)
+        assert gate.wait_for_held(1)
+
+        refused = client_for(chat_app, alice).delete(f"/api/llm/sessions/{sid}")
+        assert refused.status_code == 409
+        err = refused.get_json()["error"]
+        assert err["code"] == "session_busy" and "force=true" in err["message"]
+        assert session_row(pool, alice.id, sid) is not None
+
+        forced = client_for(chat_app, alice).delete(f"/api/llm/sessions/{sid}?force=true")
+        assert forced.status_code == 200
+        assert forced.get_json()["deleted"]["chat_sessions"] == 1
+        events, _ = parse_sse(streaming.get_data(as_text=True))
+    assert events[-1].event == "error" and events[-1].data["code"] in ("cancelled", "session_deleted")
+    assert session_row(pool, alice.id, sid) is None
+    assert thread_row_counts(pool, alice.thread_id(sid)) == EMPTY
+    with pool.connection() as conn:
+        audit = conn.execute(
+            "select forced from session_deletions where user_id = %s and session_id = %s", (alice.id, sid)
+        ).fetchone()
+        assert audit["forced"] is True
+        assert conn.execute(
+            "select count(*) as n from chat_session_runs where user_id = %s and session_id = %s", (alice.id, sid)
+        ).fetchone()["n"] == 0
+
+
+def test_force_delete_of_idle_session_is_an_ordinary_delete(chat, fake, alice, pool):
+    sid = named_session(chat)
+    turn(chat, sid, "hello")
+    r = chat.delete(f"/api/llm/sessions/{sid}?force=true")
+    assert r.status_code == 200 and thread_row_counts(pool, alice.thread_id(sid)) == EMPTY
+
+
+def test_another_users_force_delete_touches_nothing(chat_app, chat, fake, alice, bob, pool):
+    sid = named_session(chat)
+    with fake.hold_streams() as gate:
+        streaming = send(chat, sid, "still mine", buffered=False)
+        assert gate.wait_for_held(1)
+        assert client_for(chat_app, bob).delete(f"/api/llm/sessions/{sid}?force=true").status_code == 404
+        gate.release()
+        events, _ = parse_sse(streaming.get_data(as_text=True))
+    assert events[-1].event == "done"
+    assert session_row(pool, alice.id, sid)["message_count"] == 2
+
+
+# --- the write fence: no late checkpoint write brings a deleted session back ---------
+
+def _write_checkpoint(saver, thread_id):
+    config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+    return saver.put(config, empty_checkpoint(), {"source": "input", "step": -1}, {})
+
+
+def test_write_to_a_deleted_session_fails_and_leaves_nothing(chat, alice, pool):
+    sid = named_session(chat)
+    saver = SessionCheckpointSaver(pool)
+    _write_checkpoint(saver, alice.thread_id(sid))
+    assert chat.delete(f"/api/llm/sessions/{sid}").status_code == 200
+    with pytest.raises(SessionGone):
+        _write_checkpoint(saver, alice.thread_id(sid))
+    assert thread_row_counts(pool, alice.thread_id(sid)) == EMPTY
+
+
+def test_write_racing_a_delete_waits_then_fails(chat, alice, pool):
+    """A write that arrives while a delete holds the row waits for it, then finds the session gone."""
+    sid = named_session(chat)
+    thread_id = alice.thread_id(sid)
+    saver = SessionCheckpointSaver(pool)
+    outcome: list[object] = []
+    with pool.connection() as conn, conn.transaction():
+        conn.execute("select 1 from chat_sessions where thread_id = %s for update", (thread_id,))
+        writer = threading.Thread(target=lambda: outcome.append(_try(lambda: _write_checkpoint(saver, thread_id))))
+        writer.start()
+        # the writer is blocked on our row lock: wait until PostgreSQL says so
+        assert wait_until(lambda: _waiting_on_lock(pool))
+        for table in EMPTY:
+            conn.execute(f"delete from {table} where thread_id = %s", (thread_id,))
+        conn.execute("delete from chat_sessions where thread_id = %s", (thread_id,))
+    writer.join(5)
+    assert isinstance(outcome[0], SessionGone)
+    assert thread_row_counts(pool, thread_id) == EMPTY
+
+
+def _try(fn):
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - returned for the assertion
+        return exc
+
+
+def _waiting_on_lock(pool) -> bool:
+    with pool.connection() as conn:
+        return conn.execute(
+            "select count(*) as n from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()"
+        ).fetchone()["n"] > 0
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_any_interleaving_of_sending_and_deleting_leaves_nothing(chat_app, fake, alice, pool, seed):
+    """A slow upstream, a turn, and deletes (plain or forced) at a random moment."""
+    rng = random.Random(seed)
+    fake.token_delay = rng.choice([0.0, 0.002, 0.01])
+    fake.first_token_delay = rng.choice([0.0, 0.01, 0.05])
+    sid = named_session(client_for(chat_app, alice))
+    thread_id = alice.thread_id(sid)
+    delay = rng.uniform(0, 0.08)
+    send_delay = rng.uniform(0, 0.03)
+    force = rng.random() < 0.7
+    statuses: list[int] = []
+
+    def sender():
+        threading.Event().wait(send_delay)
+        r = send(client_for(chat_app, alice), sid, "tell me a long story " * rng.randint(1, 30))
+        statuses.append(r.status_code)
+        r.get_data()
+
+    def deleter():
+        threading.Event().wait(delay)  # a random moment, not a synchronisation
+        c = client_for(chat_app, alice)
+        while True:
+            r = c.delete(f"/api/llm/sessions/{sid}" + ("?force=true" if force else ""))
+            if r.status_code != 409:
+                statuses.append(r.status_code)
+                return
+            threading.Event().wait(0.005)
+
+    threads = [threading.Thread(target=sender), threading.Thread(target=deleter)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert 200 in statuses
+    # The session either never got to exist again, or was deleted; nothing of it remains.
+    if session_row(pool, alice.id, sid) is None:
+        assert thread_row_counts(pool, thread_id) == EMPTY
+    else:  # the send re-created it after the delete (first use): then it must be whole
+        row = session_row(pool, alice.id, sid)
+        history = client_for(chat_app, alice).get(f"/api/llm/sessions/{sid}?include_messages=true").get_json()
+        assert row["message_count"] == len(history["messages"])
+        assert client_for(chat_app, alice).delete(f"/api/llm/sessions/{sid}?force=true").status_code == 200
+        assert thread_row_counts(pool, thread_id) == EMPTY
+
+
+# --- runs whose process died -----------------------------------------------------------
+
+def test_expired_run_is_reconciled_and_frees_the_session(chat_app, chat, fake, alice, pool):
+    sid = named_session(chat)
+    store = state_of(chat_app).chat._store
+    # A process took the session, wrote two turns of history, and died before counting.
+    assert store.acquire_run(alice.id, sid, "dead-host:1", 60) is not None
+    seed_thread(pool, alice.thread_id(sid), turns=2)
+    assert send(chat, sid, "busy?").status_code == 409
+    with pool.connection() as conn:
+        conn.execute(
+            "update chat_session_runs set lease_expires_at = now() - interval '1 second' where session_id = %s", (sid,)
+        )
+    assert state_of(chat_app).maintenance.reconcile_runs() >= 1
+    row = session_row(pool, alice.id, sid)
+    history = chat.get(f"/api/llm/sessions/{sid}?include_messages=true").get_json()["messages"]
+    assert row["message_count"] == 4 == len(history)
+    assert turn(chat, sid, "free again")[-1].event == "done"
+
+
+def test_new_turn_takes_over_an_expired_lease_and_counts_exactly(chat_app, chat, fake, alice, pool):
+    sid = named_session(chat)
+    store = state_of(chat_app).chat._store
+    store.acquire_run(alice.id, sid, "dead-host:2", 60)
+    seed_thread(pool, alice.thread_id(sid), turns=1)
+    with pool.connection() as conn:
+        conn.execute("update chat_session_runs set lease_expires_at = now() - interval '1 second' where session_id = %s", (sid,))
+    events = turn(chat, sid, "after the crash")
+    assert events[-1].event == "done" and events[-1].data["message_count"] == 4
+
+
+def test_lost_lease_stops_the_reply(chat_app, chat, fake, alice, pool):
+    sid = named_session(chat)
+    with fake.hold_streams() as gate:
+        streaming = send(chat, sid, "hello", buffered=False)
+        assert gate.wait_for_held(1)
+        with pool.connection() as conn:  # e.g. another process reconciled it after a long pause
+            conn.execute("delete from chat_session_runs where session_id = %s and user_id = %s", (sid, alice.id))
+        events, _ = parse_sse(streaming.get_data(as_text=True))
+    assert events[-1].event == "error" and events[-1].data["code"] == "session_deleted"
+    row = session_row(pool, alice.id, sid)
+    assert row["message_count"] == len(chat.get(f"/api/llm/sessions/{sid}?include_messages=true").get_json()["messages"])
+
+
+# --- orphaned LangGraph threads --------------------------------------------------------
+
+def test_orphan_sweep_removes_only_session_threads_without_sessions(chat_app, chat, fake, alice, pool):
+    kept_sid = named_session(chat)
+    turn(chat, kept_sid, "I have a session")
+    kept_before = thread_row_counts(pool, alice.thread_id(kept_sid))
+    orphans = [alice.thread_id(unique_session_id()) for _ in range(3)]
+    for thread_id in orphans:
+        seed_thread(pool, thread_id, turns=1)
+    foreign = f"some-other-app-{uuid.uuid4().hex}"
+    foreign_before = seed_thread(pool, foreign, turns=1)
+
+    # quiet for less than the minimum age: kept
+    assert state_of(chat_app).maintenance.sweep_orphans(min_age_seconds=3600)["threads"] == 0
+
+    result = chat_app.test_cli_runner().invoke(args=["sweep-orphans", "--min-age-seconds", "0"])
+    assert result.exit_code == 0, result.output
+    assert "removed" in result.output
+    removed = int(result.output.split("removed ")[1].split(" ")[0])
+    assert removed >= 3
+    for thread_id in orphans:
+        assert thread_row_counts(pool, thread_id) == EMPTY
+    assert thread_row_counts(pool, alice.thread_id(kept_sid)) == kept_before
+    assert thread_row_counts(pool, foreign) == foreign_before
+    assert state_of(chat_app).maintenance.sweep_orphans(min_age_seconds=0)["threads"] == 0
+
+
+def test_orphan_sweep_spares_a_thread_whose_session_appears(chat_app, alice, pool):
+    sid = unique_session_id()
+    thread_id = alice.thread_id(sid)
+    before = seed_thread(pool, thread_id, turns=1)
+    store = state_of(chat_app).chat._store
+    assert thread_id in store.orphan_threads(0, 10_000)
+    # the user comes back to the localStorage-only chat: its session row appears
+    client_for(chat_app, alice).post("/api/llm/sessions", json={"session_id": sid})
+    assert store.delete_orphan_thread(thread_id) == EMPTY
+    assert thread_row_counts(pool, thread_id) == before
