@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
 from typing import Any, Protocol
@@ -32,10 +33,13 @@ class OpenAIChatModel:
         if cancel.is_set():
             raise ReplyCancelled()
         response = self._client.chat.completions.create(model=self.name, messages=messages, stream=True)
-        # Closing the HTTP response on cancel also wakes a read blocked on a
-        # quiet upstream; leaving the `with` closes it in any case, so a
-        # stopped reply stops costing tokens upstream at once.
-        stop_watching = cancel.on_cancel(response.close) if hasattr(cancel, "on_cancel") else (lambda: None)
+        # A read blocked on a quiet upstream only wakes when its socket is shut
+        # down (closing the response from another thread waits for the read).
+        # Leaving the `with` closes the response in any case, so a stopped
+        # reply stops costing tokens upstream at once.
+        stop_watching = (
+            cancel.on_cancel(lambda: _shut_down_socket(response)) if hasattr(cancel, "on_cancel") else (lambda: None)
+        )
         try:
             with response:
                 for chunk in response:
@@ -49,6 +53,17 @@ class OpenAIChatModel:
             raise
         finally:
             stop_watching()
+
+
+def _shut_down_socket(response: Any) -> None:
+    """Wake a read blocked on this streamed response; never blocks itself."""
+    stream = getattr(getattr(response, "response", None), "extensions", {}).get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
 
 
 class OfflineChatModel:

@@ -54,7 +54,11 @@ class CancelToken:
                 log.debug("cancel callback failed", exc_info=True)
 
     def on_cancel(self, callback: Callable[[], None]) -> Callable[[], None]:
-        """Run `callback` when cancelled (at once if already). Returns a remover."""
+        """Run `callback` when cancelled (at once if already). Returns a remover.
+
+        Callbacks run on the thread that cancels, often the lease keeper, so
+        they must not block (shut a socket down; do not wait on it).
+        """
         with self._lock:
             if not self._event.is_set():
                 self._callbacks.append(callback)
