@@ -10,6 +10,7 @@ EXPECTED_OPERATIONS = {
     ("/api/llm/sessions/{session_id}", "delete"): {"200", "400", "401", "404", "409", "500", "503"},
     ("/api/auth/login", "post"): {"200", "400", "401", "413", "429", "500", "503"},
     ("/api/auth/me", "get"): {"200", "401", "500", "503"},
+    ("/api/llm/query/stream", "post"): {"200", "400", "401", "404", "409", "413", "500", "503"},
     ("/healthz", "get"): {"200"},
     ("/readyz", "get"): {"200", "503"},
 }
@@ -48,3 +49,13 @@ def test_interactive_docs_page(anon):
     assert anon.get("/api/docs/").status_code == 200
     swagger = anon.get("/api/docs/swagger")
     assert swagger.status_code == 200 and b"swagger" in swagger.data.lower()
+
+
+def test_stream_is_documented_as_server_sent_events(anon):
+    operation = anon.get("/api/openapi.json").get_json()["paths"]["/api/llm/query/stream"]["post"]
+    assert set(operation["responses"]["200"]["content"]) == {"text/event-stream"}
+    for word in ("event: token", "event: done", "event: error", "heartbeats"):
+        assert word in operation["description"]
+    body = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
+    schema = anon.get("/api/openapi.json").get_json()["components"]["schemas"][body]
+    assert schema["properties"]["query"]["maxLength"] == 32000

@@ -91,12 +91,14 @@ class Maintenance:
         self._thread = threading.Thread(target=self._loop, name="chat-maintenance", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
         self._stopped.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
 
     def _loop(self) -> None:
-        last_sweep = 0.0
-        delay = 1.0  # first pass soon after start: recovery from the last crash
+        last_sweep = float("-inf")  # the first pass sweeps too
+        delay = min(1.0, self._interval)  # first pass soon after start: recovery from the last crash
         while not self._stopped.wait(delay):
             delay = self._interval
             sweep = self._sweep_interval > 0 and time.monotonic() - last_sweep >= self._sweep_interval

@@ -1,0 +1,53 @@
+"""The graph is pluggable: CHAT_GRAPH_FACTORY names a user's own agent; the periodic upkeep runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.chat_support import reply_text, turn, wait_until
+from tests.checkpoints import seed_thread, thread_row_counts
+from tests.conftest import client_for, unique_session_id
+
+
+def test_custom_graph_with_extra_node(make_app, fake, alice):
+    app = make_app(openai_base_url=fake.base_url, openai_api_key="k",
+                   chat_graph_factory="tests.custom_graphs:with_retrieval")
+    client = client_for(app, alice)
+    sid = unique_session_id()
+    events = turn(client, sid, "what do the documents say?")
+    assert reply_text(events) == "[found 2 documents] Echo: what do the documents say?"
+    body = client.get(f"/api/llm/sessions/{sid}?include_messages=true").get_json()
+    # the note was streamed, not stored: history holds the question and the model's answer
+    assert [m["content"] for m in body["messages"]] == ["what do the documents say?", "Echo: what do the documents say?"]
+    assert body["data"]["message_count"] == 2
+
+
+def test_custom_graph_that_does_not_stream_still_answers(make_app, alice):
+    app = make_app(chat_graph_factory="tests.custom_graphs:without_streaming")
+    client = client_for(app, alice)
+    sid = unique_session_id()
+    assert reply_text(turn(client, sid, "one")) == "1 message(s) so far"
+    events = turn(client, sid, "two")
+    assert reply_text(events) == "3 message(s) so far"
+    assert events[-1].data["message_count"] == 4
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [("no_colon", "must look like"), ("tests.custom_graphs:missing", "cannot be loaded"),
+     ("no.such.module:factory", "cannot be loaded")],
+)
+def test_bad_graph_factory_stops_start_up_with_a_clear_error(make_app, spec, message):
+    with pytest.raises(ValueError, match=message):
+        make_app(chat_graph_factory=spec)
+
+
+def test_server_sweeps_orphans_periodically(make_app, alice, pool):
+    orphan = alice.thread_id(unique_session_id())
+    seed_thread(pool, orphan, turns=1)
+    app = make_app(maintenance_interval_seconds=0.05, orphan_sweep_interval_seconds=0.05, orphan_min_age_seconds=0)
+    try:
+        assert wait_until(lambda: thread_row_counts(pool, orphan) == {
+            "checkpoints": 0, "checkpoint_blobs": 0, "checkpoint_writes": 0})
+    finally:
+        app.extensions["chat_backend"].maintenance.stop()  # a sweeper must not outlive its test
