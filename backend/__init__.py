@@ -48,10 +48,13 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
 
     db = Database.connect(settings)
     log.info("database in use", extra={"database": db.description})
-    if settings.run_migrations_on_start:
-        db.prepare_schema()
-
-    state = build_state(settings, db)
+    try:
+        if settings.run_migrations_on_start:
+            db.prepare_schema()
+        state = build_state(settings, db)
+    except BaseException:
+        db.close()  # a failed start must not leave a pool (and its threads) behind
+        raise
     app.extensions["chat_backend"] = state
     state.maintenance.start()
 
