@@ -60,6 +60,19 @@ def model_reply(body: dict) -> str:
     return echo_reply(body)
 
 
+def state_of(app):
+    return app.extensions["chat_backend"]
+
+
+def named_session(client, name: str = "Named by the user") -> str:
+    """A session the user named, so it is never auto-named (the fake sees chat requests only)."""
+    from tests.conftest import unique_session_id
+
+    sid = unique_session_id()
+    assert client.post("/api/llm/sessions", json={"session_id": sid, "session_name": name}).status_code == 201
+    return sid
+
+
 def send(client, session_id: str, query: str, **kwargs):
     return client.post("/api/llm/query/stream", json={"session_id": session_id, "query": query}, **kwargs)
 

@@ -38,3 +38,13 @@ def thread_row_counts(pool, thread_id: str) -> dict[str, int]:
             table: conn.execute(f"select count(*) as n from {table} where thread_id = %s", (thread_id,)).fetchone()["n"]
             for table in CHECKPOINT_TABLES
         }
+
+
+NO_ROWS = {table: 0 for table in CHECKPOINT_TABLES}
+
+
+def session_row(pool, user_id: str, session_id: str) -> dict | None:
+    with pool.connection() as conn:
+        return conn.execute(
+            "select * from chat_sessions where user_id = %s and session_id = %s", (user_id, session_id)
+        ).fetchone()

@@ -22,7 +22,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from backend import create_app
 from backend.config import Settings
 from backend.db import start_embedded_postgres
-from tests.chat_support import fake, fake_model  # noqa: F401 - fixtures
+
+pytest_plugins = ["tests.chat_support"]  # the fake model's fixtures
 
 JWT_SECRET = "test-jwt-secret-" + "x" * 32
 SECRET_KEY = "test-secret-key-" + "y" * 32
@@ -37,17 +38,26 @@ def server_url(tmp_path_factory) -> str:
     return start_embedded_postgres(tmp_path_factory.mktemp("pg") / "data")
 
 
-@pytest.fixture(scope="session")
-def database_url(server_url) -> Iterator[str]:
-    """A database of this run's own, dropped afterwards."""
-    name = f"test_{uuid.uuid4().hex[:12]}"
+@contextmanager
+def scratch_database(server_url: str, prefix: str) -> Iterator[str]:
+    """A new, empty database on the server, dropped afterwards; yields its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(f'create database "{name}"')
     params = conninfo_to_dict(server_url)
     params["dbname"] = name
-    yield make_conninfo(**params)
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'drop database if exists "{name}" with (force)')
+    try:
+        yield make_conninfo(**params)
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+@pytest.fixture(scope="session")
+def database_url(server_url) -> Iterator[str]:
+    """A database of this run's own."""
+    with scratch_database(server_url, "test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -179,15 +189,25 @@ def unique_session_id() -> str:
 
 
 @contextmanager
-def fault(pool, sql_create: str, sql_drop: str):
-    """Install a database-side fault (a trigger) for the duration of a test."""
+def failing_trigger(pool, table: str, event: str, session_id_prefix: str):
+    """A real database failure: `event` ('delete', 'insert', 'update') on `table` raises
+    for rows whose session_id starts with the prefix, while the block runs."""
+    name = f"test_fail_{table}_{event}"
+    row = "old" if event == "delete" else "new"
     with pool.connection() as conn:
-        conn.execute(sql_create)
+        conn.execute(f"""
+            create or replace function {name}() returns trigger language plpgsql as $$
+            begin
+                if {row}.session_id like '{session_id_prefix}%' then raise exception 'injected failure'; end if;
+                return {row};
+            end $$;
+            create trigger {name} before {event} on {table} for each row execute function {name}();
+        """)
     try:
         yield
     finally:
         with pool.connection() as conn:
-            conn.execute(sql_drop)
+            conn.execute(f"drop trigger {name} on {table}; drop function {name}();")
 
 
 # --- every response the suite sees must be in the OpenAPI document ------------

@@ -6,15 +6,8 @@ import threading
 
 import pytest
 
-from tests.chat_support import parse_sse, reply_text, send, turn, wait_until
+from tests.chat_support import named_session, parse_sse, reply_text, send, turn, wait_until
 from tests.conftest import client_for, unique_session_id
-
-
-def named_session(client, name="Named by the user"):
-    """A session that will not be auto-named (so the fake sees chat requests only)."""
-    sid = unique_session_id()
-    assert client.post("/api/llm/sessions", json={"session_id": sid, "session_name": name}).status_code == 201
-    return sid
 
 
 def session_of(client, sid):

@@ -10,28 +10,11 @@ import pytest
 from langgraph.checkpoint.base import empty_checkpoint
 
 from backend.chat.checkpointer import SessionCheckpointSaver, SessionGone
-from tests.chat_support import parse_sse, send, turn, wait_until
-from tests.checkpoints import seed_thread, thread_row_counts
+from tests.chat_support import named_session, parse_sse, send, state_of, turn, wait_until
+from tests.checkpoints import NO_ROWS, seed_thread, session_row, thread_row_counts
 from tests.conftest import client_for, unique_session_id
 
-EMPTY = {"checkpoints": 0, "checkpoint_blobs": 0, "checkpoint_writes": 0}
 
-
-def state_of(app):
-    return app.extensions["chat_backend"]
-
-
-def named_session(client):
-    sid = unique_session_id()
-    client.post("/api/llm/sessions", json={"session_id": sid, "session_name": "No auto-naming"})
-    return sid
-
-
-def session_row(pool, user_id, sid):
-    with pool.connection() as conn:
-        return conn.execute(
-            "select * from chat_sessions where user_id = %s and session_id = %s", (user_id, sid)
-        ).fetchone()
 
 
 def test_delete_of_busy_session_is_409_then_force_cancels_and_deletes(chat_app, chat, fake, alice, pool):
@@ -53,7 +36,7 @@ def test_delete_of_busy_session_is_409_then_force_cancels_and_deletes(chat_app, 
         events, _ = parse_sse(streaming.get_data(as_text=True))
     assert events[-1].event == "error" and events[-1].data["code"] in ("cancelled", "session_deleted")
     assert session_row(pool, alice.id, sid) is None
-    assert thread_row_counts(pool, alice.thread_id(sid)) == EMPTY
+    assert thread_row_counts(pool, alice.thread_id(sid)) == NO_ROWS
     with pool.connection() as conn:
         audit = conn.execute(
             "select forced from session_deletions where user_id = %s and session_id = %s", (alice.id, sid)
@@ -68,7 +51,7 @@ def test_force_delete_of_idle_session_is_an_ordinary_delete(chat, fake, alice, p
     sid = named_session(chat)
     turn(chat, sid, "hello")
     r = chat.delete(f"/api/llm/sessions/{sid}?force=true")
-    assert r.status_code == 200 and thread_row_counts(pool, alice.thread_id(sid)) == EMPTY
+    assert r.status_code == 200 and thread_row_counts(pool, alice.thread_id(sid)) == NO_ROWS
 
 
 def test_another_users_force_delete_touches_nothing(chat_app, chat, fake, alice, bob, pool):
@@ -97,7 +80,7 @@ def test_write_to_a_deleted_session_fails_and_leaves_nothing(chat, alice, pool):
     assert chat.delete(f"/api/llm/sessions/{sid}").status_code == 200
     with pytest.raises(SessionGone):
         _write_checkpoint(saver, alice.thread_id(sid))
-    assert thread_row_counts(pool, alice.thread_id(sid)) == EMPTY
+    assert thread_row_counts(pool, alice.thread_id(sid)) == NO_ROWS
 
 
 def test_write_racing_a_delete_waits_then_fails(chat, alice, pool):
@@ -112,12 +95,12 @@ def test_write_racing_a_delete_waits_then_fails(chat, alice, pool):
         writer.start()
         # the writer is blocked on our row lock: wait until PostgreSQL says so
         assert wait_until(lambda: _waiting_on_lock(pool))
-        for table in EMPTY:
+        for table in NO_ROWS:
             conn.execute(f"delete from {table} where thread_id = %s", (thread_id,))
         conn.execute("delete from chat_sessions where thread_id = %s", (thread_id,))
     writer.join(5)
     assert isinstance(outcome[0], SessionGone)
-    assert thread_row_counts(pool, thread_id) == EMPTY
+    assert thread_row_counts(pool, thread_id) == NO_ROWS
 
 
 def _try(fn):
@@ -171,13 +154,13 @@ def test_any_interleaving_of_sending_and_deleting_leaves_nothing(chat_app, fake,
     assert 200 in statuses
     # The session either never got to exist again, or was deleted; nothing of it remains.
     if session_row(pool, alice.id, sid) is None:
-        assert thread_row_counts(pool, thread_id) == EMPTY
+        assert thread_row_counts(pool, thread_id) == NO_ROWS
     else:  # the send re-created it after the delete (first use): then it must be whole
         row = session_row(pool, alice.id, sid)
         history = client_for(chat_app, alice).get(f"/api/llm/sessions/{sid}?include_messages=true").get_json()
         assert row["message_count"] == len(history["messages"])
         assert client_for(chat_app, alice).delete(f"/api/llm/sessions/{sid}?force=true").status_code == 200
-        assert thread_row_counts(pool, thread_id) == EMPTY
+        assert thread_row_counts(pool, thread_id) == NO_ROWS
 
 
 # --- runs whose process died -----------------------------------------------------------
@@ -245,7 +228,7 @@ def test_orphan_sweep_removes_only_session_threads_without_sessions(chat_app, ch
     removed = int(result.output.split("removed ")[1].split(" ")[0])
     assert removed >= 3
     for thread_id in orphans:
-        assert thread_row_counts(pool, thread_id) == EMPTY
+        assert thread_row_counts(pool, thread_id) == NO_ROWS
     assert thread_row_counts(pool, alice.thread_id(kept_sid)) == kept_before
     assert thread_row_counts(pool, foreign) == foreign_before
     assert state_of(chat_app).maintenance.sweep_orphans(min_age_seconds=0)["threads"] == 0
@@ -259,5 +242,5 @@ def test_orphan_sweep_spares_a_thread_whose_session_appears(chat_app, alice, poo
     assert thread_id in store.orphan_threads(0, 10_000)
     # the user comes back to the localStorage-only chat: its session row appears
     client_for(chat_app, alice).post("/api/llm/sessions", json={"session_id": sid})
-    assert store.delete_orphan_thread(thread_id) == EMPTY
+    assert store.delete_orphan_thread(thread_id) == NO_ROWS
     assert thread_row_counts(pool, thread_id) == before

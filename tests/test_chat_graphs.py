@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.chat_support import reply_text, turn, wait_until
-from tests.checkpoints import seed_thread, thread_row_counts
+from tests.checkpoints import NO_ROWS, seed_thread, thread_row_counts
 from tests.conftest import client_for, unique_session_id
 
 
@@ -47,7 +47,6 @@ def test_server_sweeps_orphans_periodically(make_app, alice, pool):
     seed_thread(pool, orphan, turns=1)
     app = make_app(maintenance_interval_seconds=0.05, orphan_sweep_interval_seconds=0.05, orphan_min_age_seconds=0)
     try:
-        assert wait_until(lambda: thread_row_counts(pool, orphan) == {
-            "checkpoints": 0, "checkpoint_blobs": 0, "checkpoint_writes": 0})
+        assert wait_until(lambda: thread_row_counts(pool, orphan) == NO_ROWS)
     finally:
         app.extensions["chat_backend"].maintenance.stop()  # a sweeper must not outlive its test

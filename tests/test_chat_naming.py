@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from tests.chat_support import NAMING_ANSWER, model_reply, send, turn, wait_until
+from tests.chat_support import NAMING_ANSWER, model_reply, send, state_of, turn, wait_until
 from tests.conftest import client_for, unique_session_id
-
-
-def state_of(app):
-    return app.extensions["chat_backend"]
 
 
 def name_of(client, sid):

@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import threading
-import uuid
-
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from backend.db import apply_migrations, connection_kwargs, migration_files, setup_checkpointer
 from backend.config import Settings
-from tests.conftest import unique_session_id
+from tests.conftest import scratch_database, unique_session_id
 
 
 @pytest.fixture
 def fresh_database(server_url):
-    name = f"mig_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'create database "{name}"')
-    params = conninfo_to_dict(server_url)
-    params["dbname"] = name
-    yield make_conninfo(**params)
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'drop database if exists "{name}" with (force)')
+    with scratch_database(server_url, "mig") as url:
+        yield url
 
 
 def _pool(url: str, **overrides) -> ConnectionPool:

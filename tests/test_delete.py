@@ -6,17 +6,10 @@ import threading
 
 import pytest
 
-from tests.checkpoints import seed_thread, thread_row_counts
-from tests.conftest import client_for, fault, unique_session_id
-
-EMPTY = {"checkpoints": 0, "checkpoint_blobs": 0, "checkpoint_writes": 0}
+from tests.checkpoints import NO_ROWS, seed_thread, session_row, thread_row_counts
+from tests.conftest import client_for, failing_trigger, unique_session_id
 
 
-def session_row(pool, user_id, session_id):
-    with pool.connection() as conn:
-        return conn.execute(
-            "select * from chat_sessions where user_id = %s and session_id = %s", (user_id, session_id)
-        ).fetchone()
 
 
 def audit_rows(pool, user_id, session_id):
@@ -44,7 +37,7 @@ def test_delete_removes_row_and_every_checkpoint_row(api, pool, alice):
     assert list(body)[0] == "success" and body["success"] is True
     assert body["deleted"] == {**before, "chat_sessions": 1}
     assert session_row(pool, alice.id, sid) is None
-    assert thread_row_counts(pool, alice.thread_id(sid)) == EMPTY
+    assert thread_row_counts(pool, alice.thread_id(sid)) == NO_ROWS
     # the user's other session is untouched
     assert thread_row_counts(pool, alice.thread_id(other_sid)) == other_before
     assert session_row(pool, alice.id, other_sid) is not None
@@ -68,7 +61,7 @@ def test_delete_session_without_checkpoints(api, pool, alice):
     sid = api.post("/api/llm/sessions", json={}).get_json()["session_id"]
     r = api.delete(f"/api/llm/sessions/{sid}")
     assert r.status_code == 200
-    assert r.get_json()["deleted"] == {**EMPTY, "chat_sessions": 1}
+    assert r.get_json()["deleted"] == {**NO_ROWS, "chat_sessions": 1}
 
 
 def test_delete_local_storage_only_session_clears_its_checkpoints(api, pool, alice):
@@ -78,7 +71,7 @@ def test_delete_local_storage_only_session_clears_its_checkpoints(api, pool, ali
     r = api.delete(f"/api/llm/sessions/{sid}")
     assert r.status_code == 200
     assert r.get_json()["deleted"] == {**before, "chat_sessions": 0}
-    assert thread_row_counts(pool, alice.thread_id(sid)) == EMPTY
+    assert thread_row_counts(pool, alice.thread_id(sid)) == NO_ROWS
     [audit] = audit_rows(pool, alice.id, sid)
     assert audit["had_session_row"] is False
 
@@ -126,45 +119,22 @@ def test_same_session_id_for_two_users_is_two_sessions(api, bob_api, pool, alice
     assert thread_row_counts(pool, bob.thread_id(sid)) == bob_before
 
 
-FAIL_ON_ROW_DELETE = """
-create or replace function test_fail_delete() returns trigger language plpgsql as $$
-begin
-    if old.session_id like 'fail-delete-%' then raise exception 'injected failure'; end if;
-    return old;
-end $$;
-create trigger test_fail_delete before delete on chat_sessions
-    for each row execute function test_fail_delete();
-"""
-DROP_FAIL_ON_ROW_DELETE = "drop trigger test_fail_delete on chat_sessions; drop function test_fail_delete();"
-
-FAIL_ON_AUDIT = """
-create or replace function test_fail_audit() returns trigger language plpgsql as $$
-begin
-    if new.session_id like 'fail-audit-%' then raise exception 'injected failure'; end if;
-    return new;
-end $$;
-create trigger test_fail_audit before insert on session_deletions
-    for each row execute function test_fail_audit();
-"""
-DROP_FAIL_ON_AUDIT = "drop trigger test_fail_audit on session_deletions; drop function test_fail_audit();"
-
-
 @pytest.mark.parametrize(
-    "prefix, install, remove",
+    "table, event",
     [
         # fails after the checkpoint rows are already deleted in the transaction
-        ("fail-delete-", FAIL_ON_ROW_DELETE, DROP_FAIL_ON_ROW_DELETE),
+        ("chat_sessions", "delete"),
         # fails at the very last statement
-        ("fail-audit-", FAIL_ON_AUDIT, DROP_FAIL_ON_AUDIT),
+        ("session_deletions", "insert"),
     ],
 )
-def test_delete_failing_half_way_changes_nothing(api, pool, alice, caplog, prefix, install, remove):
-    sid = prefix + unique_session_id()
+def test_delete_failing_half_way_changes_nothing(api, pool, alice, table, event):
+    sid = "fail-" + unique_session_id()
     api.post("/api/llm/sessions", json={"session_id": sid})
     before_counts = seed_thread(pool, alice.thread_id(sid), turns=2)
     before_row = session_row(pool, alice.id, sid)
 
-    with fault(pool, install, remove):
+    with failing_trigger(pool, table, event, "fail-"):
         r = api.delete(f"/api/llm/sessions/{sid}")
     assert r.status_code == 500
     assert r.get_json() == {
@@ -199,4 +169,4 @@ def test_concurrent_deletes_of_one_session_delete_it_once(app, pool, alice):
         t.join()
     assert sorted(results) == [200, 404, 404, 404]
     assert len(audit_rows(pool, alice.id, sid)) == 1
-    assert thread_row_counts(pool, alice.thread_id(sid)) == EMPTY
+    assert thread_row_counts(pool, alice.thread_id(sid)) == NO_ROWS

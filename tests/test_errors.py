@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from tests.conftest import fault, unique_session_id
+from tests.conftest import failing_trigger, unique_session_id
 
 
 @pytest.mark.parametrize("raw", ['{"session_name": ', "{'single': 'quotes'}", "nul\x00", "\xff\xfe"])
@@ -43,19 +43,11 @@ def test_unknown_route_and_method_are_json(api):
 def test_unexpected_error_is_500_without_internals(api, pool, alice, caplog):
     sid = "boom-" + unique_session_id()
     api.post("/api/llm/sessions", json={"session_id": sid})
-    install = """
-        create or replace function test_boom() returns trigger language plpgsql as $$
-        begin
-            if new.session_id like 'boom-%' then raise exception 'secret internal detail'; end if;
-            return new;
-        end $$;
-        create trigger test_boom before update on chat_sessions for each row execute function test_boom();
-    """
-    with fault(pool, install, "drop trigger test_boom on chat_sessions; drop function test_boom();"):
+    with failing_trigger(pool, "chat_sessions", "update", "boom-"):
         r = api.put(f"/api/llm/sessions/{sid}", json={"session_name": "x"})
     assert r.status_code == 500
     assert r.get_json() == {"success": False, "error": {"code": "internal_error", "message": "Something went wrong on our side"}}
-    assert "secret internal detail" not in r.get_data(as_text=True)
+    assert "injected failure" not in r.get_data(as_text=True)
     assert "Traceback" not in r.get_data(as_text=True)
     # operators get the class and a request id in the log
     record = next(rec for rec in caplog.records if rec.getMessage() == "unhandled error")

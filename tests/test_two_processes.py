@@ -13,10 +13,10 @@ import pytest
 
 from backend.config import PROJECT_ROOT
 from tests.chat_support import parse_sse, send, wait_until
-from tests.checkpoints import thread_row_counts
+from tests.checkpoints import NO_ROWS, thread_row_counts
 from tests.conftest import JWT_SECRET, SECRET_KEY, client_for, unique_session_id
 
-EMPTY = {"checkpoints": 0, "checkpoint_blobs": 0, "checkpoint_writes": 0}
+
 
 
 def _free_port() -> int:
@@ -95,7 +95,7 @@ def test_stream_in_server_busy_and_force_delete_from_another_process(server, cha
         assert forced.status_code == 200
         events, _ = parse_sse(stream.read().decode())
     assert events[-1].event == "error" and events[-1].data["code"] in ("cancelled", "session_deleted")
-    assert thread_row_counts(pool, alice.thread_id(sid)) == EMPTY
+    assert thread_row_counts(pool, alice.thread_id(sid)) == NO_ROWS
     with pool.connection() as conn:
         assert conn.execute("select count(*) as n from chat_session_runs where session_id = %s", (sid,)).fetchone()["n"] == 0
 
@@ -115,7 +115,7 @@ def test_stream_here_busy_and_force_delete_through_the_server(server, chat_app, 
         assert json.loads(forced.read())["deleted"]["chat_sessions"] == 1
         events, _ = parse_sse(streaming.get_data(as_text=True))
     assert events[-1].event == "error"
-    assert thread_row_counts(pool, alice.thread_id(sid)) == EMPTY
+    assert thread_row_counts(pool, alice.thread_id(sid)) == NO_ROWS
 
 
 def test_turns_through_both_workers_keep_one_memory(server, chat_app, fake, alice):
