@@ -182,6 +182,8 @@ def test_list_cursor_survives_ties_in_activity_time(api, pool, alice):
         ("limit=99999999999999999999999", "limit"), ("offset=-1", "offset"), ("offset=x", "offset"),
         ("offset=99999999999999999999", "offset"), ("include_archived=maybe", "include_archived"),
         ("cursor=not-a-cursor", "cursor"), ("cursor=W10", "cursor"),
+        # ["2026-01-01T00:00:00+00:00", 10**30]: well-formed, but no bigint
+        ("cursor=WyIyMDI2LTAxLTAxVDAwOjAwOjAwKzAwOjAwIiwgMTAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMF0", "cursor"),
     ],
 )
 def test_list_rejects_bad_parameters(api, query, field):

@@ -10,8 +10,8 @@ import secrets
 import string
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg_pool import ConnectionPool
@@ -53,6 +53,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
         stamp, row_id = json.loads(raw)
         when = datetime.fromisoformat(stamp)
         if when.tzinfo is None or not isinstance(row_id, int) or isinstance(row_id, bool):
+            raise ValueError
+        if not 0 < row_id < 2**63:  # a bigint, or PostgreSQL would refuse it with a 500
             raise ValueError
         return when, row_id
     except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
