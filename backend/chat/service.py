@@ -97,7 +97,12 @@ class ChatService:
         turn = Turn(user=user, session=session, run=run, query=query)
         # Started now, not when the response is first read: a turn whose
         # response is never read still ends and frees its session.
-        threading.Thread(target=self._run_turn, args=(turn,), name="chat-turn", daemon=True).start()
+        try:
+            threading.Thread(target=self._run_turn, args=(turn,), name="chat-turn", daemon=True).start()
+        except RuntimeError:  # no thread to be had: free the session again
+            self._leases.forget(run)
+            self._store.finish_run(user.id, session_id, run.run_id)
+            raise ApiError(503, "overloaded", "The server is too busy; try again shortly", headers={"Retry-After": "5"}) from None
         return turn
 
     def stream(self, turn: Turn) -> Iterator[str]:
