@@ -98,6 +98,7 @@ def build_state(settings: Settings, db: Database) -> AppState:
         model=build_chat_model(settings),
         system_prompt=settings.system_prompt,
         heartbeat_seconds=settings.sse_heartbeat_seconds,
+        prune_history=settings.checkpoint_history == "latest",
     )
     verifier = TokenVerifier(
         jwt_secret=settings.supabase_jwt_secret,

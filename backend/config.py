@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     require_model: bool = False  # production: refuse to start on the offline model
     system_prompt: str | None = None
     chat_graph_factory: str = "llm.graph:build_chat_graph"
+    # 'latest': after each turn, prune checkpoints the thread no longer needs
+    # (LangGraph's own prune), so storage grows linearly with the conversation.
+    # 'full': keep every checkpoint, for LangGraph time travel / replay.
+    checkpoint_history: Literal["latest", "full"] = "latest"
 
     # Auto-naming of sessions from their first message.
     naming_model: str = "gpt-4o-mini"

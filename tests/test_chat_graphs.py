@@ -50,3 +50,30 @@ def test_server_sweeps_orphans_periodically(make_app, alice, pool):
         assert wait_until(lambda: thread_row_counts(pool, orphan) == NO_ROWS)
     finally:
         app.extensions["chat_backend"].maintenance.stop()  # a sweeper must not outlive its test
+
+
+def _checkpoints_of(pool, thread_id):
+    with pool.connection() as conn:
+        return conn.execute("select count(*) as n from checkpoints where thread_id = %s", (thread_id,)).fetchone()["n"]
+
+
+def test_superseded_checkpoints_are_pruned_by_default(chat, fake, alice, pool):
+    sid = unique_session_id()
+    for i in range(3):
+        turn(chat, sid, f"turn {i}")
+    assert _checkpoints_of(pool, alice.thread_id(sid)) == 1  # only the latest
+    body = chat.get(f"/api/llm/sessions/{sid}?include_messages=true").get_json()
+    assert len(body["messages"]) == 6 == body["data"]["message_count"]
+    assert "turn 0" in fake.chat_requests[-1].json["messages"][0]["content"]  # memory intact
+    turn(chat, sid, "turn 3")
+    assert _checkpoints_of(pool, alice.thread_id(sid)) == 1
+
+
+def test_full_history_keeps_every_checkpoint(make_app, fake, alice, pool):
+    app = make_app(openai_base_url=fake.base_url, openai_api_key="k", checkpoint_history="full")
+    client = client_for(app, alice)
+    sid = unique_session_id()
+    for i in range(3):
+        turn(client, sid, f"turn {i}")
+    assert _checkpoints_of(pool, alice.thread_id(sid)) >= 9  # input, loop and end steps of each turn
+    assert client.get(f"/api/llm/sessions/{sid}").get_json()["data"]["message_count"] == 6

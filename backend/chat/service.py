@@ -68,6 +68,7 @@ class ChatService:
         model: ChatModel,
         system_prompt: str | None,
         heartbeat_seconds: float,
+        prune_history: bool,
     ) -> None:
         self._sessions = sessions
         self._store = store
@@ -77,6 +78,7 @@ class ChatService:
         self._model = model
         self._system_prompt = system_prompt
         self._heartbeat = heartbeat_seconds
+        self._prune_history = prune_history
 
     def start_turn(self, user: AuthUser, session_id: str, query: str) -> Turn:
         """Everything that can fail with a status code, before any byte is streamed."""
@@ -135,6 +137,8 @@ class ChatService:
         except Exception as exc:  # noqa: BLE001 - every failure becomes an `error` event
             error = self._describe_failure(run, exc)
         finally:
+            if self._prune_history:
+                self._prune(turn)
             try:
                 session = self._store.finish_run(run.user_id, run.session_id, run.run_id)
             except Exception:  # noqa: BLE001 - a later reconcile repairs the count
@@ -188,6 +192,15 @@ class ChatService:
             turn.events.put(("token", last_reply))
             sent = 1
         return sent
+
+    def _prune(self, turn: Turn) -> None:
+        """Drop the checkpoints this turn superseded (still under the run's lease,
+        so no write of this thread runs meanwhile). The latest one holds the
+        whole conversation; without pruning every turn keeps a full copy."""
+        try:
+            self._graph.checkpointer.prune([turn.session["thread_id"]], strategy="keep_latest")
+        except Exception:  # noqa: BLE001 - a missed prune costs space, not correctness
+            log.warning("pruning checkpoints failed", extra={"session_id": turn.run.session_id}, exc_info=True)
 
     @staticmethod
     def _describe_failure(run: ActiveRun, exc: Exception) -> tuple[str, str]:
