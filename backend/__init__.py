@@ -7,14 +7,17 @@ import secrets
 
 from flask_cors import CORS
 from flask_openapi3 import Info, OpenAPI
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from backend.app_state import build_state
 from backend.auth.routes import SECURITY_SCHEMES, init_login
 from backend.config import Settings
+from backend.csrf import install_csrf_protection
 from backend.db import Database
 from backend.errors import register_error_handlers, validation_error_response
 from backend.http import ErrorResponse, JsonRequest
 from backend.log_config import configure_logging, install_request_logging
+from backend.rate_limits import init_rate_limits
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +65,20 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         app,
         resources={r"/api/*": {"origins": settings.cors_origin_list}},
         supports_credentials=True,
-        allow_headers=["Content-Type", "Authorization", "X-Request-ID"],
+        allow_headers=["Content-Type", "Authorization", "X-Request-ID", "X-Requested-With"],
         expose_headers=["X-Request-ID", "Retry-After"],
         max_age=600,
     )
+    if settings.trusted_proxies:
+        app.wsgi_app = ProxyFix(
+            app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies
+        )
     install_request_logging(app)
     register_error_handlers(app)
+    install_csrf_protection(app, settings.cors_origin_list)
     init_login(app)
     _register_blueprints(app)
+    init_rate_limits(app, settings)
 
     from backend.cli import register_cli
 

@@ -43,6 +43,15 @@ class Settings(BaseSettings):
     cors_origins: str = "http://localhost:3000,http://localhost:5173"
     max_request_bytes: int = Field(default=1_048_576, ge=1024)
     session_cookie_secure: bool | None = None  # None: Secure everywhere but development
+    # How many proxies in front of the app set X-Forwarded-For / -Proto (0: none;
+    # then the client address is the TCP peer's). Rate limits key on it.
+    trusted_proxies: int = Field(default=0, ge=0, le=5)
+
+    # Rate limits (flask-limiter syntax: "10 per minute; 100 per hour").
+    rate_limits_enabled: bool = True
+    rate_limit_storage_url: str = "memory://"
+    login_rate_limit: str = "10 per minute; 100 per hour"
+    chat_rate_limit: str = "30 per minute"
 
     # The model: any OpenAI-compatible server. Neither key nor base URL: the
     # built-in offline model answers (deterministic, and says so).

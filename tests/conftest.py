@@ -74,6 +74,8 @@ def make_settings(database_url, tmp_path_factory):
             db_pool_min_size=1,
             db_pool_max_size=8,
             log_format="json",
+            # Every test signs in from 127.0.0.1; the rate-limit tests turn limits on.
+            rate_limits_enabled=False,
             # Background upkeep off: tests run each step themselves, when they mean to.
             maintenance_interval_seconds=0,
             run_lease_seconds=3,

@@ -15,6 +15,9 @@ from jwt.algorithms import ECAlgorithm
 
 from tests.conftest import JWT_SECRET, client_for, make_token
 
+# What the React frontend sends with every fetch (see backend/csrf.py).
+BROWSER = {"X-Requested-With": "fetch"}
+
 
 def signup(app, email=None, password="correct horse battery", business_id="biz-cookie"):
     email = email or f"user-{uuid.uuid4().hex[:8]}@example.com"
@@ -30,7 +33,7 @@ def signup(app, email=None, password="correct horse battery", business_id="biz-c
 
 def test_login_me_logout_with_cookie(app, anon):
     email, password = signup(app)
-    r = anon.post("/api/auth/login", json={"email": email.upper(), "password": password})
+    r = anon.post("/api/auth/login", json={"email": email.upper(), "password": password}, headers=BROWSER)
     assert r.status_code == 200
     user = r.get_json()["data"]
     assert user["email"] == email and user["business_id"] == "biz-cookie" and user["auth_method"] == "cookie"
@@ -42,11 +45,11 @@ def test_login_me_logout_with_cookie(app, anon):
     me = anon.get("/api/auth/me")
     assert me.status_code == 200 and me.get_json()["data"]["user_id"] == user["user_id"]
 
-    created = anon.post("/api/llm/sessions", json={"session_id": "cookie-chat"})
+    created = anon.post("/api/llm/sessions", json={"session_id": "cookie-chat"}, headers=BROWSER)
     assert created.status_code == 201
     assert created.get_json()["thread_id"] == f"user_{user['user_id']}_business_biz-cookie_session_cookie-chat"
 
-    assert anon.post("/api/auth/logout").status_code == 200
+    assert anon.post("/api/auth/logout", headers=BROWSER).status_code == 200
     assert anon.get("/api/auth/me").status_code == 401
     assert anon.get("/api/llm/sessions").status_code == 401
 
@@ -54,14 +57,14 @@ def test_login_me_logout_with_cookie(app, anon):
 def test_development_cookie_is_not_secure(make_app):
     app = make_app(app_env="development")
     email, password = signup(app)
-    r = app.test_client().post("/api/auth/login", json={"email": email, "password": password})
+    r = app.test_client().post("/api/auth/login", json={"email": email, "password": password}, headers=BROWSER)
     assert r.status_code == 200 and "Secure" not in r.headers["Set-Cookie"]
 
 
 def test_login_wrong_password_or_unknown_email(app, anon):
     email, _ = signup(app)
     for body in ({"email": email, "password": "wrong password"}, {"email": "nobody@example.com", "password": "x"}):
-        r = anon.post("/api/auth/login", json=body)
+        r = anon.post("/api/auth/login", json=body, headers=BROWSER)
         assert r.status_code == 401
         assert r.get_json()["error"] == {"code": "invalid_credentials", "message": "Email or password is wrong"}
         assert "Set-Cookie" not in r.headers
@@ -69,7 +72,7 @@ def test_login_wrong_password_or_unknown_email(app, anon):
 
 @pytest.mark.parametrize("body", [{}, {"email": "a@b.c"}, {"email": 5, "password": "x"}, {"email": "a@b.c", "password": None}])
 def test_login_bad_bodies(anon, body):
-    r = anon.post("/api/auth/login", json=body)
+    r = anon.post("/api/auth/login", json=body, headers=BROWSER)
     assert r.status_code == 400 and r.get_json()["error"]["code"] == "validation_error"
 
 

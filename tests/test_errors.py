@@ -94,7 +94,10 @@ def test_logs_carry_no_tokens_or_passwords(app, alice, caplog):
 
     client = client_for(app, alice)
     client.post("/api/llm/sessions", json={"session_name": "Private thoughts about Highland"})
-    app.test_client().post("/api/auth/login", json={"email": "who@example.com", "password": "hunter2-password"})
+    app.test_client().post(
+        "/api/auth/login", json={"email": "who@example.com", "password": "hunter2-password"},
+        headers={"X-Requested-With": "fetch"},
+    )
     app.test_client().get("/api/llm/sessions", headers={"Authorization": "Bearer forged.token.value"})
     text = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
     assert alice.token not in text

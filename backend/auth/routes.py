@@ -31,7 +31,7 @@ def user_out(user: AuthUser) -> UserOut:
     return UserOut(user_id=user.id, business_id=user.business_id, email=user.email, auth_method=user.via)
 
 
-@bp.post("/login", responses={200: UserResponse, **error_responses(400, 401, 413, 429, 500, 503)})
+@bp.post("/login", responses={200: UserResponse, **error_responses(400, 401, 403, 413, 429, 500, 503)})
 def login(body: LoginBody):
     """Sign in with email and password; sets an HttpOnly session cookie."""
     user = app_state().auth.login(body.email, body.password)
@@ -40,7 +40,7 @@ def login(body: LoginBody):
     return ok(UserResponse(data=user_out(user)))
 
 
-@bp.post("/logout", responses={200: LogoutResponse, **error_responses(413, 500)})
+@bp.post("/logout", responses={200: LogoutResponse, **error_responses(403, 413, 500)})
 def logout():
     """Sign out (clears the session cookie). Safe to call when signed out."""
     logout_user()

@@ -17,7 +17,7 @@ bp.before_request(require_user)
 
 @bp.post(
     "/query/stream",
-    responses={200: STREAM_RESPONSE, **error_responses(400, 401, 404, 409, 413, 500, 503)},
+    responses={200: STREAM_RESPONSE, **error_responses(400, 401, 403, 404, 409, 413, 429, 500, 503)},
     description=STREAM_DESCRIPTION,
 )
 def query_stream(body: QueryBody):

@@ -36,7 +36,7 @@ def session_out(row: dict) -> SessionOut:
 
 @bp.post(
     "",
-    responses={200: SessionCreatedResponse, 201: SessionCreatedResponse, **error_responses(400, 401, 409, 413, 500, 503)},
+    responses={200: SessionCreatedResponse, 201: SessionCreatedResponse, **error_responses(400, 401, 403, 409, 413, 500, 503)},
 )
 def create_session(body: CreateSessionBody):
     """Create a session; an id the caller already has returns that session unchanged (200)."""
@@ -78,7 +78,7 @@ def get_session(path: SessionPath, query: GetSessionQuery):
     return ok(SessionDetailResponse(data=session_out(row), messages=messages))
 
 
-@bp.put("/<session_id>", responses={200: SessionResponse, **error_responses(400, 401, 404, 413, 500, 503)})
+@bp.put("/<session_id>", responses={200: SessionResponse, **error_responses(400, 401, 403, 404, 413, 500, 503)})
 def update_session(path: SessionPath, body: UpdateSessionBody):
     """Rename and/or archive. message_count belongs to the server."""
     row = app_state().sessions.update(
@@ -87,7 +87,7 @@ def update_session(path: SessionPath, body: UpdateSessionBody):
     return ok(SessionResponse(data=session_out(row)))
 
 
-@bp.delete("/<session_id>", responses={200: SessionDeletedResponse, **error_responses(400, 401, 404, 409, 500, 503)})
+@bp.delete("/<session_id>", responses={200: SessionDeletedResponse, **error_responses(400, 401, 403, 404, 409, 500, 503)})
 def delete_session(path: SessionPath, query: DeleteSessionQuery):
     """Delete the session and every LangGraph row of its thread, atomically."""
     counts = app_state().sessions.delete(current_user, path.session_id, force=query.force)

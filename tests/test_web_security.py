@@ -1,0 +1,119 @@
+"""Web security: CSRF for cookie sessions, CORS, cookie flags, body limit, rate limits."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+
+from tests.chat_support import turn
+from tests.conftest import client_for, unique_session_id
+from tests.test_auth import BROWSER, signup
+
+
+@pytest.fixture
+def signed_in(app):
+    """A browser-like client holding a session cookie."""
+    email, password = signup(app)
+    client = app.test_client()
+    assert client.post("/api/auth/login", json={"email": email, "password": password}, headers=BROWSER).status_code == 200
+    return client
+
+
+def test_cookie_requests_that_change_state_need_the_header(signed_in, pool):
+    sid = unique_session_id()
+    forged = [
+        ("post", "/api/llm/sessions", {"session_id": sid}),
+        ("put", f"/api/llm/sessions/{sid}", {"session_name": "forged"}),
+        ("delete", f"/api/llm/sessions/{sid}", None),
+        ("post", "/api/llm/query/stream", {"session_id": sid, "query": "forged"}),
+        ("post", "/api/auth/logout", None),
+    ]
+    for method, url, body in forged:  # what a cross-site form can send: the cookie, no custom header
+        r = getattr(signed_in, method)(url, json=body)
+        assert r.status_code == 403, (method, url)
+        assert r.get_json()["error"]["code"] == "csrf_failed"
+    with pool.connection() as conn:
+        assert conn.execute("select count(*) as n from chat_sessions where session_id = %s", (sid,)).fetchone()["n"] == 0
+    assert signed_in.get("/api/auth/me").status_code == 200  # still signed in: logout was refused
+    # reads need nothing extra
+    assert signed_in.get("/api/llm/sessions").status_code == 200
+    # the frontend's own requests pass
+    assert signed_in.post("/api/llm/sessions", json={"session_id": sid}, headers=BROWSER).status_code == 201
+
+
+def test_login_itself_needs_the_header(app):
+    email, password = signup(app)
+    r = app.test_client().post("/api/auth/login", json={"email": email, "password": password})
+    assert r.status_code == 403 and "Set-Cookie" not in r.headers
+
+
+def test_foreign_origin_is_refused_even_with_the_header(signed_in):
+    r = signed_in.post("/api/llm/sessions", json={}, headers={**BROWSER, "Origin": "https://evil.example"})
+    assert r.status_code == 403 and "origin" in r.get_json()["error"]["message"]
+    ok = signed_in.post("/api/llm/sessions", json={}, headers={**BROWSER, "Origin": "http://localhost:5173"})
+    assert ok.status_code == 201
+    same_site = signed_in.post("/api/llm/sessions", json={}, headers={**BROWSER, "Origin": "http://localhost"})
+    assert same_site.status_code == 201
+
+
+def test_bearer_requests_need_no_csrf_header(api):
+    assert api.post("/api/llm/sessions", json={}, headers={"Origin": "https://anywhere.example"}).status_code == 201
+
+
+def test_anonymous_requests_still_get_401_not_403(anon):
+    assert anon.post("/api/llm/sessions", json={}).status_code == 401
+
+
+def test_cors_preflight_allows_the_csrf_header_for_allowed_origins_only(app):
+    asked = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "X-Requested-With, Content-Type"}
+    ok = app.test_client().options("/api/llm/sessions", headers={"Origin": "http://localhost:3000", **asked})
+    assert "x-requested-with" in ok.headers["Access-Control-Allow-Headers"].lower()
+    assert ok.headers["Access-Control-Allow-Credentials"] == "true"
+    evil = app.test_client().options("/api/llm/sessions", headers={"Origin": "https://evil.example", **asked})
+    assert "Access-Control-Allow-Origin" not in evil.headers
+
+
+# --- rate limits --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def limited_app(make_app, fake_model):
+    return make_app(
+        rate_limits_enabled=True, login_rate_limit="3 per minute", chat_rate_limit="2 per minute",
+        openai_base_url=fake_model.base_url, openai_api_key="k",
+    )
+
+
+def test_login_is_rate_limited_per_address(limited_app):
+    gc.collect()  # the limiter must survive garbage collection (its wrappers hold it weakly)
+    statuses = []
+    for _ in range(4):
+        r = limited_app.test_client().post(
+            "/api/auth/login", json={"email": "guess@example.com", "password": "guess"}, headers=BROWSER,
+            environ_base={"REMOTE_ADDR": "10.9.8.7"},
+        )
+        statuses.append(r.status_code)
+    assert statuses == [401, 401, 401, 429]
+    assert int(r.headers["Retry-After"]) >= 1
+    assert r.get_json()["error"]["code"] == "rate_limited"
+    # another address is not affected
+    other = limited_app.test_client().post(
+        "/api/auth/login", json={"email": "guess@example.com", "password": "guess"}, headers=BROWSER,
+        environ_base={"REMOTE_ADDR": "10.9.8.8"},
+    )
+    assert other.status_code == 401
+
+
+def test_chat_is_rate_limited_per_user(limited_app, fake, alice, bob):
+    client = client_for(limited_app, alice)
+    turn(client, unique_session_id(), "one")
+    turn(client, unique_session_id(), "two")
+    r = client.post("/api/llm/query/stream", json={"session_id": unique_session_id(), "query": "three"})
+    assert r.status_code == 429 and r.mimetype == "application/json"
+    assert int(r.headers["Retry-After"]) >= 1
+    assert turn(client_for(limited_app, bob), unique_session_id(), "bob is fine")[-1].event == "done"
+
+
+def test_successful_responses_carry_no_retry_after(limited_app, alice):
+    r = client_for(limited_app, alice).get("/api/llm/sessions")
+    assert r.status_code == 200 and "Retry-After" not in r.headers
