@@ -82,7 +82,7 @@ class ChatService:
 
     def start_turn(self, user: AuthUser, session_id: str, query: str) -> Turn:
         """Everything that can fail with a status code, before any byte is streamed."""
-        session, _ = self._sessions.create(user, session_id, None)  # ids are made by the frontend
+        session = self._sessions.get_or_create(user, session_id)  # ids are made by the frontend
         if session["is_archived"]:
             raise ApiError(409, "session_archived", "This session is archived; unarchive it to send messages")
         try:

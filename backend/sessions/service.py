@@ -119,6 +119,10 @@ class SessionService:
         next_cursor = encode_cursor(rows[-1]) if len(rows) == limit else None
         return SessionPage(rows=rows, total=total, limit=limit, offset=offset, next_cursor=next_cursor)
 
+    def get_or_create(self, user: AuthUser, session_id: str) -> dict:
+        """For chat turns: the session usually exists, so one read is the common path."""
+        return self._store.get(user.id, session_id) or self.create(user, session_id, None)[0]
+
     def get(self, user: AuthUser, session_id: str) -> dict:
         row = self._store.get(user.id, session_id)
         if row is None:
