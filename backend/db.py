@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +72,29 @@ def connection_kwargs(settings: Settings) -> dict:
     return kwargs
 
 
+class StaleConnectionCheck:
+    """Ping a pooled connection on checkout only if it sat idle long enough to go stale.
+
+    Pinging every checkout costs a round trip per request; never pinging hands
+    out connections a database restart or an idle timeout already killed. A
+    connection in steady use is trusted; a broken one is still discarded by the
+    pool when its request fails (that request gets 503), and any that waited
+    longer than `idle_seconds` are checked first.
+    """
+
+    def __init__(self, idle_seconds: float = 2.0) -> None:
+        self._idle_seconds = idle_seconds
+        self._returned_at: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def returned(self, conn: psycopg.Connection) -> None:
+        self._returned_at[conn] = time.monotonic()
+
+    def check(self, conn: psycopg.Connection) -> None:
+        returned = self._returned_at.get(conn)
+        if returned is None or time.monotonic() - returned > self._idle_seconds:
+            ConnectionPool.check_connection(conn)
+
+
 @dataclass
 class Database:
     pool: ConnectionPool
@@ -79,15 +103,15 @@ class Database:
     @classmethod
     def connect(cls, settings: Settings) -> "Database":
         conninfo, description = resolve_database_url(settings)
+        stale = StaleConnectionCheck()
         pool = ConnectionPool(
             conninfo,
             min_size=settings.db_pool_min_size,
             max_size=settings.db_pool_max_size,
             timeout=settings.db_pool_timeout_seconds,
             kwargs=connection_kwargs(settings),
-            # Checked on checkout so a restarted database costs one failed
-            # request per stale connection at most, not a broken pool.
-            check=ConnectionPool.check_connection,
+            check=stale.check,
+            reset=stale.returned,
             name="app",
             open=False,
         )

@@ -46,6 +46,30 @@ class ApiModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class QueryModel(BaseModel):
+    """Query-string parameters. Unknown ones (cache busters) are ignored.
+
+    flask-openapi3 asks a query model for its JSON schema on every request (to
+    see which fields are lists), and pydantic builds it afresh each time: half
+    a millisecond per request. It never changes, so the plain call is cached
+    (callers only read it; the OpenAPI document asks with arguments).
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if args or kwargs:
+            return super().model_json_schema(*args, **kwargs)
+        schema = _QUERY_SCHEMAS.get(cls)
+        if schema is None:
+            schema = _QUERY_SCHEMAS[cls] = super().model_json_schema()
+        return schema
+
+
+_QUERY_SCHEMAS: dict[type, dict[str, Any]] = {}
+
+
 class SuccessModel(BaseModel):
     success: Literal[True] = True
 

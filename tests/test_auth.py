@@ -282,3 +282,18 @@ def test_cors_allows_configured_origin_with_credentials(app, alice):
 def test_cors_ignores_other_origins(app, alice):
     r = client_for(app, alice).get("/api/llm/sessions", headers={"Origin": "https://evil.example"})
     assert "Access-Control-Allow-Origin" not in r.headers
+
+
+def test_verified_tokens_are_cached_until_they_expire():
+    from backend.auth.tokens import InvalidToken, TokenVerifier
+
+    verifier = TokenVerifier(jwt_secret=JWT_SECRET, supabase_url=None, audience="authenticated")
+    token = make_token("u1")
+    assert verifier.verify(token).user_id == "u1"
+    verifier._secret = "a-rotated-secret-the-token-was-not-signed-with"
+    assert verifier.verify(token).user_id == "u1"  # served from the cache, not checked again
+    # an entry past its token's expiry is never served: the token is checked afresh (and now fails)
+    verifier._verified[token] = (verifier._verified[token][0], time.time() - 60)
+    with pytest.raises(InvalidToken):
+        verifier.verify(token)
+    assert token not in verifier._verified

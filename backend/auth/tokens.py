@@ -9,12 +9,19 @@ signed with a public key, or an unknown `kid` are all refused.
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import jwt
 from jwt import PyJWKClient
 
 ASYMMETRIC_ALGORITHMS = ("RS256", "ES256", "EdDSA")
+# A frontend sends the same access token with every request for up to an hour;
+# checking it once is enough. Entries end at the token's own expiry.
+VERIFIED_CACHE_SIZE = 4096
+LEEWAY_SECONDS = 10
 
 
 class InvalidToken(Exception):
@@ -40,6 +47,8 @@ class TokenVerifier:
     ) -> None:
         self._secret = jwt_secret
         self._audience = audience
+        self._verified: OrderedDict[str, tuple[TokenClaims, float]] = OrderedDict()
+        self._lock = threading.Lock()
         self._jwks: PyJWKClient | None = None
         if supabase_url:
             self._jwks = PyJWKClient(
@@ -57,6 +66,21 @@ class TokenVerifier:
         return bool(self._secret or self._jwks)
 
     def verify(self, token: str) -> TokenClaims:
+        with self._lock:
+            cached = self._verified.get(token)
+            if cached is not None:
+                if time.time() < cached[1] + LEEWAY_SECONDS:
+                    self._verified.move_to_end(token)
+                    return cached[0]
+                del self._verified[token]
+        claims, expires_at = self._verify_uncached(token)
+        with self._lock:
+            self._verified[token] = (claims, expires_at)
+            if len(self._verified) > VERIFIED_CACHE_SIZE:
+                self._verified.popitem(last=False)
+        return claims
+
+    def _verify_uncached(self, token: str) -> tuple[TokenClaims, float]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -70,7 +94,7 @@ class TokenVerifier:
                 algorithms=[alg],
                 audience=self._audience,
                 options={"require": ["exp", "sub", "aud"]},
-                leeway=10,
+                leeway=LEEWAY_SECONDS,
             )
         except jwt.ExpiredSignatureError:
             raise InvalidToken("The access token has expired") from None
@@ -88,7 +112,7 @@ class TokenVerifier:
         if business_id is not None:
             business_id = str(business_id)
         email = claims.get("email") if isinstance(claims.get("email"), str) else None
-        return TokenClaims(user_id=sub, business_id=business_id or None, email=email)
+        return TokenClaims(user_id=sub, business_id=business_id or None, email=email), float(claims["exp"])
 
     def _key_for(self, alg: object, token: str):
         if alg == "HS256":

@@ -171,7 +171,11 @@ class ChatService:
         config = {"configurable": {"thread_id": turn.session["thread_id"]}}
         sent, last_reply = 0, None
         stream = self._graph.stream(
-            {"messages": [user_message(turn.query)]}, config, context=context, stream_mode=["custom", "messages"]
+            {"messages": [user_message(turn.query)]}, config, context=context, stream_mode=["custom", "messages"],
+            # Keeping only the latest checkpoint, the steps in between need not
+            # be written at all: one write when the turn ends (also on error).
+            # Full history keeps LangGraph's checkpoint per step, for time travel.
+            durability="exit" if self._prune_history else "async",
         )
         for mode, chunk in stream:
             if run.cancel.is_set():

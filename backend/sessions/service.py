@@ -156,27 +156,23 @@ class SessionService:
             self._stop_reply(user.id, session_id)
         with self._pool.connection() as conn, conn.transaction():
             row = self._store.lock_for_delete(conn, user.id, session_id)
-            if row and not force and self._runs.run_is_live(user.id, session_id, conn):
+            if row and row["run_live"] and not force:
                 raise ApiError(
                     409, "session_busy",
                     "A reply is still being written in this session. Stop it first, "
                     "or delete with ?force=true to stop it and delete.",
                 )
-            thread_id = row["thread_id"] if row else build_thread_id(user.id, user.business_id, session_id)
-            counts = self._store.delete_thread_checkpoints(conn, thread_id)
-            counts["chat_sessions"] = self._store.delete_row(conn, row["id"]) if row else 0
-            if not any(counts.values()):
-                raise NotFound()  # rolls back; nothing was there to delete
-            self._store.record_deletion(
+            counts = self._store.delete_thread_and_row(
                 conn,
+                thread_id=row["thread_id"] if row else build_thread_id(user.id, user.business_id, session_id),
+                row_id=row["id"] if row else None,
                 user_id=user.id,
                 business_id=row["business_id"] if row else user.business_id,
                 session_id=session_id,
-                thread_id=thread_id,
-                had_session_row=row is not None,
                 forced=force,
-                rows_deleted=counts,
             )
+            if not any(counts.values()):
+                raise NotFound()  # nothing was there under this id
         log.info(
             "session deleted",
             extra={"user_id": user.id, "session_id": session_id, "rows_deleted": counts, "forced": force},

@@ -9,7 +9,6 @@ from __future__ import annotations
 from datetime import datetime
 
 from psycopg import Connection
-from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from backend.errors import ApiError
@@ -129,45 +128,65 @@ class SessionStore:
 
     @staticmethod
     def lock_for_delete(conn: Connection, user_id: str, session_id: str) -> dict | None:
-        return conn.execute(
-            f"select {SESSION_COLUMNS} from chat_sessions where user_id = %s and session_id = %s for update",
-            (user_id, session_id),
-        ).fetchone()
+        """Lock the session row (blocking checkpoint writes: see SessionCheckpointSaver)
+        and say whether a reply is being written in it (`run_live`)."""
+        return conn.execute(LOCK_FOR_DELETE_SQL, (user_id, session_id)).fetchone()
 
     @staticmethod
-    def delete_thread_checkpoints(conn: Connection, thread_id: str) -> dict[str, int]:
-        """Every LangGraph row of the thread, on the caller's connection.
-
-        Not PostgresSaver.delete_thread: on a pool it would take its own
-        connection and transaction, splitting the delete, and it reports no counts.
-        """
-        counts: dict[str, int] = {}
-        for table in CHECKPOINT_TABLES:
-            cur = conn.execute(f"delete from {table} where thread_id = %s", (thread_id,))
-            counts[table] = cur.rowcount
-        return counts
-
-    @staticmethod
-    def delete_row(conn: Connection, row_id: int) -> int:
-        return conn.execute("delete from chat_sessions where id = %s", (row_id,)).rowcount
-
-    @staticmethod
-    def record_deletion(
+    def delete_thread_and_row(
         conn: Connection,
         *,
+        thread_id: str,
+        row_id: int | None,
         user_id: str,
         business_id: str,
         session_id: str,
-        thread_id: str,
-        had_session_row: bool,
         forced: bool,
-        rows_deleted: dict[str, int],
-    ) -> None:
-        conn.execute(
-            """
-            insert into session_deletions
-                (user_id, business_id, session_id, thread_id, had_session_row, forced, rows_deleted)
-            values (%s, %s, %s, %s, %s, %s, %s)
-            """,
-            (user_id, business_id, session_id, thread_id, had_session_row, forced, Jsonb(rows_deleted)),
-        )
+    ) -> dict[str, int]:
+        """Delete every LangGraph row of the thread and the session row, and write
+        the audit row, in one statement on the caller's (locked) connection.
+
+        Not PostgresSaver.delete_thread: on a pool it would take its own
+        connection and transaction, splitting the delete, and it reports no
+        counts. Run after lock_for_delete, as a statement of its own: its
+        snapshot then sees every checkpoint write that committed before the lock.
+        Returns rows removed per table; the audit row is written only if any were.
+        """
+        return conn.execute(
+            DELETE_THREAD_AND_ROW_SQL,
+            {"thread_id": thread_id, "row_id": row_id, "user_id": user_id, "business_id": business_id,
+             "session_id": session_id, "forced": forced},
+        ).fetchone()
+
+
+LOCK_FOR_DELETE_SQL = f"""
+select {SESSION_COLUMNS},
+       exists (select 1 from chat_session_runs r
+                where r.user_id = s.user_id and r.session_id = s.session_id
+                  and r.lease_expires_at > now()) as run_live
+  from chat_sessions s
+ where s.user_id = %s and s.session_id = %s
+   for update of s
+"""
+
+DELETE_THREAD_AND_ROW_SQL = """
+with c as (delete from checkpoints where thread_id = %(thread_id)s returning 1),
+     b as (delete from checkpoint_blobs where thread_id = %(thread_id)s returning 1),
+     w as (delete from checkpoint_writes where thread_id = %(thread_id)s returning 1),
+     s as (delete from chat_sessions where id = %(row_id)s returning 1),
+     counts as (
+         select (select count(*) from c)::int as checkpoints,
+                (select count(*) from b)::int as checkpoint_blobs,
+                (select count(*) from w)::int as checkpoint_writes,
+                (select count(*) from s)::int as chat_sessions
+     ),
+     audit as (
+         insert into session_deletions
+             (user_id, business_id, session_id, thread_id, had_session_row, forced, rows_deleted)
+         select %(user_id)s, %(business_id)s, %(session_id)s, %(thread_id)s, %(row_id)s::bigint is not null,
+                %(forced)s, to_jsonb(counts)
+           from counts
+          where checkpoints + checkpoint_blobs + checkpoint_writes + chat_sessions > 0
+     )
+select * from counts
+"""
