@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StringConstraints, model_validator
 
-from backend.http import ApiModel, SuccessModel, UtcDatetime
+from backend.http import ApiModel, QueryModel, SuccessModel, UtcDatetime
 
 SESSION_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 MAX_SESSION_NAME = 200
@@ -36,24 +36,45 @@ def clean_session_name(value: str) -> str:
     return value
 
 
+# The same rules as clean_session_name, as a JSON Schema pattern for the document
+# (clients and schema fuzzers): whitespace that strip() removes (some of it
+# control characters), then 1-200 characters that start and end with something
+# else, with no control characters (Cc) or bidi controls, then whitespace again.
+# Not enforced by pydantic: the validator above is the rule, and
+# tests/test_fuzz_schema.py keeps the two equal.
+_STRIPPED = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"  # what str.strip() removes
+_FORBIDDEN = r"\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"
+SESSION_NAME_PATTERN = (
+    f"^[{_STRIPPED}]*[^{_STRIPPED}{_FORBIDDEN}]"
+    f"(?:[^{_FORBIDDEN}]{{0,{MAX_SESSION_NAME - 2}}}[^{_STRIPPED}{_FORBIDDEN}])?[{_STRIPPED}]*$"
+)
+
 SessionName = Annotated[
     str,
-    # Length is checked after trimming, so the schema documents it without enforcing it.
+    # Checked after trimming, so the schema documents it without enforcing it;
+    # no maxLength: surrounding whitespace does not count.
     Field(
-        description="Trimmed; 1-200 characters, no control characters",
-        json_schema_extra={"minLength": 1, "maxLength": MAX_SESSION_NAME},
+        description="Trimmed; then 1-200 characters, no control or bidi override characters",
+        json_schema_extra={"minLength": 1, "pattern": SESSION_NAME_PATTERN},
     ),
     AfterValidator(clean_session_name),
 ]
 
 
 class CreateSessionBody(ApiModel):
+    # No body at all is an empty object (fetch without a body), so the document
+    # must not call the body required.
+    model_config = ConfigDict(extra="forbid", openapi_extra={"required": False})
+
     # Optional but not nullable: a missing field takes the default, a null is an error.
     session_name: SessionName = Field(default=None, description="Defaults to 'New Chat'")  # type: ignore[assignment]
     session_id: SessionId = Field(default=None, description="Generated as chat-<epoch ms>-<random> when missing")  # type: ignore[assignment]
 
 
 class UpdateSessionBody(ApiModel):
+    # At least one of the two; the document says so too.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
+
     session_name: SessionName = None  # type: ignore[assignment]
     is_archived: StrictBool = None  # type: ignore[assignment]
 
@@ -68,25 +89,18 @@ class SessionPath(BaseModel):
     session_id: SessionId
 
 
-class ListSessionsQuery(BaseModel):
-    # Unknown query parameters (cache busters) are ignored, not refused.
-    model_config = ConfigDict(extra="ignore")
-
+class ListSessionsQuery(QueryModel):
     include_archived: bool = False
     limit: int = Field(default=50, ge=1, le=200)
     offset: int = Field(default=0, ge=0, le=10_000_000)
     cursor: str | None = Field(default=None, max_length=512, description="next_cursor from the previous page")
 
 
-class GetSessionQuery(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class GetSessionQuery(QueryModel):
     include_messages: bool = False
 
 
-class DeleteSessionQuery(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class DeleteSessionQuery(QueryModel):
     force: bool = Field(default=False, description="Cancel a reply still being written, then delete")
 
 

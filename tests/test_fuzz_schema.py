@@ -1,0 +1,266 @@
+"""Schema fuzzing: schemathesis drives every operation of the OpenAPI document of a live server.
+
+The server is a real HTTP server on loopback (werkzeug, threaded) in front of an
+app on the suite's PostgreSQL, its model the fake upstream; every request carries
+a real bearer token. Generation is seeded and bounded, so CI runs the same cases
+every time. schemathesis' own engine runs (as its CLI does): coverage and fuzzing
+per operation, then stateful sequences across operations, with every built-in
+check that applies: no 5xx, documented status codes, content types and headers,
+bodies that match their schemas, schema-valid data accepted and invalid data
+refused, auth enforced.
+
+(Its pytest integration, `schemathesis.pytest.from_fixture`, does not work with
+pytest 9 — it sets `Node._nodeid` — and its in-process WSGI transport passes
+`max_redirects` to werkzeug; hence the engine, over HTTP.)
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+import threading
+from dataclasses import dataclass
+
+import jsonschema_rs
+import pytest
+import schemathesis
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from schemathesis.engine import Status, events, from_schema
+from werkzeug.serving import make_server
+
+from backend.sessions.models import SESSION_NAME_PATTERN, clean_session_name
+from tests.conftest import User, client_for
+
+FUZZ_SEED = 20_241_122
+EXAMPLES_PER_OPERATION = 20
+OPERATIONS = [
+    ("/api/auth/login", "post"), ("/api/auth/logout", "post"), ("/api/auth/me", "get"),
+    ("/api/llm/query/stream", "post"),
+    ("/api/llm/sessions", "get"), ("/api/llm/sessions", "post"),
+    ("/api/llm/sessions/{session_id}", "delete"), ("/api/llm/sessions/{session_id}", "get"),
+    ("/api/llm/sessions/{session_id}", "put"),
+    ("/healthz", "get"), ("/readyz", "get"),
+]
+STREAM = "POST /api/llm/query/stream"
+
+
+@dataclass(frozen=True)
+class Finding:
+    operation: str
+    check: str
+    title: str
+    message: str
+    status: int | None
+    body: str
+    request: str
+
+    def __str__(self) -> str:
+        return (f"{self.operation}: {self.check}: {self.title}\n  {self.message[:400]}\n"
+                f"  -> {self.status} {self.body[:300]}\n  {self.request[:600]}")
+
+
+# Findings in code the fuzzer cannot fix here (the chat models), each pinned by an
+# xfail(strict) test below. When that test starts passing, remove its entry too.
+KNOWN_FINDINGS = {
+    "stream events are objects, the document says string": lambda f: (
+        f.operation == STREAM and f.check == "response_schema_conformance" and f.title == "SSE event violates schema"),
+    "query rules (not blank, no control characters) missing from the document": lambda f: (
+        f.operation == STREAM and f.check == "positive_data_acceptance" and f.status == 400
+        and _error_fields(f.body) == {"query"}),
+}
+
+
+def _error_fields(body: str) -> set[str]:
+    try:
+        return set(json.loads(body)["error"]["fields"])
+    except (ValueError, KeyError, TypeError):
+        return set()
+
+
+def is_known(finding: Finding) -> bool:
+    return any(matches(finding) for matches in KNOWN_FINDINGS.values())
+
+
+def filter_failure(context, failure, case, response):
+    """Keep every failure but one kind that no OpenAPI document can avoid.
+
+    `cursor` is opaque: only values the server issued are valid, and it cannot be
+    combined with `offset`; neither is expressible for query parameters. So a
+    schema-valid list request refused *only* because of `cursor` is not a finding.
+    """
+    if failure.checks != ("positive_data_acceptance",) or case.operation.label != "GET /api/llm/sessions":
+        return True
+    try:
+        fields = response.json()["error"]["fields"]
+    except (ValueError, KeyError, TypeError):
+        return True
+    return not (response.status_code == 400 and set(fields) == {"cursor"})
+
+
+@pytest.fixture(scope="module")
+def fuzz_app(make_app, fake_model):
+    """Like chat_app, but its own; rate limits off, or sign-in would answer 429 after ten cases."""
+    return make_app(
+        openai_base_url=fake_model.base_url, openai_api_key="test-key", openai_model="fake-chat",
+        naming_model="fake-naming", openai_timeout_seconds=2, openai_max_retries=1, naming_timeout_seconds=2,
+        rate_limits_enabled=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def live_url(fuzz_app):
+    server = make_server("127.0.0.1", 0, fuzz_app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="fuzz-server", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join()
+
+
+@pytest.fixture(scope="module")
+def fuzz_user() -> User:
+    return User()
+
+
+def load_schema(live_url: str, user: User, *, stateful: bool):
+    unit_phases = not stateful
+    config = schemathesis.Config.from_dict({
+        "seed": FUZZ_SEED,
+        "headers": {"Authorization": f"Bearer {user.token}"},
+        "continue-on-failure": True,
+        "request-timeout": 10,
+        "generation": {"max-examples": EXAMPLES_PER_OPERATION, "database": "none"},
+        "phases": {
+            "examples": {"enabled": unit_phases}, "coverage": {"enabled": unit_phases},
+            "fuzzing": {"enabled": unit_phases}, "stateful": {"enabled": stateful},
+        },
+        "output": {"sanitization": {"enabled": False}},  # findings show the real input
+    })
+    schema = schemathesis.openapi.from_url(f"{live_url}/api/openapi.json", config=config)
+    schema.hook(filter_failure)
+    return schema
+
+
+def run(schema) -> tuple[list[Finding], collections.Counter]:
+    """Run schemathesis' engine; return what failed and how many cases ran per operation."""
+    findings, tested = [], collections.Counter()
+    for event in from_schema(schema).execute():
+        if isinstance(event, events.ScenarioFinished):
+            if event.status in (Status.SUCCESS, Status.FAILURE):
+                for node in event.recorder.cases.values():
+                    tested[node.value.operation.label] += 1
+            for case_id, checks in event.recorder.checks.items():
+                for check in checks:
+                    if check.status == Status.FAILURE:
+                        findings.append(_finding(event.recorder, case_id, check))
+        elif isinstance(event, (events.NonFatalError, events.FatalError)):
+            error = getattr(event, "value", None) or getattr(event, "exception", None)
+            findings.append(Finding(getattr(event, "label", "engine"), "engine error", type(error).__name__,
+                                    str(error), None, "", ""))
+        elif isinstance(event, events.EngineFinished):
+            findings += [Finding(f.operation or "", "after run", f.title, f.message, None, "", "") for f in event.failures]
+    return findings, tested
+
+
+def _finding(recorder, case_id, check) -> Finding:
+    interaction = recorder.interactions.get(case_id)
+    response = interaction.response if interaction else None
+    failure = check.failure_info.failure
+    return Finding(
+        operation=recorder.cases[case_id].value.operation.label if case_id in recorder.cases else recorder.label,
+        check=check.name, title=failure.title, message=failure.message,
+        status=response.status_code if response else None,
+        body=response.content.decode("utf-8", "replace") if response else "",
+        request=check.failure_info.code_sample,
+    )
+
+
+def test_document_has_exactly_the_fuzzed_operations(live_url, fuzz_app):
+    doc = fuzz_app.test_client().get("/api/openapi.json").get_json()
+    documented = {(path, method) for path, ops in doc["paths"].items() for method in ops}
+    assert documented == set(OPERATIONS), "a new operation: add it to OPERATIONS, so it is fuzzed"
+
+
+@pytest.mark.parametrize("path, method", OPERATIONS, ids=[f"{m.upper()} {p}" for p, m in OPERATIONS])
+def test_operation_conforms_to_the_document(live_url, fuzz_user, fake, path, method):
+    schema = load_schema(live_url, fuzz_user, stateful=False).include(path=path, method=method.upper())
+    findings, tested = run(schema)
+    label = f"{method.upper()} {path}"
+    assert tested[label] > 0, f"{label} was not exercised"
+    unexpected = [f for f in findings if not is_known(f)]
+    assert not unexpected, "\n\n".join(map(str, unexpected))
+
+
+def test_stateful_sequences_conform_to_the_document(live_url, fuzz_user, fake):
+    findings, tested = run(load_schema(live_url, fuzz_user, stateful=True))
+    # Sequences that link a created session to get, update, delete and chat.
+    assert {"POST /api/llm/sessions", "GET /api/llm/sessions/{session_id}"} <= set(tested)
+    unexpected = [f for f in findings if not is_known(f)]
+    assert not unexpected, "\n\n".join(map(str, unexpected))
+
+
+# --- the document's input rules agree with the server's ---------------------------------------
+
+def _doc_validator(app, schema_name: str):
+    doc = app.test_client().get("/api/openapi.json").get_json()
+    return jsonschema_rs.validator_for({**doc["components"]["schemas"][schema_name], "components": doc["components"]})
+
+
+NAMES = ["ok", "  padded  ", " ", "", "\u3000", "\ufeff", "a\u2028b", "\u200fשלום", "Rocket 🚀", "tab\tname",
+         "nul\x00", "c1\x85", "del\x7f", "evil\u202eoverride", "iso\u2066late", "x" * 200, "x" * 201,
+         " " + "x" * 200 + " ", "\u2028" + "x" * 199, "日本語"]
+
+
+@pytest.mark.parametrize("name", NAMES, ids=range(len(NAMES)))
+def test_session_name_rules_are_the_documents(fuzz_app, fuzz_user, name):
+    doc_accepts = _doc_validator(fuzz_app, "CreateSessionBody").is_valid({"session_name": name})
+    status = client_for(fuzz_app, fuzz_user).post("/api/llm/sessions", json={"session_name": name}).status_code
+    assert (doc_accepts, status) in ((True, 201), (False, 400))
+
+
+_EDGE_CHARS = " \t\n\x00\x1f\x7f\x85\x9f\xa0\u1680\u2000\u200a\u200f\u2028\u2029\u202a\u202e\u202f\u205f\u2066\u2069\u3000\ufeffa日😀"
+
+
+@settings(max_examples=400, derandomize=True, deadline=None)
+@given(st.one_of(
+    st.text(st.sampled_from(_EDGE_CHARS), max_size=8),
+    st.text(max_size=12),
+    st.builds(lambda pad, core, end: pad + core + end, st.text(" \u3000\xa0", max_size=3),
+              st.text("xy \u2028", min_size=197, max_size=203), st.text(" \u3000\x85", max_size=3)),
+))
+def test_session_name_pattern_matches_the_validator(name):
+    def server_accepts(value):
+        try:
+            clean_session_name(value)
+            return True
+        except ValueError:
+            return False
+
+    documented = jsonschema_rs.validator_for({"type": "string", "pattern": SESSION_NAME_PATTERN}).is_valid(name)
+    assert documented == server_accepts(name) == bool(re.fullmatch(SESSION_NAME_PATTERN, name)), repr(name)
+
+
+# --- known findings, pinned: each passes once the document is fixed --------------------------
+
+@pytest.mark.xfail(strict=True, reason="finding: backend/chat/models.py documents text/event-stream as "
+                   "{type: string}; per event it is {event, data} (OpenAPI 3.2 itemSchema)")
+def test_stream_document_describes_each_event(live_url, fuzz_user, fake):
+    schema = load_schema(live_url, fuzz_user, stateful=False)
+    case = schema["/api/llm/query/stream"]["POST"].Case(body={"session_id": "fuzz-sse", "query": "hello"})
+    response = case.call(headers={"Authorization": f"Bearer {fuzz_user.token}"})
+    assert response.status_code == 200
+    case.validate_response(response, checks=[schemathesis.checks.response_schema_conformance])
+
+
+@pytest.mark.xfail(strict=True, reason="finding: QueryBody.query documents only min/maxLength; the server "
+                   "also refuses blank queries and control characters")
+@pytest.mark.parametrize("query", ["   ", "nul\x00byte", "\x1b[31m"])
+def test_query_rules_are_the_documents(fuzz_app, fuzz_user, fake, query):
+    doc_accepts = _doc_validator(fuzz_app, "QueryBody").is_valid({"session_id": "s1", "query": query})
+    r = client_for(fuzz_app, fuzz_user).post("/api/llm/query/stream", json={"session_id": "s1", "query": query})
+    assert r.status_code == 400
+    assert doc_accepts is False
