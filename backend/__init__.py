@@ -37,6 +37,8 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         doc_url="/openapi.json",
     )
     app.request_class = JsonRequest
+    # '//' in a path would otherwise get werkzeug's 308 HTML redirect, not a JSON answer.
+    app.url_map.merge_slashes = False
     app.json.sort_keys = False  # keep `success` first, as the models order it
     app.config.update(
         SECRET_KEY=settings.secret_key or _development_secret(settings),

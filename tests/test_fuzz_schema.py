@@ -17,7 +17,6 @@ pytest 9 — it sets `Node._nodeid` — and its in-process WSGI transport passes
 from __future__ import annotations
 
 import collections
-import json
 import re
 import threading
 from dataclasses import dataclass
@@ -59,28 +58,6 @@ class Finding:
     def __str__(self) -> str:
         return (f"{self.operation}: {self.check}: {self.title}\n  {self.message[:400]}\n"
                 f"  -> {self.status} {self.body[:300]}\n  {self.request[:600]}")
-
-
-# Findings in code the fuzzer cannot fix here (the chat models), each pinned by an
-# xfail(strict) test below. When that test starts passing, remove its entry too.
-KNOWN_FINDINGS = {
-    "stream events are objects, the document says string": lambda f: (
-        f.operation == STREAM and f.check == "response_schema_conformance" and f.title == "SSE event violates schema"),
-    "query rules (not blank, no control characters) missing from the document": lambda f: (
-        f.operation == STREAM and f.check == "positive_data_acceptance" and f.status == 400
-        and _error_fields(f.body) == {"query"}),
-}
-
-
-def _error_fields(body: str) -> set[str]:
-    try:
-        return set(json.loads(body)["error"]["fields"])
-    except (ValueError, KeyError, TypeError):
-        return set()
-
-
-def is_known(finding: Finding) -> bool:
-    return any(matches(finding) for matches in KNOWN_FINDINGS.values())
 
 
 def filter_failure(context, failure, case, response):
@@ -191,16 +168,14 @@ def test_operation_conforms_to_the_document(live_url, fuzz_user, fake, path, met
     findings, tested = run(schema)
     label = f"{method.upper()} {path}"
     assert tested[label] > 0, f"{label} was not exercised"
-    unexpected = [f for f in findings if not is_known(f)]
-    assert not unexpected, "\n\n".join(map(str, unexpected))
+    assert not findings, "\n\n".join(map(str, findings))
 
 
 def test_stateful_sequences_conform_to_the_document(live_url, fuzz_user, fake):
     findings, tested = run(load_schema(live_url, fuzz_user, stateful=True))
     # Sequences that link a created session to get, update, delete and chat.
     assert {"POST /api/llm/sessions", "GET /api/llm/sessions/{session_id}"} <= set(tested)
-    unexpected = [f for f in findings if not is_known(f)]
-    assert not unexpected, "\n\n".join(map(str, unexpected))
+    assert not findings, "\n\n".join(map(str, findings))
 
 
 # --- the document's input rules agree with the server's ---------------------------------------
@@ -246,8 +221,6 @@ def test_session_name_pattern_matches_the_validator(name):
 
 # --- known findings, pinned: each passes once the document is fixed --------------------------
 
-@pytest.mark.xfail(strict=True, reason="finding: backend/chat/models.py documents text/event-stream as "
-                   "{type: string}; per event it is {event, data} (OpenAPI 3.2 itemSchema)")
 def test_stream_document_describes_each_event(live_url, fuzz_user, fake):
     schema = load_schema(live_url, fuzz_user, stateful=False)
     case = schema["/api/llm/query/stream"]["POST"].Case(body={"session_id": "fuzz-sse", "query": "hello"})
@@ -256,8 +229,6 @@ def test_stream_document_describes_each_event(live_url, fuzz_user, fake):
     case.validate_response(response, checks=[schemathesis.checks.response_schema_conformance])
 
 
-@pytest.mark.xfail(strict=True, reason="finding: QueryBody.query documents only min/maxLength; the server "
-                   "also refuses blank queries and control characters")
 @pytest.mark.parametrize("query", ["   ", "nul\x00byte", "\x1b[31m"])
 def test_query_rules_are_the_documents(fuzz_app, fuzz_user, fake, query):
     doc_accepts = _doc_validator(fuzz_app, "QueryBody").is_valid({"session_id": "s1", "query": query})

@@ -285,15 +285,11 @@ def test_forged_tokens_are_401_on_every_endpoint(chat_app, guard, target, victim
         assert token not in error["message"], path
 
 
-@pytest.mark.xfail(strict=True, reason="finding: werkzeug's merge_slashes answers '//' with a 308 HTML redirect; "
-                   "set app.url_map.merge_slashes = False in create_app")
 @pytest.mark.parametrize("path", ["/api/llm/sessions//{sid}", "/api/llm//sessions", "/api//auth/me"])
 def test_double_slashes_get_a_json_answer(hostile, guard, victim, path):
     guard.refused(hostile.delete(path.format(sid=victim)) if "{sid}" in path else hostile.get(path))
 
 
-@pytest.mark.xfail(strict=True, reason="finding: '.' and '..' pass the session id rule, but URL clients (fetch, "
-                   "urllib3) remove dot segments, so such a session can never be opened, renamed or deleted")
 @pytest.mark.parametrize("sid", [".", ".."])
 def test_every_valid_id_can_be_used_in_a_url(api, sid):
     assert api.post("/api/llm/sessions", json={"session_id": sid}).status_code == 400

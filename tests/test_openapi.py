@@ -29,7 +29,9 @@ def test_request_schemas_come_from_the_validating_models(anon):
     schemas = doc["components"]["schemas"]
     create = schemas["CreateSessionBody"]
     assert create["additionalProperties"] is False
-    assert create["properties"]["session_id"]["pattern"] == "^[A-Za-z0-9_.:-]{1,128}$"
+    from backend.sessions.models import SESSION_ID_PATTERN
+
+    assert create["properties"]["session_id"]["pattern"] == SESSION_ID_PATTERN
     params = {p["name"]: p for p in doc["paths"]["/api/llm/sessions"]["get"]["parameters"]}
     assert params["limit"]["schema"]["maximum"] == 200 and params["limit"]["schema"]["minimum"] == 1
     assert params["offset"]["schema"]["minimum"] == 0

@@ -7,16 +7,23 @@ import re
 from pydantic import Field, field_validator
 
 from backend.http import ApiModel
-from backend.sessions.models import SessionId
+from backend.sessions.models import STRIPPED_CHARS, SessionId
 
 MAX_QUERY_CHARS = 32_000
 # Tabs and newlines are text; other C0 controls (NUL above all) are not.
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CONTROL_CHARS = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f"
+_CONTROL = re.compile(f"[{_CONTROL_CHARS}]")
+# The validator below, as a JSON Schema pattern for the document: no control
+# characters, and at least one that strip() keeps (not blank).
+QUERY_PATTERN = f"^[^{_CONTROL_CHARS}]*[^{_CONTROL_CHARS}{STRIPPED_CHARS}][^{_CONTROL_CHARS}]*$"
 
 
 class QueryBody(ApiModel):
     session_id: SessionId
-    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, description="The user's message")
+    query: str = Field(
+        min_length=1, max_length=MAX_QUERY_CHARS, description="The user's message; not blank, no control characters",
+        json_schema_extra={"pattern": QUERY_PATTERN},
+    )
 
     @field_validator("query")
     @classmethod
@@ -38,7 +45,36 @@ STREAM_DESCRIPTION = """Server-Sent Events, in order:
 
 Lines starting with `:` are heartbeats; ignore them."""
 
+def _event(name: str, data: dict) -> dict:
+    """One SSE event: its name, and a JSON `data` line of the given shape."""
+    return {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"const": name},
+            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data},
+        },
+    }
+
+
+def _object(**properties: dict) -> dict:
+    return {"type": "object", "required": list(properties), "properties": properties}
+
+
+_STRING, _INTEGER = {"type": "string"}, {"type": "integer"}
+
+# OpenAPI's itemSchema: the schema of each event in the stream, not of the whole body.
 STREAM_RESPONSE = {
     "description": "The reply, streamed",
-    "content": {"text/event-stream": {"schema": {"type": "string", "description": STREAM_DESCRIPTION}}},
+    "content": {
+        "text/event-stream": {
+            "itemSchema": {
+                "oneOf": [
+                    _event("token", _object(content=_STRING)),
+                    _event("done", _object(session_id=_STRING, message_count=_INTEGER, session_name=_STRING)),
+                    _event("error", _object(code=_STRING, message=_STRING)),
+                ]
+            }
+        }
+    },
 }

@@ -10,7 +10,14 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, S
 
 from backend.http import ApiModel, QueryModel, SuccessModel, UtcDatetime
 
-SESSION_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+# 1-128 of [A-Za-z0-9_.:-], but not "." or "..": URL clients (fetch, urllib3)
+# remove such path segments, so a session with that id could never be opened
+# or deleted. Written without lookahead, which pydantic's regex engine lacks.
+SESSION_ID_PATTERN = (
+    r"^(?:[A-Za-z0-9_:-][A-Za-z0-9_.:-]{0,127}"
+    r"|\.[A-Za-z0-9_:-][A-Za-z0-9_.:-]{0,126}"
+    r"|\.\.[A-Za-z0-9_.:-]{1,126})$"
+)
 MAX_SESSION_NAME = 200
 # Bidi embeddings, overrides and isolates can make a name display as something
 # else ("Trojan Source"); plain LRM/RLM marks stay allowed for RTL text.
@@ -19,7 +26,7 @@ _BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
 SessionId = Annotated[
     str,
     StringConstraints(pattern=SESSION_ID_PATTERN, min_length=1, max_length=128),
-    Field(description="1-128 characters of A-Z a-z 0-9 _ . : -"),
+    Field(description="1-128 characters of A-Z a-z 0-9 _ . : - (but not '.' or '..')"),
 ]
 
 
@@ -42,7 +49,8 @@ def clean_session_name(value: str) -> str:
 # else, with no control characters (Cc) or bidi controls, then whitespace again.
 # Not enforced by pydantic: the validator above is the rule, and
 # tests/test_fuzz_schema.py keeps the two equal.
-_STRIPPED = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"  # what str.strip() removes
+STRIPPED_CHARS = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"  # what str.strip() removes
+_STRIPPED = STRIPPED_CHARS
 _FORBIDDEN = r"\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"
 SESSION_NAME_PATTERN = (
     f"^[{_STRIPPED}]*[^{_STRIPPED}{_FORBIDDEN}]"
