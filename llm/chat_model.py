@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 import openai
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 OFFLINE_MODEL_NAME = "offline"
 
@@ -32,7 +33,18 @@ class OpenAIChatModel:
     def stream(self, messages: list[dict[str, Any]], cancel: threading.Event) -> Iterator[str]:
         if cancel.is_set():
             raise ReplyCancelled()
-        response = self._client.chat.completions.create(model=self.name, messages=messages, stream=True)
+        # The SDK's low-level post, not chat.completions.create: create() walks
+        # every message through its type-driven transform first, which took
+        # 27 ms for a 100-turn conversation (and grows with it) against 2.7 ms
+        # here. Same client, retries, errors and stream parsing; the messages
+        # are plain dicts built by to_openai_messages.
+        response = self._client.post(
+            "/chat/completions",
+            body={"model": self.name, "messages": messages, "stream": True},
+            cast_to=ChatCompletion,
+            stream=True,
+            stream_cls=openai.Stream[ChatCompletionChunk],
+        )
         # A read blocked on a quiet upstream only wakes when its socket is shut
         # down (closing the response from another thread waits for the read).
         # Leaving the `with` closes the response in any case, so a stopped
