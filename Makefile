@@ -4,7 +4,7 @@ VENV   ?= .venv
 PORT   ?= 5000
 BIN    := $(VENV)/bin
 
-.PHONY: install run serve test migrate clean
+.PHONY: install run serve test migrate clean bench
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,10 @@ migrate: install
 # The whole suite, against the embedded PostgreSQL (or TEST_DATABASE_URL).
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Benchmarks against the SQL floor and a peer server (bench/README.md); QUICK=1 for small sizes.
+bench: install
+	$(BIN)/python -m bench $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache

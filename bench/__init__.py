@@ -1,0 +1,1 @@
+"""Benchmarks: `make bench` (full sizes) or `make bench QUICK=1`. See bench/README.md."""
