@@ -32,6 +32,7 @@ import jwt
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import wait_http  # noqa: E402
 from tests.fake_openai import FakeOpenAI
 
 JWT_SECRET = "soak-jwt-secret-" + "s" * 32
@@ -178,17 +179,7 @@ def percentile(values: list[float], p: float) -> float:
 # --- the run ---------------------------------------------------------------------------------------
 
 def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 60) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            conn.request("GET", "/readyz")
-            if conn.getresponse().status == 200:
-                return True
-        except OSError:
-            pass
-        time.sleep(0.2)
-    return False
+    return wait_http(port, "/readyz", timeout, proc)
 
 
 def main() -> int:

@@ -43,6 +43,13 @@ def thread_row_counts(pool, thread_id: str) -> dict[str, int]:
 NO_ROWS = {table: 0 for table in CHECKPOINT_TABLES}
 
 
+def rows_digest(conn, sql: str, *params) -> dict:
+    """How many rows a query returns and a hash of their full contents: equal digests, unchanged rows."""
+    return conn.execute(
+        f"select count(*) as n, md5(string_agg(t::text, '|' order by t::text)) as h from ({sql}) t", params
+    ).fetchone()
+
+
 def session_row(pool, user_id: str, session_id: str) -> dict | None:
     with pool.connection() as conn:
         return conn.execute(

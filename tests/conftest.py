@@ -191,16 +191,16 @@ def unique_session_id() -> str:
 
 
 @contextmanager
-def failing_trigger(pool, table: str, event: str, session_id_prefix: str):
-    """A real database failure: `event` ('delete', 'insert', 'update') on `table` raises
-    for rows whose session_id starts with the prefix, while the block runs."""
-    name = f"test_fail_{table}_{event}"
+def installed_trigger(pool, name: str, table: str, event: str, when: str, then: str):
+    """A BEFORE `event` row trigger on `table` running `then` for rows where `when`
+    holds, while the block runs. In both, `row` is the row (OLD for deletes, NEW else)."""
     row = "old" if event == "delete" else "new"
+    when, then = when.replace("row.", f"{row}."), then.replace("row.", f"{row}.")
     with pool.connection() as conn:
         conn.execute(f"""
             create or replace function {name}() returns trigger language plpgsql as $$
             begin
-                if {row}.session_id like '{session_id_prefix}%' then raise exception 'injected failure'; end if;
+                if {when} then {then}; end if;
                 return {row};
             end $$;
             create trigger {name} before {event} on {table} for each row execute function {name}();
@@ -210,6 +210,16 @@ def failing_trigger(pool, table: str, event: str, session_id_prefix: str):
     finally:
         with pool.connection() as conn:
             conn.execute(f"drop trigger {name} on {table}; drop function {name}();")
+
+
+@contextmanager
+def failing_trigger(pool, table: str, event: str, session_id_prefix: str):
+    """A real database failure: `event` ('delete', 'insert', 'update') on `table` raises
+    for rows whose session_id starts with the prefix, while the block runs."""
+    with installed_trigger(pool, f"test_fail_{table}_{event}", table, event,
+                           when=f"row.session_id like '{session_id_prefix}%'",
+                           then="raise exception 'injected failure'"):
+        yield
 
 
 # --- every response the suite sees must be in the OpenAPI document ------------

@@ -29,7 +29,7 @@ from tests.chat_support import (
     wait_until,
 )
 from tests.checkpoints import NO_ROWS, seed_thread, thread_row_counts
-from tests.conftest import client_for
+from tests.conftest import client_for, installed_trigger
 
 GATE_KEY = 7_241_777  # advisory lock key the gates wait on; no app code uses it
 KILLS_PER_POINT = 25  # 5 points: 125 killed operations, plus a let-through control at each
@@ -38,24 +38,11 @@ KILLS_PER_POINT = 25  # 5 points: 125 killed operations, plus a let-through cont
 @contextmanager
 def gate(pool, table: str, event: str):
     """While the block runs, `event` on `table` for fault-* sessions waits for GATE_KEY."""
-    name = f"test_gate_{table}_{event}"
-    row = "old" if event == "delete" else "new"
-    ours = (f"{row}.session_id like 'fault-%'" if table in ("chat_sessions", "session_deletions")
-            else f"{row}.thread_id like '%\\_session\\_fault-%'")
-    with pool.connection() as conn:
-        conn.execute(f"""
-            create function {name}() returns trigger language plpgsql as $$
-            begin
-                if {ours} then perform pg_advisory_xact_lock({GATE_KEY}); end if;
-                return {row};
-            end $$;
-            create trigger {name} before {event} on {table} for each row execute function {name}();
-        """)
-    try:
+    ours = ("row.session_id like 'fault-%'" if table in ("chat_sessions", "session_deletions")
+            else "row.thread_id like '%\\_session\\_fault-%'")
+    with installed_trigger(pool, f"test_gate_{table}_{event}", table, event,
+                           when=ours, then=f"perform pg_advisory_xact_lock({GATE_KEY})"):
         yield
-    finally:
-        with pool.connection() as conn:
-            conn.execute(f"drop trigger {name} on {table}; drop function {name}();")
 
 
 @pytest.fixture

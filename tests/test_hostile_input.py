@@ -16,6 +16,7 @@ import pytest
 
 from backend.http import ErrorResponse
 from tests.chat_support import turn
+from tests.checkpoints import rows_digest
 from tests.conftest import User, client_for, make_token
 
 SECRET_QUERY = "my bank password is hunter2-and-more"
@@ -42,9 +43,7 @@ def db_state(pool, user) -> dict:
     like = f"user\\_{user.id}\\_%"
     with pool.connection() as conn:
         def table(sql, *params):
-            return conn.execute(
-                f"select count(*) as n, md5(string_agg(t::text, '|' order by t::text)) as h from ({sql}) t", params
-            ).fetchone()
+            return rows_digest(conn, sql, *params)
 
         return {
             "chat_sessions": table("select * from chat_sessions where user_id = %s", user.id),

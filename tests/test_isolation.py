@@ -13,7 +13,7 @@ import secrets
 import pytest
 
 from tests.chat_support import parse_sse, send, turn
-from tests.checkpoints import seed_thread
+from tests.checkpoints import rows_digest, seed_thread
 from tests.conftest import client_for
 
 
@@ -22,9 +22,7 @@ def fingerprint(pool, user, session_id: str) -> dict:
     thread_id = user.thread_id(session_id)
     with pool.connection() as conn:
         def table(sql, *params):
-            return conn.execute(
-                f"select count(*) as n, md5(string_agg(t::text, '|' order by t::text)) as h from ({sql}) t", params
-            ).fetchone()
+            return rows_digest(conn, sql, *params)
 
         return {
             "session": table("select * from chat_sessions where user_id = %s and session_id = %s", user.id, session_id),
