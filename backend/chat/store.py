@@ -5,10 +5,9 @@ from __future__ import annotations
 import uuid
 
 from langgraph.checkpoint.postgres import PostgresSaver
-from psycopg import Connection
 from psycopg_pool import ConnectionPool
 
-from backend.sessions.store import CHECKPOINT_TABLES, SESSION_COLUMNS
+from backend.sessions.store import CHECKPOINT_TABLES, SESSION_COLUMNS, increment_message_count
 from llm.messages import load_thread_messages, visible_messages
 
 NAMING_CLAIM_MINUTES = 5
@@ -70,12 +69,12 @@ class ChatStore:
             ).fetchone()
         return row is not None
 
-    def run_is_live(self, user_id: str, session_id: str, conn: Connection | None = None) -> bool:
-        sql = "select 1 from chat_session_runs where user_id = %s and session_id = %s and lease_expires_at > now()"
-        if conn is not None:
-            return conn.execute(sql, (user_id, session_id)).fetchone() is not None
-        with self._pool.connection() as own:
-            return own.execute(sql, (user_id, session_id)).fetchone() is not None
+    def run_is_live(self, user_id: str, session_id: str) -> bool:
+        with self._pool.connection() as conn:
+            return conn.execute(
+                "select 1 from chat_session_runs where user_id = %s and session_id = %s and lease_expires_at > now()",
+                (user_id, session_id),
+            ).fetchone() is not None
 
     def expired_runs(self, limit: int = 100) -> list[dict]:
         with self._pool.connection() as conn:
@@ -115,9 +114,7 @@ class ChatStore:
             count = len(visible_messages(load_thread_messages(PostgresSaver(conn), row["thread_id"])))
             delta = count - row["message_count"]
             if delta > 0:
-                conn.execute(
-                    "select * from increment_session_message_count(%s, %s, %s)", (user_id, session_id, delta)
-                )
+                increment_message_count(conn, user_id, session_id, delta)
             elif delta < 0:
                 # Only a custom graph that removes messages gets here; counts follow history.
                 conn.execute("update chat_sessions set message_count = %s where id = %s", (count, row["id"]))

@@ -50,11 +50,10 @@ def clean_session_name(value: str) -> str:
 # Not enforced by pydantic: the validator above is the rule, and
 # tests/test_fuzz_schema.py keeps the two equal.
 STRIPPED_CHARS = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"  # what str.strip() removes
-_STRIPPED = STRIPPED_CHARS
 _FORBIDDEN = r"\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"
 SESSION_NAME_PATTERN = (
-    f"^[{_STRIPPED}]*[^{_STRIPPED}{_FORBIDDEN}]"
-    f"(?:[^{_FORBIDDEN}]{{0,{MAX_SESSION_NAME - 2}}}[^{_STRIPPED}{_FORBIDDEN}])?[{_STRIPPED}]*$"
+    f"^[{STRIPPED_CHARS}]*[^{STRIPPED_CHARS}{_FORBIDDEN}]"
+    f"(?:[^{_FORBIDDEN}]{{0,{MAX_SESSION_NAME - 2}}}[^{STRIPPED_CHARS}{_FORBIDDEN}])?[{STRIPPED_CHARS}]*$"
 )
 
 SessionName = Annotated[

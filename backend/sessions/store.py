@@ -117,12 +117,8 @@ class SessionStore:
             ).fetchone()
 
     def increment_message_count(self, user_id: str, session_id: str, increment: int = 1) -> dict | None:
-        """Through the SQL function, so concurrent turns never lose a count."""
         with self._pool.connection() as conn:
-            return conn.execute(
-                "select * from increment_session_message_count(%s, %s, %s)",
-                (user_id, session_id, increment),
-            ).fetchone()
+            return increment_message_count(conn, user_id, session_id, increment)
 
     # --- delete, inside the service's transaction ------------------------
 
@@ -157,6 +153,14 @@ class SessionStore:
             {"thread_id": thread_id, "row_id": row_id, "user_id": user_id, "business_id": business_id,
              "session_id": session_id, "forced": forced},
         ).fetchone()
+
+
+def increment_message_count(conn: Connection, user_id: str, session_id: str, increment: int) -> dict | None:
+    """The RPC, on the caller's connection: one atomic UPDATE, so concurrent
+    turns never lose a count. The new (message_count, last_message_at), or None."""
+    return conn.execute(
+        "select * from increment_session_message_count(%s, %s, %s)", (user_id, session_id, increment)
+    ).fetchone()
 
 
 LOCK_FOR_DELETE_SQL = f"""
