@@ -1,13 +1,46 @@
-"""gunicorn settings for production (`make serve`); every value can be overridden by env."""
+"""gunicorn settings for production (`make serve`); every value can be overridden by env.
+
+The gevent worker: each connection is a greenlet, not a thread, so one worker
+holds a thousand streamed replies or idle event streams at once (a thread per
+connection capped a 2-worker host at 32). psycopg 3, the openai SDK's httpx
+and LangGraph's sync API run unchanged under it; gevent patches the standard
+library in each worker before the app is imported (gunicorn does it when the
+worker starts, and the app is loaded in the worker, not the master).
+
+Capacity: WEB_CONCURRENCY workers x MAX_CONNECTIONS_PER_WORKER requests in
+flight. Past that the app answers 503 with Retry-After at once
+(backend/overload.py); gunicorn's own `worker_connections` sits a little above
+so those 503s can still be accepted and answered instead of queueing.
+"""
 
 import os
+import resource
 
 bind = os.environ.get("BIND", "0.0.0.0:" + os.environ.get("PORT", "8000"))
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-# Threads let one worker hold long-lived streamed replies while serving CRUD.
-worker_class = "gthread"
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gevent")
+_per_worker = int(os.environ.get("MAX_CONNECTIONS_PER_WORKER", "1500"))
+worker_connections = _per_worker + int(os.environ.get("GUNICORN_SPARE_CONNECTIONS", "200"))
+# Only the thread worker (GUNICORN_WORKER_CLASS=gthread) uses threads.
 threads = int(os.environ.get("GUNICORN_THREADS", "16"))
+# Streams take the backlog in bursts: thousands of clients connecting at once.
+backlog = int(os.environ.get("GUNICORN_BACKLOG", "4096"))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
-graceful_timeout = 30
+graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
 keepalive = 5
 accesslog = None  # the app logs each request itself, as JSON with a request id
+
+# Every connection is a file descriptor, and a streamed reply takes two (the
+# client's and the model's). Many systems start processes at a soft limit of
+# 1,024: raise it to the hard limit the system allows.
+_soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+_wanted = 4 * worker_connections + 256
+if _soft != resource.RLIM_INFINITY and _soft < _wanted:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_wanted if _hard == resource.RLIM_INFINITY else min(_wanted, _hard), _hard))
+
+
+def worker_exit(server, worker):
+    """Stop this worker's background jobs and close its pool before it exits."""
+    state = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("chat_backend")
+    if state is not None:
+        state.close()

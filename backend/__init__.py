@@ -17,6 +17,7 @@ from backend.db import Database
 from backend.errors import register_error_handlers, validation_error_response
 from backend.http import ErrorResponse, JsonRequest
 from backend.log_config import configure_logging, install_request_logging
+from backend.overload import ConnectionLimit
 from backend.rate_limits import init_rate_limits
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,8 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         app.wsgi_app = ProxyFix(
             app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies
         )
+    # Outermost: a request over the cap costs nothing but the refusal.
+    app.wsgi_app = ConnectionLimit(app.wsgi_app, settings.max_connections_per_worker, settings.cors_origin_list)
     install_request_logging(app)
     register_error_handlers(app)
     install_csrf_protection(app, settings.cors_origin_list)

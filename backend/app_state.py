@@ -98,6 +98,7 @@ def build_state(settings: Settings, db: Database) -> AppState:
         model=build_chat_model(settings),
         system_prompt=settings.system_prompt,
         heartbeat_seconds=settings.sse_heartbeat_seconds,
+        stream_buffer_chars=settings.stream_buffer_chars,
         prune_history=settings.checkpoint_history == "latest",
     )
     verifier = TokenVerifier(

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     # How many proxies in front of the app set X-Forwarded-For / -Proto (0: none;
     # then the client address is the TCP peer's). Rate limits key on it.
     trusted_proxies: int = Field(default=0, ge=0, le=5)
+    # Requests in flight per server process (streams included) before new ones
+    # get 503 + Retry-After; gunicorn.conf.py reads the same variable.
+    max_connections_per_worker: int = Field(default=1500, ge=1)
 
     # Rate limits (flask-limiter syntax: "10 per minute; 100 per hour").
     rate_limits_enabled: bool = True
@@ -78,6 +81,9 @@ class Settings(BaseSettings):
     run_renew_seconds: float = Field(default=1.0, gt=0)
     force_delete_wait_seconds: float = Field(default=10.0, ge=0)
     sse_heartbeat_seconds: float = Field(default=15.0, gt=0)
+    # Reply text a stream may hold for a client that does not read; past it the
+    # reply is stopped and the stream ends with an error event.
+    stream_buffer_chars: int = Field(default=65_536, ge=1024)
 
     # Background upkeep in each process (0 turns a job off): finish turns whose
     # process died, name sessions left unnamed, remove orphaned LangGraph threads.

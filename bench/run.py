@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench import data, scenarios
+from bench.long_replies import long_replies
 from bench.common import (
     BUSINESS,
     RESULTS,
@@ -126,7 +127,7 @@ def context_table(results: Results) -> str:
     return "\n".join(lines)
 
 
-SCENARIOS = ("growth", "counting", "delete", "listing", "crud", "streaming")
+SCENARIOS = ("growth", "counting", "delete", "listing", "crud", "streaming", "long_replies")
 
 
 def run(quick: bool, only: set[str] | None = None) -> int:
@@ -228,13 +229,16 @@ def run(quick: bool, only: set[str] | None = None) -> int:
                     peer.stop()
             latest.stop()
 
-            # 4. Streaming, on a server sized for many long-lived streams.
-            if "streaming" in only:
-                c_max = max(sizes.stream_concurrency)
-                threads = max(16, -(-c_max // 2) + 50)
-                streams = start_server("streams", {"GUNICORN_THREADS": str(threads), "DB_POOL_MAX_SIZE": "40"})
+            # 4. Streaming and 7. long replies, on the production defaults (nothing sized to the test);
+            # long replies with rate limits and upkeep as shipped, every stream its own user.
+            if "streaming" in only:  # one user sends every turn here: rate limits off, as for CRUD
+                streams = start_server("streams", {})
                 scenarios.streaming(streams, upstream, db, sizes, results, templates)
                 streams.stop()
+            if "long_replies" in only:
+                production = start_server("production", {"RATE_LIMITS_ENABLED": "true", "MAINTENANCE_INTERVAL_SECONDS": "60"})
+                long_replies(production, upstream, db, sizes, results)
+                production.stop()
             for server in app_servers:
                 errors = server.errors_logged()
                 if errors:

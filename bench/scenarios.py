@@ -54,6 +54,7 @@ class Sizes:
         self.crud_seconds = 2.0 if q else 8.0
         self.stream_samples = 15 if q else 60
         self.stream_concurrency = (50, 100) if q else (100, 500)
+        self.long_reply_concurrency = (100,) if q else (200, 1000)
         self.counter_writers, self.counter_increments = (64, 20) if q else (64, 100)
 
 

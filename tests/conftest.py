@@ -19,6 +19,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from flask.testing import FlaskClient
+
 from backend import create_app
 from backend.config import Settings
 from backend.db import start_embedded_postgres
@@ -88,6 +90,15 @@ def make_settings(database_url, tmp_path_factory):
     return make
 
 
+class ServerLikeClient(FlaskClient):
+    """Closes each response once read, as a real server does (the test client
+    leaves that to the test), so requests in flight are counted as in production
+    (backend/overload.py). Streams opened with buffered=False stay open until closed."""
+
+    def open(self, *args, buffered: bool = True, **kwargs):
+        return super().open(*args, buffered=buffered, **kwargs)
+
+
 @pytest.fixture(scope="session")
 def make_app(make_settings):
     """Build extra apps (other settings, a second 'process'); closed at the end."""
@@ -95,6 +106,7 @@ def make_app(make_settings):
 
     def make(**overrides):
         app = create_app(make_settings(**overrides))
+        app.test_client_class = ServerLikeClient
         _install_contract_check(app)
         apps.append(app)
         return app

@@ -16,6 +16,8 @@ def session_of(client, sid):
 
 def test_turn_streams_tokens_then_done(chat, fake, alice):
     sid = unique_session_id()
+    # Tokens that arrive apart go out apart (queued ones may share an event).
+    fake.token_delay = 0.02
     events = turn(chat, sid, "What is the capital of France?")
     tokens = [e for e in events if e.event == "token"]
     assert len(tokens) > 1  # streamed in pieces, not one blob

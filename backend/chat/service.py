@@ -1,10 +1,13 @@
 """A chat turn: take the session, run the graph, stream its tokens, count, release.
 
-The graph runs in a worker thread of its own and hands tokens to the
-response through a queue, so the response can send heartbeats while the model
-is quiet, and a client that goes away cancels the reply without waiting for
-it. Whatever happens, the worker ends the run with `finish_run`, which makes
-message_count equal to the history the turn left behind.
+The graph runs in a worker thread of its own (a greenlet under the gevent
+server) and hands tokens to the response through a queue, so the response can
+send heartbeats while the model is quiet, and a client that goes away cancels
+the reply without waiting for it. Tokens that queued up while the previous
+event was being written go out as one event (a lone token is never held back),
+and a client that stops reading can hold at most STREAM_BUFFER_BYTES of reply
+before the reply is stopped. Whatever happens, the worker ends the run with
+`finish_run`, which makes message_count equal to the history the turn left behind.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ CANCEL_ERRORS = {
     "cancel_requested": ("cancelled", "The reply was stopped: the session is being deleted"),
     "lease_lost": ("session_deleted", "The session was deleted while the reply was being written"),
     "client_disconnected": ("cancelled", "The client went away"),
+    "slow_client": ("slow_client", "The reply was stopped: the client did not read it fast enough"),
 }
 
 
@@ -54,6 +58,10 @@ class Turn:
     run: ActiveRun
     query: str
     events: queue.Queue = field(default_factory=queue.Queue)
+    # Characters of reply text queued and sent: each written by one side only
+    # (the graph's thread, the response), so their difference needs no lock.
+    queued_chars: int = 0
+    sent_chars: int = 0
 
 
 class ChatService:
@@ -69,6 +77,7 @@ class ChatService:
         system_prompt: str | None,
         heartbeat_seconds: float,
         prune_history: bool,
+        stream_buffer_chars: int = 65_536,
     ) -> None:
         self._sessions = sessions
         self._store = store
@@ -79,6 +88,7 @@ class ChatService:
         self._system_prompt = system_prompt
         self._heartbeat = heartbeat_seconds
         self._prune_history = prune_history
+        self._buffer_limit = stream_buffer_chars
 
     def start_turn(self, user: AuthUser, session_id: str, query: str) -> Turn:
         """Everything that can fail with a status code, before any byte is streamed."""
@@ -109,24 +119,51 @@ class ChatService:
 
     def stream(self, turn: Turn) -> Iterator[str]:
         """The SSE body: tokens, then `done` or `error`; heartbeats while the model is quiet."""
+        events = turn.events
         finished = False
         try:
             yield ": stream open\n\n"
             while True:
                 try:
-                    kind, payload = turn.events.get(timeout=self._heartbeat)
+                    kind, payload = events.get(timeout=self._heartbeat)
                 except queue.Empty:
                     yield ": keep-alive\n\n"
                     continue
-                if kind == "token":
-                    yield sse_event("token", {"content": payload})
-                    continue
-                finished = True
-                yield sse_event(kind, payload)
-                return
+                if kind != "token":
+                    finished = True
+                    yield sse_event(kind, payload)
+                    return
+                # Whatever else is queued already joins this event: one write
+                # instead of many when the stream falls behind, no wait otherwise.
+                pieces, end = [payload], None
+                while end is None:
+                    try:
+                        kind, payload = events.get_nowait()
+                    except queue.Empty:
+                        break
+                    if kind == "token":
+                        pieces.append(payload)
+                    else:
+                        end = sse_event(kind, payload)
+                text = pieces[0] if len(pieces) == 1 else "".join(pieces)
+                turn.sent_chars += len(text)
+                if end is None:
+                    yield sse_event("token", {"content": text})
+                else:
+                    finished = True
+                    yield sse_event("token", {"content": text}) + end
+                    return
         finally:
             if not finished:
                 turn.run.cancel.set("client_disconnected")
+
+    def _send_token(self, turn: Turn, text: str) -> None:
+        turn.queued_chars += len(text)
+        if turn.queued_chars - turn.sent_chars > self._buffer_limit:
+            # The client stopped reading: stop paying for a reply nobody takes.
+            turn.run.cancel.set("slow_client")
+            raise ReplyCancelled()
+        turn.events.put(("token", text))
 
     def _run_turn(self, turn: Turn) -> None:
         run, started = turn.run, time.perf_counter()
@@ -190,10 +227,10 @@ class ChatService:
                 elif isinstance(message, AIMessage):
                     last_reply = text_of(message)  # a whole reply; sent below if nothing streamed
             if text:
-                turn.events.put(("token", text))
+                self._send_token(turn, text)
                 sent += 1
         if not sent and last_reply:
-            turn.events.put(("token", last_reply))
+            self._send_token(turn, last_reply)
             sent = 1
         return sent
 
