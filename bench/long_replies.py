@@ -11,7 +11,20 @@ from __future__ import annotations
 import asyncio
 import time
 
-from bench.common import BUSINESS, AppServer, Results, connect, new_user, own_cpu_seconds, say, stats, thread_id
+from bench.common import (
+    BUSINESS,
+    AppServer,
+    Results,
+    connect,
+    cpu_by_pid,
+    cpu_delta,
+    new_user,
+    own_cpu_seconds,
+    postgres_pids,
+    say,
+    stats,
+    thread_id,
+)
 from bench.scenarios import RssSampler, _burst, _stream_direct, _stream_ours, chat_query
 
 TOKENS, INTERVAL_MS, FIRST_MS = 40, 125, 200  # ~5.1 s a reply
@@ -45,17 +58,19 @@ def long_replies(server: AppServer, upstream, db_url: str, sizes, results: Resul
     query = query.replace(f"interval_ms={INTERVAL_MS}", f"interval_ms={INTERVAL_MS} first_ms={FIRST_MS}")
     rest = server.rss()
     for n in sizes.long_reply_concurrency:
-        pairs = sessions_for_users(db_url, n, f"long{n}")
+        pairs = sessions_for_users(db_url, n, f"long{n}-{time.monotonic_ns()}")
         timeout = 120
         cpu = own_cpu_seconds()
         direct_out, direct_wall = asyncio.run(_burst([_stream_direct(upstream.port, query, timeout) for _ in range(n)]))
         direct_cpu = own_cpu_seconds() - cpu
         before = server.rss()
-        cpu = own_cpu_seconds()
+        cpu, server_cpu, db_cpu = own_cpu_seconds(), cpu_by_pid(server.pids()), cpu_by_pid(postgres_pids())
         with RssSampler(server) as rss:
             ours_out, wall = asyncio.run(_burst([_stream_ours(server.port, user, sid, query, timeout)
                                                  for user, sid in pairs]))
         ours_cpu = own_cpu_seconds() - cpu
+        server_cpu = cpu_delta(server_cpu, cpu_by_pid(server.pids()))
+        db_cpu = cpu_delta(db_cpu, cpu_by_pid(postgres_pids()))
         ours, direct = _summary(ours_out, wall), _summary(direct_out, direct_wall)
         res = {
             "streams": n, "tokens": TOKENS, "interval_ms": INTERVAL_MS, "first_ms": FIRST_MS,
@@ -67,11 +82,14 @@ def long_replies(server: AppServer, upstream, db_url: str, sizes, results: Resul
             "rss_peak_mb": round(rss.peak / 2**20, 1),
             "rss_per_stream_kb": round((rss.peak - before) / n / 1024, 1),
             "client_cpu_s": {"ours": round(ours_cpu, 2), "upstream_alone": round(direct_cpu, 2)},
+            "server_cpu_ms_per_turn": round(server_cpu / n * 1000, 2),
+            "postgres_cpu_ms_per_turn": round(db_cpu / n * 1000, 2),
         }
         say(f"long replies x{n}: ours {ours['completed']} ok, {ours['errors']} errors, wall {wall:.1f}s, TTFT p50 "
             f"{ours['ttft_ms']['p50']:.0f} p99 {ours['ttft_ms']['p99']:.0f} ms, total p99 {ours['total_ms']['p99']:.0f} ms; "
             f"upstream alone wall {direct_wall:.1f}s, TTFT p50 {direct['ttft_ms']['p50']:.0f} p99 "
-            f"{direct['ttft_ms']['p99']:.0f} ms; RSS +{res['rss_per_stream_kb']} KB/stream; client CPU "
+            f"{direct['ttft_ms']['p99']:.0f} ms; RSS +{res['rss_per_stream_kb']} KB/stream; server CPU "
+            f"{res['server_cpu_ms_per_turn']} ms/turn (PostgreSQL {res['postgres_cpu_ms_per_turn']}); client CPU "
             f"{ours_cpu:.1f}s (alone {direct_cpu:.1f}s) of {wall:.1f}s")
         results.detail("long_replies", f"concurrent_{n}", res)
         clean = ours["errors"] == 0 and ours["completed"] == n

@@ -94,8 +94,15 @@ class RunLeases:
     def start(self, user_id: str, session_id: str) -> ActiveRun | None:
         """Take the session's lease for a new reply; None if a live run holds it."""
         run_id = self._store.acquire_run(user_id, session_id, self.owner, self._lease_seconds)
-        if run_id is None:
-            return None
+        return None if run_id is None else self.track(run_id, user_id, session_id)
+
+    def start_in_session(self, user_id: str, session_id: str) -> tuple[dict | None, ActiveRun | None]:
+        """Read the session and take its lease in one round trip (see ChatStore.start_run_in_session)."""
+        session, run_id = self._store.start_run_in_session(user_id, session_id, self.owner, self._lease_seconds)
+        return session, None if run_id is None else self.track(run_id, user_id, session_id)
+
+    def track(self, run_id: uuid.UUID, user_id: str, session_id: str) -> ActiveRun:
+        """Renew this lease (taken by this process) until the run is forgotten."""
         run = ActiveRun(run_id=run_id, user_id=user_id, session_id=session_id)
         with self._lock:
             self._runs[run_id] = run

@@ -92,13 +92,16 @@ class ChatService:
 
     def start_turn(self, user: AuthUser, session_id: str, query: str) -> Turn:
         """Everything that can fail with a status code, before any byte is streamed."""
-        session = self._sessions.get_or_create(user, session_id)  # ids are made by the frontend
-        if session["is_archived"]:
-            raise ApiError(409, "session_archived", "This session is archived; unarchive it to send messages")
         try:
-            run = self._leases.start(user.id, session_id)
+            # The common case, a session that exists, in one round trip.
+            session, run = self._leases.start_in_session(user.id, session_id)
+            if session is None:  # ids are made by the frontend: created on first use
+                session = self._sessions.get_or_create(user, session_id)
+                run = None if session["is_archived"] else self._leases.start(user.id, session_id)
         except psycopg.errors.ForeignKeyViolation:
             raise NotFound("The session was deleted") from None
+        if session["is_archived"]:
+            raise ApiError(409, "session_archived", "This session is archived; unarchive it to send messages")
         if run is None:
             raise ApiError(
                 409, "session_busy",
@@ -174,7 +177,8 @@ class ChatService:
         except Exception as exc:  # noqa: BLE001 - every failure becomes an `error` event
             error = self._describe_failure(run, exc)
         finally:
-            if self._prune_history:
+            # A session's first turn leaves one checkpoint: nothing to prune.
+            if self._prune_history and turn.session["message_count"] > 0:
                 self._prune(turn)
             try:
                 session = self._store.finish_run(run.user_id, run.session_id, run.run_id)
@@ -204,9 +208,17 @@ class ChatService:
     def _stream_graph(self, turn: Turn) -> int:
         """Run the graph, passing its tokens on; returns how many were sent."""
         run = turn.run
-        context = ChatContext(model=self._model, cancel=run.cancel, system_prompt=self._system_prompt)
+        sent = 0
+
+        def emit(text: str | None) -> None:
+            nonlocal sent
+            if text:
+                self._send_token(turn, text)
+                sent += 1
+
+        context = ChatContext(model=self._model, cancel=run.cancel, system_prompt=self._system_prompt, emit=emit)
         config = {"configurable": {"thread_id": turn.session["thread_id"]}}
-        sent, last_reply = 0, None
+        last_reply = None
         stream = self._graph.stream(
             {"messages": [user_message(turn.query)]}, config, context=context, stream_mode=["custom", "messages"],
             # Keeping only the latest checkpoint, the steps in between need not
@@ -226,9 +238,7 @@ class ChatService:
                     text = text_of(message)
                 elif isinstance(message, AIMessage):
                     last_reply = text_of(message)  # a whole reply; sent below if nothing streamed
-            if text:
-                self._send_token(turn, text)
-                sent += 1
+            emit(text)
         if not sent and last_reply:
             self._send_token(turn, last_reply)
             sent = 1

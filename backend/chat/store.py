@@ -41,6 +41,27 @@ class ChatStore:
             ).fetchone()
         return row["run_id"] if row else None
 
+    def start_run_in_session(
+        self, user_id: str, session_id: str, owner: str, lease_seconds: float
+    ) -> tuple[dict | None, uuid.UUID | None]:
+        """The common start of a turn in one round trip: read the session and,
+        unless it is archived, take its lease (as acquire_run does).
+
+        Returns (session row, run id): (None, None) when the user has no such
+        session; a row and None when it is archived or a live run holds it.
+        """
+        row = None
+        with self._pool.connection() as conn:
+            row = conn.execute(
+                START_RUN_IN_SESSION_SQL,
+                {"user_id": user_id, "session_id": session_id, "run_id": uuid.uuid4(), "owner": owner,
+                 "lease_seconds": lease_seconds},
+            ).fetchone()
+        if row is None:
+            return None, None
+        run_id = row.pop("new_run_id")
+        return row, run_id
+
     def renew_runs(self, run_ids: list[uuid.UUID], lease_seconds: float) -> dict[uuid.UUID, bool]:
         """Extend these leases; return {run_id: cancel requested} for those still held."""
         if not run_ids:
@@ -221,6 +242,23 @@ class ChatStore:
             except _ThreadClaimed:
                 return {table: 0 for table in CHECKPOINT_TABLES}
         return counts
+
+
+START_RUN_IN_SESSION_SQL = f"""
+with s as (
+    select {SESSION_COLUMNS} from chat_sessions where user_id = %(user_id)s and session_id = %(session_id)s
+), r as (
+    insert into chat_session_runs (user_id, session_id, run_id, owner, lease_expires_at)
+    select %(user_id)s, %(session_id)s, %(run_id)s, %(owner)s, now() + make_interval(secs => %(lease_seconds)s)
+      from s where not s.is_archived
+    on conflict (user_id, session_id) do update
+       set run_id = excluded.run_id, owner = excluded.owner, started_at = now(),
+           lease_expires_at = excluded.lease_expires_at, cancel_requested_at = null
+     where chat_session_runs.lease_expires_at < now()
+    returning run_id
+)
+select s.*, (select run_id from r) as new_run_id from s
+"""
 
 
 class _ThreadClaimed(Exception):
