@@ -54,30 +54,37 @@ def _summary(out: list[dict], wall: float) -> dict:
 
 
 def long_replies(server: AppServer, upstream, db_url: str, sizes, results: Results) -> None:
-    query = chat_query(0, TOKENS, INTERVAL_MS)
-    query = query.replace(f"interval_ms={INTERVAL_MS}", f"interval_ms={INTERVAL_MS} first_ms={FIRST_MS}")
+    def query(tag: str = "") -> str:
+        q = chat_query(0, TOKENS, INTERVAL_MS, tag or None)
+        return q.replace(f"interval_ms={INTERVAL_MS}", f"interval_ms={INTERVAL_MS} first_ms={FIRST_MS}")
     rest = server.rss()
     for n in sizes.long_reply_concurrency:
         pairs = sessions_for_users(db_url, n, f"long{n}-{time.monotonic_ns()}")
         timeout = 120
         cpu = own_cpu_seconds()
-        direct_out, direct_wall = asyncio.run(_burst([_stream_direct(upstream.port, query, timeout) for _ in range(n)]))
+        direct_out, direct_wall = asyncio.run(_burst([_stream_direct(upstream.port, query(), timeout) for _ in range(n)]))
         direct_cpu = own_cpu_seconds() - cpu
         before = server.rss()
         cpu, server_cpu, db_cpu = own_cpu_seconds(), cpu_by_pid(server.pids()), cpu_by_pid(postgres_pids())
         with RssSampler(server) as rss:
-            ours_out, wall = asyncio.run(_burst([_stream_ours(server.port, user, sid, query, timeout)
-                                                 for user, sid in pairs]))
+            ours_out, wall = asyncio.run(_burst([_stream_ours(server.port, user, sid, query(f"L{n}x{i}"), timeout)
+                                                 for i, (user, sid) in enumerate(pairs)]))
         ours_cpu = own_cpu_seconds() - cpu
         server_cpu = cpu_delta(server_cpu, cpu_by_pid(server.pids()))
         db_cpu = cpu_delta(db_cpu, cpu_by_pid(postgres_pids()))
         ours, direct = _summary(ours_out, wall), _summary(direct_out, direct_wall)
+        # The backend's share of the first token: its work before the model is called
+        # (request sent -> the upstream receives the chat request), per stream.
+        arrived = upstream.arrivals()
+        before_model = [(arrived[f"L{n}x{i}"] - o["started_wall"]) * 1000
+                        for i, o in enumerate(ours_out) if o["ok"] and f"L{n}x{i}" in arrived]
         res = {
             "streams": n, "tokens": TOKENS, "interval_ms": INTERVAL_MS, "first_ms": FIRST_MS,
             "ours": ours, "upstream_alone": direct,
             "added_ttft_p50_ms": ours["ttft_ms"]["p50"] - direct["ttft_ms"]["p50"],
             "added_ttft_p99_ms": ours["ttft_ms"]["p99"] - direct["ttft_ms"]["p99"],
             "wall_ratio": wall / direct_wall,
+            "backend_before_model_ms": stats(before_model),
             "rss_rest_mb": round(rest / 2**20, 1), "rss_before_mb": round(before / 2**20, 1),
             "rss_peak_mb": round(rss.peak / 2**20, 1),
             "rss_per_stream_kb": round((rss.peak - before) / n / 1024, 1),
@@ -87,7 +94,8 @@ def long_replies(server: AppServer, upstream, db_url: str, sizes, results: Resul
         }
         say(f"long replies x{n}: ours {ours['completed']} ok, {ours['errors']} errors, wall {wall:.1f}s, TTFT p50 "
             f"{ours['ttft_ms']['p50']:.0f} p99 {ours['ttft_ms']['p99']:.0f} ms, total p99 {ours['total_ms']['p99']:.0f} ms; "
-            f"upstream alone wall {direct_wall:.1f}s, TTFT p50 {direct['ttft_ms']['p50']:.0f} p99 "
+            f"before the model p50 {res['backend_before_model_ms']['p50']:.0f} p99 "
+            f"{res['backend_before_model_ms']['p99']:.0f} ms; upstream alone wall {direct_wall:.1f}s, TTFT p50 {direct['ttft_ms']['p50']:.0f} p99 "
             f"{direct['ttft_ms']['p99']:.0f} ms; RSS +{res['rss_per_stream_kb']} KB/stream; server CPU "
             f"{res['server_cpu_ms_per_turn']} ms/turn (PostgreSQL {res['postgres_cpu_ms_per_turn']}); client CPU "
             f"{ours_cpu:.1f}s (alone {direct_cpu:.1f}s) of {wall:.1f}s")
