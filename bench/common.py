@@ -256,7 +256,6 @@ class AppServer:
             "LOG_FORMAT": "json",
             "BIND": f"127.0.0.1:{self.port}",
             "WEB_CONCURRENCY": "2",
-            "GUNICORN_THREADS": "16",
             "DB_POOL_MAX_SIZE": "10",
             **env,
         }
@@ -279,7 +278,7 @@ class AppServer:
         while time.monotonic() < deadline and self._booted() < workers:
             time.sleep(0.2)
         say(f"server {self.name} up on :{self.port} ({self.env['WEB_CONCURRENCY']} workers x "
-            f"{self.env['GUNICORN_THREADS']} threads, pool {self.env['DB_POOL_MAX_SIZE']}/worker)")
+            f"{self.env.get('GUNICORN_WORKER_CLASS', 'gevent')}, pool {self.env['DB_POOL_MAX_SIZE']}/worker)")
         return self
 
     def _booted(self) -> int:
