@@ -87,6 +87,7 @@ def build_state(settings: Settings, db: Database) -> AppState:
         runs=chat_store,
         checkpointer=checkpointer,
         force_delete_wait_seconds=settings.force_delete_wait_seconds,
+        backup_retention_seconds=settings.backup_retention_seconds,
     )
     graph = load_graph_factory(settings.chat_graph_factory)().compile(checkpointer=checkpointer)
     chat = ChatService(
@@ -110,6 +111,7 @@ def build_state(settings: Settings, db: Database) -> AppState:
     maintenance = Maintenance(
         chat_store,
         namer,
+        sessions,
         interval_seconds=settings.maintenance_interval_seconds,
         sweep_interval_seconds=settings.orphan_sweep_interval_seconds,
         orphan_min_age_seconds=settings.orphan_min_age_seconds,

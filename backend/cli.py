@@ -25,6 +25,12 @@ def register_cli(app: Flask) -> None:
         rows = ", ".join(f"{table}: {n}" for table, n in report["rows"].items())
         click.echo(f"removed {report['threads']} orphaned thread(s) ({rows})")
 
+    @app.cli.command("purge-recovery-points")
+    def purge_recovery_points() -> None:
+        """Delete recovery points (undo of deletes) whose retention has run out."""
+        purged = app_state().sessions.purge_expired_recovery_points()
+        click.echo(f"purged {purged} expired recovery point(s)")
+
     @app.cli.command("create-user")
     @click.option("--email", required=True)
     @click.option("--business-id", required=True)

@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     run_lease_seconds: float = Field(default=15.0, gt=0)
     run_renew_seconds: float = Field(default=1.0, gt=0)
     force_delete_wait_seconds: float = Field(default=10.0, ge=0)
+    # How long a delete with ?backup=true can be undone (POST .../restore).
+    backup_retention_seconds: float = Field(default=86_400, gt=0)
     sse_heartbeat_seconds: float = Field(default=15.0, gt=0)
     # Reply text a stream may hold for a client that does not read; past it the
     # reply is stopped and the stream ends with an error event.

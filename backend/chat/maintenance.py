@@ -4,6 +4,7 @@
   history the dead run left, and free the session.
 - Sessions with messages but still the default name: name them.
 - LangGraph threads with no session (crashes, older versions): delete them.
+- Recovery points (undo of a delete) past their expiry: delete them.
 
 It runs once shortly after start (the "on the next start" recovery), then on
 a timer. Every step is safe to run in several processes at once.
@@ -17,6 +18,7 @@ import time
 
 from backend.chat.namer import SessionNamer
 from backend.chat.store import ChatStore
+from backend.sessions.service import SessionService
 from backend.sessions.store import CHECKPOINT_TABLES
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,7 @@ class Maintenance:
         self,
         store: ChatStore,
         namer: SessionNamer,
+        sessions: SessionService,
         *,
         interval_seconds: float,
         sweep_interval_seconds: float,
@@ -36,6 +39,7 @@ class Maintenance:
     ) -> None:
         self._store = store
         self._namer = namer
+        self._sessions = sessions
         self._interval = interval_seconds
         self._sweep_interval = sweep_interval_seconds
         self.orphan_min_age_seconds = orphan_min_age_seconds
@@ -82,6 +86,7 @@ class Maintenance:
     def run_once(self, *, sweep: bool) -> None:
         self.reconcile_runs()
         self.name_unnamed()
+        self._sessions.purge_expired_recovery_points()
         if sweep:
             self.sweep_orphans()
 

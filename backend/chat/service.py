@@ -5,7 +5,7 @@ server) and hands tokens to the response through a queue, so the response can
 send heartbeats while the model is quiet, and a client that goes away cancels
 the reply without waiting for it. Tokens that queued up while the previous
 event was being written go out as one event (a lone token is never held back),
-and a client that stops reading can hold at most STREAM_BUFFER_BYTES of reply
+and a client that stops reading can hold at most STREAM_BUFFER_CHARS of reply
 before the reply is stopped. Whatever happens, the worker ends the run with
 `finish_run`, which makes message_count equal to the history the turn left behind.
 """

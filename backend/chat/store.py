@@ -50,7 +50,6 @@ class ChatStore:
         Returns (session row, run id): (None, None) when the user has no such
         session; a row and None when it is archived or a live run holds it.
         """
-        row = None
         with self._pool.connection() as conn:
             row = conn.execute(
                 START_RUN_IN_SESSION_SQL,
@@ -59,8 +58,7 @@ class ChatStore:
             ).fetchone()
         if row is None:
             return None, None
-        run_id = row.pop("new_run_id")
-        return row, run_id
+        return row, row.pop("new_run_id")
 
     def renew_runs(self, run_ids: list[uuid.UUID], lease_seconds: float) -> dict[uuid.UUID, bool]:
         """Extend these leases; return {run_id: cancel requested} for those still held."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from typing import Annotated, Literal
+from uuid import UUID
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StringConstraints, model_validator
 
@@ -109,6 +110,13 @@ class GetSessionQuery(QueryModel):
 
 class DeleteSessionQuery(QueryModel):
     force: bool = Field(default=False, description="Cancel a reply still being written, then delete")
+    backup: bool = Field(default=False, description="Keep a recovery point that POST /restore can put back")
+
+
+class RestoreSessionBody(ApiModel):
+    model_config = ConfigDict(extra="forbid")
+
+    backup_id: UUID = Field(description="From the delete's response")
 
 
 class SessionOut(BaseModel):
@@ -152,6 +160,14 @@ class SessionDetailResponse(SuccessModel):
     messages: list[MessageOut] | None = Field(default=None, description="Only with include_messages=true")
 
 
+class RecoveryPoint(BaseModel):
+    backup_id: UUID
+    expires_at: UtcDatetime
+
+
 class SessionDeletedResponse(SuccessModel):
     session_id: str
     deleted: dict[str, int] = Field(description="Rows removed per table")
+    backup: RecoveryPoint | None = Field(
+        default=None, description="Only with backup=true (and a session row to keep): how to undo, until when"
+    )

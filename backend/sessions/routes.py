@@ -13,6 +13,7 @@ from backend.sessions.models import (
     DeleteSessionQuery,
     GetSessionQuery,
     ListSessionsQuery,
+    RestoreSessionBody,
     SessionCreatedResponse,
     SessionDeletedResponse,
     SessionDetailResponse,
@@ -89,6 +90,14 @@ def update_session(path: SessionPath, body: UpdateSessionBody):
 
 @bp.delete("/<session_id>", responses={200: SessionDeletedResponse, **error_responses(400, 401, 403, 404, 409, 500, 503)})
 def delete_session(path: SessionPath, query: DeleteSessionQuery):
-    """Delete the session and every LangGraph row of its thread, atomically."""
-    counts = app_state().sessions.delete(current_user, path.session_id, force=query.force)
-    return ok(SessionDeletedResponse(session_id=path.session_id, deleted=counts))
+    """Delete the session and every LangGraph row of its thread, atomically; with backup=true, undoable."""
+    outcome = app_state().sessions.delete(current_user, path.session_id, force=query.force, backup=query.backup)
+    response = SessionDeletedResponse(session_id=path.session_id, deleted=outcome.deleted, backup=outcome.backup)
+    return ok(response, exclude=None if query.backup else {"backup"})
+
+
+@bp.post("/restore", responses={201: SessionResponse, **error_responses(400, 401, 403, 404, 409, 413, 500, 503)})
+def restore_session(body: RestoreSessionBody):
+    """Undo a delete made with backup=true: the same session, messages and memory. Consumes the recovery point."""
+    row = app_state().sessions.restore(current_user, body.backup_id)
+    return ok(SessionResponse(data=session_out(row)), 201)

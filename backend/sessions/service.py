@@ -9,6 +9,7 @@ import logging
 import secrets
 import string
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -62,6 +63,12 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
 
 
 @dataclass
+class DeleteOutcome:
+    deleted: dict[str, int]  # rows removed per table
+    backup: dict | None = None  # {backup_id, expires_at} when a recovery point was kept
+
+
+@dataclass
 class SessionPage:
     rows: list[dict]
     total: int
@@ -79,12 +86,14 @@ class SessionService:
         runs: ChatStore,
         checkpointer: BaseCheckpointSaver,
         force_delete_wait_seconds: float,
+        backup_retention_seconds: float = 86_400,
     ) -> None:
         self._pool = pool
         self._store = store
         self._runs = runs
         self._checkpointer = checkpointer
         self._force_wait = force_delete_wait_seconds
+        self._backup_retention = backup_retention_seconds
 
     def create(self, user: AuthUser, session_id: str | None, session_name: str | None) -> tuple[dict, bool]:
         session_id = session_id or new_session_id()
@@ -139,8 +148,13 @@ class SessionService:
             raise NotFound()
         return row
 
-    def delete(self, user: AuthUser, session_id: str, *, force: bool = False) -> dict[str, int]:
+    def delete(self, user: AuthUser, session_id: str, *, force: bool = False, backup: bool = False) -> DeleteOutcome:
         """Delete the session row and every checkpoint row of its thread, in one transaction.
+
+        With `backup`, the same transaction first copies the session row and
+        every row of its thread into a recovery point that `restore` puts back
+        until BACKUP_RETENTION_SECONDS pass (a session that lived only in the
+        browser has no row to restore, so it gets none).
 
         Only the caller's own session is touched: the row is looked up by
         (user, session id), and a session that lived only in the browser is
@@ -162,6 +176,12 @@ class SessionService:
                     "A reply is still being written in this session. Stop it first, "
                     "or delete with ?force=true to stop it and delete.",
                 )
+            recovery = None
+            if backup and row is not None:
+                recovery = self._store.save_recovery_point(
+                    conn, backup_id=uuid.uuid4(), row_id=row["id"], thread_id=row["thread_id"],
+                    retention_seconds=self._backup_retention,
+                )
             counts = self._store.delete_thread_and_row(
                 conn,
                 thread_id=row["thread_id"] if row else build_thread_id(user.id, user.business_id, session_id),
@@ -175,9 +195,43 @@ class SessionService:
                 raise NotFound()  # nothing was there under this id
         log.info(
             "session deleted",
-            extra={"user_id": user.id, "session_id": session_id, "rows_deleted": counts, "forced": force},
+            extra={"user_id": user.id, "session_id": session_id, "rows_deleted": counts, "forced": force,
+                   "backup": recovery is not None},
         )
-        return counts
+        return DeleteOutcome(deleted=counts, backup=recovery)
+
+    def restore(self, user: AuthUser, backup_id: uuid.UUID) -> dict:
+        """Put a deleted session back from its recovery point, whole or not at all.
+
+        404 for a recovery point that is unknown, expired, already used or
+        another user's (indistinguishable); 409 if the session id (or its
+        thread) is taken again meanwhile: then nothing changes.
+        """
+        with self._pool.connection() as conn, conn.transaction():
+            backup = self._store.lock_recovery_point(conn, user.id, backup_id)
+            if backup is None:
+                raise NotFound("No recovery point with this id (it may have expired or been used)")
+            if self._store.session_or_thread_taken(conn, user.id, backup["session_id"], backup["thread_id"]):
+                raise ApiError(
+                    409, "session_exists",
+                    "A session with this id exists again; delete or rename it before restoring",
+                )
+            row = self._store.restore_recovery_point(conn, backup)
+        restored = row.pop("restored")
+        log.info("session restored", extra={"user_id": user.id, "session_id": row["session_id"], "rows_restored": restored})
+        return row
+
+    def purge_expired_recovery_points(self, batch: int = 500) -> int:
+        """Delete every recovery point past its expiry, in small batches; returns how many."""
+        total = 0
+        while True:
+            purged = self._store.purge_expired_recovery_points(batch)
+            total += purged
+            if purged < batch:
+                break
+        if total:
+            log.info("expired recovery points purged", extra={"recovery_points": total})
+        return total
 
     def _stop_reply(self, user_id: str, session_id: str) -> None:
         """Ask the reply's process to stop, and wait (bounded) until it has."""

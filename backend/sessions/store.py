@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from psycopg import Connection
+from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from backend.errors import ApiError
@@ -155,6 +156,48 @@ class SessionStore:
         ).fetchone()
 
 
+    # --- recovery points (undo), inside the service's transaction ----------
+
+    @staticmethod
+    def save_recovery_point(
+        conn: Connection, *, backup_id, row_id: int, thread_id: str, retention_seconds: float
+    ) -> dict:
+        """Copy the (locked) session row and every row of its thread into a
+        recovery point; run before the delete, in its transaction.
+        Returns {backup_id, expires_at}."""
+        return conn.execute(
+            SAVE_RECOVERY_POINT_SQL,
+            {"backup_id": backup_id, "row_id": row_id, "thread_id": thread_id, "retention_seconds": retention_seconds},
+        ).fetchone()
+
+    @staticmethod
+    def lock_recovery_point(conn: Connection, user_id: str, backup_id) -> dict | None:
+        """The caller's unexpired recovery point, locked against a second restore."""
+        return conn.execute(LOCK_RECOVERY_POINT_SQL, (backup_id, user_id)).fetchone()
+
+    @staticmethod
+    def session_or_thread_taken(conn: Connection, user_id: str, session_id: str, thread_id: str) -> bool:
+        """Whether restoring would collide: a session with this id or thread, or rows left in the thread."""
+        return conn.execute(
+            SESSION_OR_THREAD_TAKEN_SQL, {"user_id": user_id, "session_id": session_id, "thread_id": thread_id}
+        ).fetchone()["taken"]
+
+    @staticmethod
+    def restore_recovery_point(conn: Connection, backup: dict) -> dict:
+        """Put the session row and its thread's rows back, consume the recovery
+        point and write the audit row, in one statement. Returns the session
+        row with `restored`: rows put back per table."""
+        return conn.execute(
+            RESTORE_RECOVERY_POINT_SQL,
+            {"backup_id": backup["backup_id"], "session_row": Jsonb(backup["session_row"])},
+        ).fetchone()
+
+    def purge_expired_recovery_points(self, limit: int = 500) -> int:
+        """Delete recovery points past their expiry (a batch); returns how many."""
+        with self._pool.connection() as conn:
+            return conn.execute(PURGE_EXPIRED_RECOVERY_POINTS_SQL, (limit,)).rowcount
+
+
 def increment_message_count(conn: Connection, user_id: str, session_id: str, increment: int) -> dict | None:
     """The RPC, on the caller's connection: one atomic UPDATE, so concurrent
     turns never lose a count. The new (message_count, last_message_at), or None."""
@@ -193,4 +236,90 @@ with c as (delete from checkpoints where thread_id = %(thread_id)s returning 1),
           where checkpoints + checkpoint_blobs + checkpoint_writes + chat_sessions > 0
      )
 select * from counts
+"""
+
+# One insert per table row (not one value per thread: a long thread could pass
+# jsonb's size limit). to_jsonb writes bytea as hex, which reads back exactly.
+SAVE_RECOVERY_POINT_SQL = """
+with b as (
+    insert into session_backups (backup_id, user_id, business_id, session_id, thread_id, session_row, expires_at)
+    select %(backup_id)s, s.user_id, s.business_id, s.session_id, s.thread_id, to_jsonb(s),
+           now() + make_interval(secs => %(retention_seconds)s)
+      from chat_sessions s
+     where s.id = %(row_id)s
+    returning backup_id, expires_at
+), r as (
+    insert into session_backup_rows (backup_id, table_name, row)
+    select b.backup_id, t.table_name, t.row
+      from b cross join (
+          select 'checkpoints' as table_name, to_jsonb(c) as row from checkpoints c where c.thread_id = %(thread_id)s
+          union all
+          select 'checkpoint_blobs', to_jsonb(c) from checkpoint_blobs c where c.thread_id = %(thread_id)s
+          union all
+          select 'checkpoint_writes', to_jsonb(c) from checkpoint_writes c where c.thread_id = %(thread_id)s
+      ) t
+)
+select backup_id, expires_at from b
+"""
+
+LOCK_RECOVERY_POINT_SQL = """
+select backup_id, user_id, business_id, session_id, thread_id, session_row
+  from session_backups
+ where backup_id = %s and user_id = %s and expires_at > now()
+   for update
+"""
+
+SESSION_OR_THREAD_TAKEN_SQL = """
+select exists (select 1 from chat_sessions
+                where (user_id = %(user_id)s and session_id = %(session_id)s) or thread_id = %(thread_id)s)
+    or exists (select 1 from checkpoints where thread_id = %(thread_id)s)
+    or exists (select 1 from checkpoint_blobs where thread_id = %(thread_id)s)
+    or exists (select 1 from checkpoint_writes where thread_id = %(thread_id)s) as taken
+"""
+
+# The row keeps its id and timestamps (overriding the identity; the
+# updated_at trigger fires on update only); the generated column recomputes.
+RESTORE_RECOVERY_POINT_SQL = f"""
+with s as (
+    insert into chat_sessions (id, user_id, business_id, session_id, thread_id, session_name, is_archived,
+                               message_count, created_at, updated_at, last_message_at, name_source)
+    overriding system value
+    select id, user_id, business_id, session_id, thread_id, session_name, is_archived,
+           message_count, created_at, updated_at, last_message_at, name_source
+      from jsonb_populate_record(null::chat_sessions, %(session_row)s)
+    returning {SESSION_COLUMNS}
+), c as (
+    insert into checkpoints
+    select p.* from session_backup_rows r cross join lateral jsonb_populate_record(null::checkpoints, r.row) p
+     where r.backup_id = %(backup_id)s and r.table_name = 'checkpoints'
+    returning 1
+), b as (
+    insert into checkpoint_blobs
+    select p.* from session_backup_rows r cross join lateral jsonb_populate_record(null::checkpoint_blobs, r.row) p
+     where r.backup_id = %(backup_id)s and r.table_name = 'checkpoint_blobs'
+    returning 1
+), w as (
+    insert into checkpoint_writes
+    select p.* from session_backup_rows r cross join lateral jsonb_populate_record(null::checkpoint_writes, r.row) p
+     where r.backup_id = %(backup_id)s and r.table_name = 'checkpoint_writes'
+    returning 1
+), counts as (
+    select (select count(*) from c)::int as checkpoints,
+           (select count(*) from b)::int as checkpoint_blobs,
+           (select count(*) from w)::int as checkpoint_writes,
+           (select count(*) from s)::int as chat_sessions
+), consumed as (
+    delete from session_backups where backup_id = %(backup_id)s
+), audit as (
+    insert into session_deletions
+        (user_id, business_id, session_id, thread_id, had_session_row, forced, rows_deleted, action)
+    select s.user_id, s.business_id, s.session_id, s.thread_id, true, false, to_jsonb(counts), 'restore'
+      from s, counts
+)
+select s.*, to_jsonb(counts) as restored from s, counts
+"""
+
+PURGE_EXPIRED_RECOVERY_POINTS_SQL = """
+delete from session_backups
+ where backup_id in (select backup_id from session_backups where expires_at <= now() order by expires_at limit %s)
 """
