@@ -11,6 +11,7 @@ from backend.auth.service import AuthService
 from backend.auth.store import UserStore
 from backend.auth.tokens import TokenVerifier
 from backend.chat.checkpointer import SessionCheckpointSaver
+from backend.chat.importer import SessionImporter
 from backend.chat.maintenance import Maintenance
 from backend.chat.namer import SessionNamer
 from backend.chat.runs import RunLeases
@@ -34,6 +35,7 @@ class AppState:
     auth: AuthService
     sessions: SessionService
     chat: ChatService
+    importer: SessionImporter
     leases: RunLeases
     namer: SessionNamer
     maintenance: Maintenance
@@ -81,9 +83,10 @@ def build_state(settings: Settings, db: Database) -> AppState:
         model=settings.naming_model,
         timeout_seconds=settings.naming_timeout_seconds,
     )
+    sessions_store = SessionStore(db.pool)
     sessions = SessionService(
         db.pool,
-        SessionStore(db.pool),
+        sessions_store,
         runs=chat_store,
         checkpointer=checkpointer,
         force_delete_wait_seconds=settings.force_delete_wait_seconds,
@@ -122,6 +125,7 @@ def build_state(settings: Settings, db: Database) -> AppState:
         auth=AuthService(UserStore(db.pool), verifier, settings.default_business_id),
         sessions=sessions,
         chat=chat,
+        importer=SessionImporter(db.pool, sessions_store, graph, max_messages=settings.import_max_messages),
         leases=leases,
         namer=namer,
         maintenance=maintenance,

@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     force_delete_wait_seconds: float = Field(default=10.0, ge=0)
     # How long a delete with ?backup=true can be undone (POST .../restore).
     backup_retention_seconds: float = Field(default=86_400, gt=0)
+    # The most messages one import may bring (the body is also capped by MAX_REQUEST_BYTES).
+    import_max_messages: int = Field(default=10_000, ge=1)
     sse_heartbeat_seconds: float = Field(default=15.0, gt=0)
     # Reply text a stream may hold for a client that does not read; past it the
     # reply is stopped and the stream ends with an error event.

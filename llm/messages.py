@@ -33,12 +33,14 @@ def text_of(message: BaseMessage) -> str:
     return "".join(parts)
 
 
-def user_message(text: str) -> HumanMessage:
-    return HumanMessage(content=text, additional_kwargs={CREATED_AT_KEY: now_iso()})
+def user_message(text: str, created_at: datetime | None = None) -> HumanMessage:
+    stamp = created_at.isoformat() if created_at else now_iso()
+    return HumanMessage(content=text, additional_kwargs={CREATED_AT_KEY: stamp})
 
 
-def assistant_message(text: str) -> AIMessage:
-    return AIMessage(content=text, additional_kwargs={CREATED_AT_KEY: now_iso()})
+def assistant_message(text: str, created_at: datetime | None = None) -> AIMessage:
+    stamp = created_at.isoformat() if created_at else now_iso()
+    return AIMessage(content=text, additional_kwargs={CREATED_AT_KEY: stamp})
 
 
 def _created_at(message: BaseMessage) -> datetime | None:

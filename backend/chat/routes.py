@@ -9,7 +9,9 @@ from flask_openapi3 import APIBlueprint, Tag
 from backend.app_state import app_state
 from backend.auth.routes import SECURITY, require_user
 from backend.chat.models import STREAM_DESCRIPTION, STREAM_RESPONSE, QueryBody
-from backend.http import error_responses
+from backend.http import error_responses, ok
+from backend.sessions.models import ImportSessionBody, SessionResponse
+from backend.sessions.routes import session_out
 
 bp = APIBlueprint("chat", __name__, url_prefix="/api/llm", abp_tags=[Tag(name="chat")], abp_security=SECURITY)
 bp.before_request(require_user)
@@ -32,3 +34,19 @@ def query_stream(body: QueryBody):
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+@bp.post(
+    "/sessions/import",
+    responses={201: SessionResponse, **error_responses(400, 401, 403, 409, 413, 500, 503)},
+)
+def import_session(body: ImportSessionBody):
+    """A new session from an export document (chat-session/v1); the next turn continues its memory."""
+    row = app_state().importer.import_session(
+        current_user._get_current_object(),
+        session_id=body.session_id or body.session.session_id,
+        session_name=body.session.session_name,
+        is_archived=body.session.is_archived,
+        messages=[m.model_dump() for m in body.messages],
+    )
+    return ok(SessionResponse(data=session_out(row)), 201)

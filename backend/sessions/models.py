@@ -7,7 +7,17 @@ import unicodedata
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from backend.http import ApiModel, QueryModel, SuccessModel, UtcDatetime
 
@@ -66,6 +76,31 @@ SessionName = Annotated[
         json_schema_extra={"minLength": 1, "pattern": SESSION_NAME_PATTERN},
     ),
     AfterValidator(clean_session_name),
+]
+
+
+MAX_MESSAGE_CHARS = 32_000
+# Tabs and newlines are text; other C0 controls (NUL above all) are not.
+_CONTROL_CHARS = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f"
+_CONTROL = re.compile(f"[{_CONTROL_CHARS}]")
+# The validator below, as a JSON Schema pattern for the document: no control
+# characters, and at least one that strip() keeps (not blank).
+MESSAGE_PATTERN = f"^[^{_CONTROL_CHARS}]*[^{_CONTROL_CHARS}{STRIPPED_CHARS}][^{_CONTROL_CHARS}]*$"
+
+
+def check_message_text(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+# A message's text, as sent in a chat turn or brought by an import.
+MessageText = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_MESSAGE_CHARS, json_schema_extra={"pattern": MESSAGE_PATTERN}),
+    AfterValidator(check_message_text),
 ]
 
 
@@ -170,4 +205,58 @@ class SessionDeletedResponse(SuccessModel):
     deleted: dict[str, int] = Field(description="Rows removed per table")
     backup: RecoveryPoint | None = Field(
         default=None, description="Only with backup=true (and a session row to keep): how to undo, until when"
+    )
+
+
+# --- export and import ------------------------------------------------------------
+
+EXPORT_FORMAT = "chat-session/v1"
+
+
+class ExportedSession(BaseModel):
+    """What an export says of the session: the user's own view, no internal ids."""
+
+    session_id: str
+    session_name: str
+    is_archived: bool
+    message_count: int
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
+    last_message_at: UtcDatetime | None
+
+
+class SessionExport(BaseModel):
+    format: Literal["chat-session/v1"] = EXPORT_FORMAT
+    session: ExportedSession
+    messages: list[MessageOut]
+
+
+class ImportedMessage(ApiModel):
+    role: Literal["user", "assistant"]
+    content: MessageText = Field(description="Not blank, no control characters (as a message sent in a turn)")
+    created_at: AwareDatetime | None = Field(default=None, description="ISO 8601 with a time zone, as exported")
+
+    @field_validator("created_at", mode="before")
+    @classmethod
+    def _a_timestamp_string(cls, value: object) -> object:
+        if value is not None and not isinstance(value, str):  # not epoch numbers: the document says a string
+            raise ValueError("must be an ISO 8601 date-time string")
+        return value
+
+
+class ImportedSession(BaseModel):
+    # An export's counts and timestamps are the server's to set again: ignored.
+    model_config = ConfigDict(extra="ignore")
+
+    session_id: SessionId = None  # type: ignore[assignment]
+    session_name: SessionName = None  # type: ignore[assignment]
+    is_archived: StrictBool = False
+
+
+class ImportSessionBody(ApiModel):
+    format: Literal["chat-session/v1"] = Field(description="An export document's format")
+    session: ImportedSession = Field(default_factory=ImportedSession)
+    messages: list[ImportedMessage] = Field(min_length=1, description="At most IMPORT_MAX_MESSAGES (10,000)")
+    session_id: SessionId = Field(  # type: ignore[assignment]
+        default=None, description="Import under this id instead of the document's (a copy)"
     )

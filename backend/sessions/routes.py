@@ -11,12 +11,14 @@ from backend.http import error_responses, ok
 from backend.sessions.models import (
     CreateSessionBody,
     DeleteSessionQuery,
+    ExportedSession,
     GetSessionQuery,
     ListSessionsQuery,
     RestoreSessionBody,
     SessionCreatedResponse,
     SessionDeletedResponse,
     SessionDetailResponse,
+    SessionExport,
     SessionListResponse,
     SessionOut,
     SessionPath,
@@ -77,6 +79,18 @@ def get_session(path: SessionPath, query: GetSessionQuery):
         return ok(SessionDetailResponse(data=session_out(row)), exclude={"messages"})
     messages = state.sessions.messages(row)
     return ok(SessionDetailResponse(data=session_out(row), messages=messages))
+
+
+@bp.get("/<session_id>/export", responses={200: SessionExport, **error_responses(400, 401, 404, 500, 503)})
+def export_session(path: SessionPath):
+    """The session and its messages as a JSON document (chat-session/v1) to keep, or to import again."""
+    exported = app_state().sessions.export(current_user, path.session_id)
+    document = SessionExport(
+        session=ExportedSession.model_validate(exported["session"]), messages=exported["messages"]
+    )
+    response = ok(document)
+    response.headers["Content-Disposition"] = f'attachment; filename="{path.session_id}.json"'
+    return response
 
 
 @bp.put("/<session_id>", responses={200: SessionResponse, **error_responses(400, 401, 403, 404, 413, 500, 503)})

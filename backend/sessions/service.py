@@ -142,6 +142,11 @@ class SessionService:
         """The conversation, from the thread's latest LangGraph checkpoint."""
         return visible_messages(load_thread_messages(self._checkpointer, row["thread_id"]))
 
+    def export(self, user: AuthUser, session_id: str) -> dict:
+        """The session and its conversation, as the user sees them (the export document's parts)."""
+        row = self.get(user, session_id)
+        return {"session": row, "messages": self.messages(row)}
+
     def update(self, user: AuthUser, session_id: str, *, session_name: str | None, is_archived: bool | None) -> dict:
         row = self._store.update(user.id, session_id, session_name=session_name, is_archived=is_archived)
         if row is None:

@@ -100,6 +100,21 @@ class SessionStore:
                 raise ApiError(409, "conflict", "The session was deleted while being created; try again")
         return existing, False
 
+    @staticmethod
+    def insert_new(
+        conn: Connection, *, user_id: str, business_id: str, session_id: str, thread_id: str,
+        session_name: str | None, is_archived: bool,
+    ) -> dict | None:
+        """Create the session inside the caller's transaction; None if the user has one with this id."""
+        return conn.execute(INSERT_NEW_SQL, {
+            "user_id": user_id, "business_id": business_id, "session_id": session_id, "thread_id": thread_id,
+            "session_name": session_name, "is_archived": is_archived,
+        }).fetchone()
+
+    @staticmethod
+    def get_on(conn: Connection, row_id: int) -> dict:
+        return conn.execute(f"select {SESSION_COLUMNS} from chat_sessions where id = %s", (row_id,)).fetchone()
+
     def update(
         self, user_id: str, session_id: str, *, session_name: str | None, is_archived: bool | None
     ) -> dict | None:
@@ -205,6 +220,14 @@ def increment_message_count(conn: Connection, user_id: str, session_id: str, inc
         "select * from increment_session_message_count(%s, %s, %s)", (user_id, session_id, increment)
     ).fetchone()
 
+
+INSERT_NEW_SQL = f"""
+insert into chat_sessions (user_id, business_id, session_id, thread_id, session_name, name_source, is_archived)
+values (%(user_id)s, %(business_id)s, %(session_id)s, %(thread_id)s, coalesce(%(session_name)s, 'New Chat'),
+        case when %(session_name)s::text is null then 'default' else 'user' end, %(is_archived)s)
+on conflict (user_id, session_id) do nothing
+returning {SESSION_COLUMNS}
+"""
 
 LOCK_FOR_DELETE_SQL = f"""
 select {SESSION_COLUMNS},
