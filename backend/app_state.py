@@ -19,6 +19,7 @@ from backend.chat.service import ChatService
 from backend.chat.store import ChatStore
 from backend.config import Settings
 from backend.db import Database
+from backend.sessions.cleanup import SessionCleanup
 from backend.sessions.service import SessionService
 from backend.sessions.store import SessionStore
 from llm.chat_model import ChatModel, OfflineChatModel, OpenAIChatModel
@@ -34,6 +35,7 @@ class AppState:
     db: Database
     auth: AuthService
     sessions: SessionService
+    cleanup: SessionCleanup
     chat: ChatService
     importer: SessionImporter
     leases: RunLeases
@@ -111,19 +113,25 @@ def build_state(settings: Settings, db: Database) -> AppState:
         audience=settings.jwt_audience,
         jwks_cache_seconds=settings.jwks_cache_seconds,
     )
+    cleanup = SessionCleanup(sessions, sessions_store)
     maintenance = Maintenance(
         chat_store,
         namer,
         sessions,
+        cleanup,
         interval_seconds=settings.maintenance_interval_seconds,
         sweep_interval_seconds=settings.orphan_sweep_interval_seconds,
         orphan_min_age_seconds=settings.orphan_min_age_seconds,
+        retention_inactive_days=settings.retention_inactive_days,
+        retention_archived_only=settings.retention_archived_only,
+        audit_retention_days=settings.audit_retention_days,
     )
     return AppState(
         settings=settings,
         db=db,
         auth=AuthService(UserStore(db.pool), verifier, settings.default_business_id),
         sessions=sessions,
+        cleanup=cleanup,
         chat=chat,
         importer=SessionImporter(db.pool, sessions_store, graph, max_messages=settings.import_max_messages),
         leases=leases,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 from flask import Flask
 
@@ -30,6 +32,44 @@ def register_cli(app: Flask) -> None:
         """Delete recovery points (undo of deletes) whose retention has run out."""
         purged = app_state().sessions.purge_expired_recovery_points()
         click.echo(f"purged {purged} expired recovery point(s)")
+
+    @app.cli.command("purge-sessions")
+    @click.option("--inactive-days", type=click.IntRange(min=1), required=True,
+                  help="Delete sessions with no activity for this many days")
+    @click.option("--archived-only", is_flag=True, help="Only archived sessions")
+    @click.option("--user-id", default=None, help="Only this user's sessions")
+    @click.option("--dry-run", is_flag=True, help="Count and list, change nothing")
+    @click.option("--backup", is_flag=True, help="Keep a recovery point for each (BACKUP_RETENTION_SECONDS)")
+    def purge_sessions(inactive_days: int, archived_only: bool, user_id: str | None, dry_run: bool, backup: bool) -> None:
+        """Retention: delete inactive sessions, each exactly as DELETE does, in batches."""
+        cleanup = app_state().cleanup
+        interactive = sys.stdout.isatty()
+        if interactive:
+            total = cleanup.purge_inactive(
+                inactive_days=inactive_days, archived_only=archived_only, user_id=user_id, dry_run=True,
+            ).sessions
+            with click.progressbar(length=total, label="sessions", show_pos=True) as bar:
+                report = cleanup.purge_inactive(
+                    inactive_days=inactive_days, archived_only=archived_only, user_id=user_id, dry_run=dry_run,
+                    backup=backup, on_progress=bar.update,
+                )
+        else:
+            def progress(n: int) -> None:
+                click.echo(f"... {n} more looked at")
+
+            report = cleanup.purge_inactive(
+                inactive_days=inactive_days, archived_only=archived_only, user_id=user_id, dry_run=dry_run,
+                backup=backup, on_progress=progress,
+            )
+        if dry_run:
+            for item in report.listed:
+                click.echo(f"would delete {item['user_id']} {item['session_id']} (last activity "
+                           f"{item['last_activity_at'].isoformat()})")
+            click.echo(f"dry run: {report.sessions} session(s) would be deleted; nothing changed")
+            return
+        rows = ", ".join(f"{table}: {n}" for table, n in report.rows.items())
+        click.echo(f"deleted {report.sessions} session(s) ({rows}); skipped {report.busy} busy; "
+                   f"{report.seconds:.1f} s")
 
     @app.cli.command("create-user")
     @click.option("--email", required=True)

@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     backup_retention_seconds: float = Field(default=86_400, gt=0)
     # The most messages one import may bring (the body is also capped by MAX_REQUEST_BYTES).
     import_max_messages: int = Field(default=10_000, ge=1)
+    # Retention, applied by the periodic upkeep (unset: keep forever). Sessions
+    # with no activity for RETENTION_INACTIVE_DAYS are deleted (only archived
+    # ones with RETENTION_ARCHIVED_ONLY); audit rows older than AUDIT_RETENTION_DAYS.
+    retention_inactive_days: int | None = Field(default=None, ge=1)
+    retention_archived_only: bool = False
+    audit_retention_days: int | None = Field(default=None, ge=1)
     sse_heartbeat_seconds: float = Field(default=15.0, gt=0)
     # Reply text a stream may hold for a client that does not read; past it the
     # reply is stopped and the stream ends with an error event.
@@ -101,7 +107,8 @@ class Settings(BaseSettings):
 
     @field_validator(
         "database_url", "supabase_url", "supabase_jwt_secret", "secret_key", "session_cookie_secure",
-        "openai_api_key", "openai_base_url", "system_prompt", mode="before",
+        "openai_api_key", "openai_base_url", "system_prompt", "retention_inactive_days", "audit_retention_days",
+        mode="before",
     )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:

@@ -85,9 +85,9 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-def ok(model: BaseModel, status: int = 200, exclude: set[str] | None = None):
+def ok(model: BaseModel, status: int = 200, exclude: set[str] | None = None, exclude_none: bool = False):
     """Serialise a response model; `success` is its first field, so it comes first."""
-    response = jsonify(model.model_dump(mode="json", exclude=exclude))
+    response = jsonify(model.model_dump(mode="json", exclude=exclude, exclude_none=exclude_none))
     response.status_code = status
     return response
 

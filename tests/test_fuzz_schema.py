@@ -41,6 +41,7 @@ OPERATIONS = [
     ("/api/llm/sessions/{session_id}", "delete"), ("/api/llm/sessions/{session_id}", "get"),
     ("/api/llm/sessions/{session_id}", "put"), ("/api/llm/sessions/restore", "post"),
     ("/api/llm/sessions/import", "post"), ("/api/llm/sessions/{session_id}/export", "get"),
+    ("/api/llm/sessions/bulk-delete", "post"),
     ("/healthz", "get"), ("/readyz", "get"),
 ]
 STREAM = "POST /api/llm/query/stream"
@@ -64,7 +65,7 @@ class Finding:
 # Fixed action paths under /api/llm/sessions/ that are also a session's URL
 # (a session may be called "restore"): OPTIONS there rightly allows GET, PUT
 # and DELETE too, which the action's own path item does not list.
-ACTION_PATHS = {"/api/llm/sessions/restore", "/api/llm/sessions/import"}
+ACTION_PATHS = {"/api/llm/sessions/restore", "/api/llm/sessions/import", "/api/llm/sessions/bulk-delete"}
 
 
 def filter_failure(context, failure, case, response):

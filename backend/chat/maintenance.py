@@ -5,6 +5,9 @@
 - Sessions with messages but still the default name: name them.
 - LangGraph threads with no session (crashes, older versions): delete them.
 - Recovery points (undo of a delete) past their expiry: delete them.
+- Retention, when configured: sessions inactive for RETENTION_INACTIVE_DAYS
+  (a small batch per pass, each as a single delete), audit rows older than
+  AUDIT_RETENTION_DAYS.
 
 It runs once shortly after start (the "on the next start" recovery), then on
 a timer. Every step is safe to run in several processes at once.
@@ -18,12 +21,14 @@ import time
 
 from backend.chat.namer import SessionNamer
 from backend.chat.store import ChatStore
+from backend.sessions.cleanup import SessionCleanup
 from backend.sessions.service import SessionService
 from backend.sessions.store import CHECKPOINT_TABLES
 
 log = logging.getLogger(__name__)
 
 ORPHAN_BATCH = 500
+RETENTION_BATCH = 100
 
 
 class Maintenance:
@@ -32,14 +37,22 @@ class Maintenance:
         store: ChatStore,
         namer: SessionNamer,
         sessions: SessionService,
+        cleanup: SessionCleanup,
         *,
         interval_seconds: float,
         sweep_interval_seconds: float,
         orphan_min_age_seconds: float,
+        retention_inactive_days: int | None = None,
+        retention_archived_only: bool = False,
+        audit_retention_days: int | None = None,
     ) -> None:
         self._store = store
         self._namer = namer
         self._sessions = sessions
+        self._cleanup = cleanup
+        self._retention_days = retention_inactive_days
+        self._retention_archived_only = retention_archived_only
+        self._audit_retention_days = audit_retention_days
         self._interval = interval_seconds
         self._sweep_interval = sweep_interval_seconds
         self.orphan_min_age_seconds = orphan_min_age_seconds
@@ -83,10 +96,21 @@ class Maintenance:
             log.info("orphaned threads removed", extra={"threads": report["threads"], "rows_deleted": report["rows"]})
         return report
 
+    def apply_retention(self) -> None:
+        """One small batch of retention deletes per pass: no long locks, no long passes."""
+        if self._retention_days:
+            self._cleanup.purge_inactive(
+                inactive_days=self._retention_days, archived_only=self._retention_archived_only,
+                max_sessions=RETENTION_BATCH,
+            )
+        if self._audit_retention_days:
+            self._cleanup.purge_audit_rows(self._audit_retention_days)
+
     def run_once(self, *, sweep: bool) -> None:
         self.reconcile_runs()
         self.name_unnamed()
         self._sessions.purge_expired_recovery_points()
+        self.apply_retention()
         if sweep:
             self.sweep_orphans()
 

@@ -260,3 +260,52 @@ class ImportSessionBody(ApiModel):
     session_id: SessionId = Field(  # type: ignore[assignment]
         default=None, description="Import under this id instead of the document's (a copy)"
     )
+
+
+# --- bulk delete ----------------------------------------------------------------------
+
+
+class BulkDeleteFilter(ApiModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
+
+    archived: StrictBool = Field(default=None, description="true: archived sessions only; false: unarchived only")  # type: ignore[assignment]
+    inactive_days: int = Field(default=None, ge=1, le=36_500, description="No activity for this many days")  # type: ignore[assignment]
+
+    @model_validator(mode="after")
+    def _something_to_match(self) -> "BulkDeleteFilter":
+        if self.archived is None and self.inactive_days is None:
+            raise ValueError("give archived and/or inactive_days")
+        return self
+
+
+class BulkDeleteBody(ApiModel):
+    # Exactly one of the two; the document says so too.
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"oneOf": [{"required": ["session_ids"]}, {"required": ["filter"]}]}
+    )
+
+    session_ids: list[SessionId] = Field(  # type: ignore[assignment]
+        default=None, min_length=1, max_length=1000, description="1-1,000 ids; or give a filter instead"
+    )
+    filter: BulkDeleteFilter = Field(default=None, description="Matches the oldest 1,000 first")  # type: ignore[assignment]
+    backup: StrictBool = Field(default=False, description="Keep a recovery point for each, as DELETE ?backup=true")
+    force: StrictBool = Field(default=False, description="Stop replies being written instead of skipping those sessions")
+
+    @model_validator(mode="after")
+    def _ids_or_filter(self) -> "BulkDeleteBody":
+        if (self.session_ids is None) == (self.filter is None):
+            raise ValueError("give either session_ids or filter")
+        return self
+
+
+class BulkDeleteResult(BaseModel):
+    session_id: str
+    status: Literal["deleted", "not_found", "busy"]
+    deleted: dict[str, int] | None = Field(default=None, description="Rows removed per table, when deleted")
+    backup: RecoveryPoint | None = Field(default=None, description="When deleted with backup=true")
+
+
+class BulkDeleteResponse(SuccessModel):
+    results: list[BulkDeleteResult]
+    deleted_count: int
+    more: bool = Field(description="The filter matched more than 1,000: call again for the rest")

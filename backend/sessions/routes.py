@@ -9,6 +9,8 @@ from backend.app_state import app_state
 from backend.auth.routes import SECURITY, require_user
 from backend.http import error_responses, ok
 from backend.sessions.models import (
+    BulkDeleteBody,
+    BulkDeleteResponse,
     CreateSessionBody,
     DeleteSessionQuery,
     ExportedSession,
@@ -68,6 +70,20 @@ def list_sessions(query: ListSessionsQuery):
             next_cursor=page.next_cursor,
         )
     )
+
+
+@bp.post("/bulk-delete", responses={200: BulkDeleteResponse, **error_responses(400, 401, 403, 413, 500, 503)})
+def bulk_delete_sessions(body: BulkDeleteBody):
+    """Delete many sessions, each exactly as a single delete (own transaction, audit row, event); safe to retry."""
+    flt = body.filter
+    results, more = app_state().cleanup.bulk_delete(
+        current_user._get_current_object(), session_ids=body.session_ids,
+        archived=flt.archived if flt else None, inactive_days=flt.inactive_days if flt else None,
+        backup=body.backup, force=body.force,
+    )
+    deleted_count = sum(r["status"] == "deleted" for r in results)
+    # `deleted` and `backup` only where a session went (and was kept for undo).
+    return ok(BulkDeleteResponse(results=results, deleted_count=deleted_count, more=more), exclude_none=True)
 
 
 @bp.get("/<session_id>", responses={200: SessionDetailResponse, **error_responses(400, 401, 404, 500, 503)})

@@ -171,6 +171,32 @@ class SessionStore:
         ).fetchone()
 
 
+    # --- many at once: bulk deletes and retention ------------------------
+
+    def ids_matching(self, user_id: str, *, archived: bool | None, inactive_days: int | None, limit: int) -> list[str]:
+        """The user's session ids that match, oldest activity first."""
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                IDS_MATCHING_SQL,
+                {"user_id": user_id, "archived": archived, "inactive_days": inactive_days, "limit": limit},
+            ).fetchall()
+        return [r["session_id"] for r in rows]
+
+    def inactive_sessions(
+        self, *, inactive_days: int, archived_only: bool, user_id: str | None, limit: int, after_id: int = 0
+    ) -> list[dict]:
+        """Sessions (any user's, or one user's) with no activity for inactive_days, in id order from after_id."""
+        with self._pool.connection() as conn:
+            return conn.execute(
+                INACTIVE_SESSIONS_SQL,
+                {"inactive_days": inactive_days, "archived_only": archived_only, "user_id": user_id,
+                 "limit": limit, "after_id": after_id},
+            ).fetchall()
+
+    def purge_audit_rows(self, older_than_days: int, limit: int = 1000) -> int:
+        with self._pool.connection() as conn:
+            return conn.execute(PURGE_AUDIT_ROWS_SQL, (older_than_days, limit)).rowcount
+
     # --- recovery points (undo), inside the service's transaction ----------
 
     @staticmethod
@@ -345,4 +371,29 @@ select s.*, to_jsonb(counts) as restored from s, counts
 PURGE_EXPIRED_RECOVERY_POINTS_SQL = """
 delete from session_backups
  where backup_id in (select backup_id from session_backups where expires_at <= now() order by expires_at limit %s)
+"""
+
+IDS_MATCHING_SQL = """
+select session_id from chat_sessions
+ where user_id = %(user_id)s
+   and (%(archived)s::boolean is null or is_archived = %(archived)s::boolean)
+   and (%(inactive_days)s::int is null or last_activity_at < now() - make_interval(days => %(inactive_days)s::int))
+ order by last_activity_at, id
+ limit %(limit)s
+"""
+
+INACTIVE_SESSIONS_SQL = """
+select id, user_id, business_id, session_id, last_activity_at from chat_sessions
+ where last_activity_at < now() - make_interval(days => %(inactive_days)s::int)
+   and (not %(archived_only)s or is_archived)
+   and (%(user_id)s::text is null or user_id = %(user_id)s::text)
+   and id > %(after_id)s
+ order by id
+ limit %(limit)s
+"""
+
+PURGE_AUDIT_ROWS_SQL = """
+delete from session_deletions
+ where id in (select id from session_deletions
+               where deleted_at < now() - make_interval(days => %s) order by id limit %s)
 """
