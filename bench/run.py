@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench import data, scenarios
+from bench.lifecycle import lifecycle
 from bench.long_replies import long_replies
 from bench.common import (
     BUSINESS,
@@ -127,7 +128,7 @@ def context_table(results: Results) -> str:
     return "\n".join(lines)
 
 
-SCENARIOS = ("growth", "counting", "delete", "listing", "crud", "streaming", "long_replies")
+SCENARIOS = ("growth", "counting", "delete", "listing", "crud", "streaming", "long_replies", "lifecycle")
 
 
 def run(quick: bool, only: set[str] | None = None) -> int:
@@ -162,12 +163,12 @@ def run(quick: bool, only: set[str] | None = None) -> int:
 
             # 6. Growth, which also makes the real sessions that deletes and streams copy.
             templates: dict[tuple[str, int], str] = {}
-            if only & {"growth", "delete"}:
+            if only & {"growth", "delete", "lifecycle"}:
                 full = start_server("full", {"CHECKPOINT_HISTORY": "full"})
                 templates.update({("full", k): v for k, v in scenarios.build_sessions(full, db, "full", sizes, results).items()})
                 full.stop()
             latest = start_server("latest", {"CHECKPOINT_HISTORY": "latest"})
-            if only & {"growth", "delete", "streaming"}:
+            if only & {"growth", "delete", "streaming", "lifecycle"}:
                 templates.update({("latest", k): v
                                   for k, v in scenarios.build_sessions(latest, db, "latest", sizes, results).items()})
             if "growth" in only:
@@ -209,6 +210,10 @@ def run(quick: bool, only: set[str] | None = None) -> int:
                 results.detail("delete", "sessions", out)
                 results.detail("delete", "other_checkpoint_rows", counts["checkpoints"])
                 scenarios.delete_targets(results, out, "loaded", "empty", counts["checkpoints"])
+
+            # 8. Lifecycle: delete with a recovery point, restore, bulk delete.
+            if "lifecycle" in only:
+                lifecycle(latest, db, templates, sizes, results)
 
             # 2. Listing.
             if "listing" in only:

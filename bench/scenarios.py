@@ -175,9 +175,10 @@ def floor_delete(conn, user_id: str, session_id: str) -> tuple[float, dict]:
     with conn.transaction():
         row = SessionStore.lock_for_delete(conn, user_id, session_id)
         if hasattr(SessionStore, "delete_thread_and_row"):
-            counts = dict(SessionStore.delete_thread_and_row(
+            deleted = SessionStore.delete_thread_and_row(
                 conn, thread_id=row["thread_id"], row_id=row["id"], user_id=user_id, business_id=row["business_id"],
-                session_id=session_id, forced=False))
+                session_id=session_id, forced=False)
+            counts = dict(deleted[0] if isinstance(deleted, tuple) else deleted)  # (counts, recovery point) now
         else:
             counts = SessionStore.delete_thread_checkpoints(conn, row["thread_id"])
             counts["chat_sessions"] = SessionStore.delete_row(conn, row["id"])

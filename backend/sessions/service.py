@@ -181,13 +181,7 @@ class SessionService:
                     "A reply is still being written in this session. Stop it first, "
                     "or delete with ?force=true to stop it and delete.",
                 )
-            recovery = None
-            if backup and row is not None:
-                recovery = self._store.save_recovery_point(
-                    conn, backup_id=uuid.uuid4(), row_id=row["id"], thread_id=row["thread_id"],
-                    retention_seconds=self._backup_retention,
-                )
-            counts = self._store.delete_thread_and_row(
+            counts, recovery = self._store.delete_thread_and_row(
                 conn,
                 thread_id=row["thread_id"] if row else build_thread_id(user.id, user.business_id, session_id),
                 row_id=row["id"] if row else None,
@@ -195,6 +189,7 @@ class SessionService:
                 business_id=row["business_id"] if row else user.business_id,
                 session_id=session_id,
                 forced=force,
+                recovery_point=(uuid.uuid4(), self._backup_retention) if backup and row is not None else None,
             )
             if not any(counts.values()):
                 raise NotFound()  # nothing was there under this id

@@ -6,6 +6,7 @@ delete's statements commit or roll back together.
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 
 from psycopg import Connection
@@ -154,7 +155,8 @@ class SessionStore:
         business_id: str,
         session_id: str,
         forced: bool,
-    ) -> dict[str, int]:
+        recovery_point: tuple[uuid.UUID, float] | None = None,
+    ) -> tuple[dict[str, int], dict | None]:
         """Delete every LangGraph row of the thread and the session row, and write
         the audit row, in one statement on the caller's (locked) connection.
 
@@ -162,13 +164,21 @@ class SessionStore:
         connection and transaction, splitting the delete, and it reports no
         counts. Run after lock_for_delete, as a statement of its own: its
         snapshot then sees every checkpoint write that committed before the lock.
-        Returns rows removed per table; the audit row is written only if any were.
+
+        With `recovery_point` (backup id, retention seconds) the rows the
+        statement deletes are also kept, as they were, in a recovery point
+        (only when there was a session row to restore).
+        Returns (rows removed per table, {backup_id, expires_at} or None); the
+        audit row is written only if any rows were removed.
         """
-        return conn.execute(
-            DELETE_THREAD_AND_ROW_SQL,
+        backup_id, retention = recovery_point or (None, 0)
+        row = conn.execute(
+            DELETE_WITH_RECOVERY_POINT_SQL if recovery_point else DELETE_THREAD_AND_ROW_SQL,
             {"thread_id": thread_id, "row_id": row_id, "user_id": user_id, "business_id": business_id,
-             "session_id": session_id, "forced": forced},
+             "session_id": session_id, "forced": forced, "backup_id": backup_id, "retention_seconds": retention},
         ).fetchone()
+        backup_id, expires_at = row.pop("backup_id", None), row.pop("expires_at", None)
+        return row, ({"backup_id": backup_id, "expires_at": expires_at} if backup_id else None)
 
 
     # --- many at once: bulk deletes and retention ------------------------
@@ -198,18 +208,6 @@ class SessionStore:
             return conn.execute(PURGE_AUDIT_ROWS_SQL, (older_than_days, limit)).rowcount
 
     # --- recovery points (undo), inside the service's transaction ----------
-
-    @staticmethod
-    def save_recovery_point(
-        conn: Connection, *, backup_id, row_id: int, thread_id: str, retention_seconds: float
-    ) -> dict:
-        """Copy the (locked) session row and every row of its thread into a
-        recovery point; run before the delete, in its transaction.
-        Returns {backup_id, expires_at}."""
-        return conn.execute(
-            SAVE_RECOVERY_POINT_SQL,
-            {"backup_id": backup_id, "row_id": row_id, "thread_id": thread_id, "retention_seconds": retention_seconds},
-        ).fetchone()
 
     @staticmethod
     def lock_recovery_point(conn: Connection, user_id: str, backup_id) -> dict | None:
@@ -265,11 +263,11 @@ select {SESSION_COLUMNS},
    for update of s
 """
 
-DELETE_THREAD_AND_ROW_SQL = """
-with c as (delete from checkpoints where thread_id = %(thread_id)s returning 1),
-     b as (delete from checkpoint_blobs where thread_id = %(thread_id)s returning 1),
-     w as (delete from checkpoint_writes where thread_id = %(thread_id)s returning 1),
-     s as (delete from chat_sessions where id = %(row_id)s returning 1),
+_DELETE_THREAD_AND_ROW = """
+with c as (delete from checkpoints where thread_id = %(thread_id)s returning {returning}),
+     b as (delete from checkpoint_blobs where thread_id = %(thread_id)s returning {returning}),
+     w as (delete from checkpoint_writes where thread_id = %(thread_id)s returning {returning}),
+     s as (delete from chat_sessions where id = %(row_id)s returning {returning}),
      counts as (
          select (select count(*) from c)::int as checkpoints,
                 (select count(*) from b)::int as checkpoint_blobs,
@@ -283,33 +281,32 @@ with c as (delete from checkpoints where thread_id = %(thread_id)s returning 1),
                 %(forced)s, to_jsonb(counts)
            from counts
           where checkpoints + checkpoint_blobs + checkpoint_writes + chat_sessions > 0
-     )
-select * from counts
+     ){recovery_point}
+select counts.*{recovery_columns} from counts
 """
-
-# One insert per table row (not one value per thread: a long thread could pass
-# jsonb's size limit). to_jsonb writes bytea as hex, which reads back exactly.
-SAVE_RECOVERY_POINT_SQL = """
-with b as (
-    insert into session_backups (backup_id, user_id, business_id, session_id, thread_id, session_row, expires_at)
-    select %(backup_id)s, s.user_id, s.business_id, s.session_id, s.thread_id, to_jsonb(s),
-           now() + make_interval(secs => %(retention_seconds)s)
-      from chat_sessions s
-     where s.id = %(row_id)s
-    returning backup_id, expires_at
-), r as (
-    insert into session_backup_rows (backup_id, table_name, row)
-    select b.backup_id, t.table_name, t.row
-      from b cross join (
-          select 'checkpoints' as table_name, to_jsonb(c) as row from checkpoints c where c.thread_id = %(thread_id)s
-          union all
-          select 'checkpoint_blobs', to_jsonb(c) from checkpoint_blobs c where c.thread_id = %(thread_id)s
-          union all
-          select 'checkpoint_writes', to_jsonb(c) from checkpoint_writes c where c.thread_id = %(thread_id)s
-      ) t
-)
-select backup_id, expires_at from b
-"""
+DELETE_THREAD_AND_ROW_SQL = _DELETE_THREAD_AND_ROW.format(returning="1", recovery_point="", recovery_columns="")
+# The same delete, keeping what it deletes: the rows come from the deletes'
+# RETURNING, so nothing is read twice. One row per checkpoint row (a long
+# thread's rows together could pass jsonb's size limit); to_jsonb writes bytea
+# as hex, which reads back byte for byte.
+DELETE_WITH_RECOVERY_POINT_SQL = _DELETE_THREAD_AND_ROW.format(returning="*", recovery_point=""",
+     point as (
+         insert into session_backups (backup_id, user_id, business_id, session_id, thread_id, session_row, expires_at)
+         select %(backup_id)s, s.user_id, s.business_id, s.session_id, s.thread_id, to_jsonb(s),
+                now() + make_interval(secs => %(retention_seconds)s)
+           from s
+         returning backup_id, expires_at
+     ),
+     point_rows as (
+         insert into session_backup_rows (backup_id, table_name, row)
+         select point.backup_id, t.table_name, t.row
+           from point cross join (
+               select 'checkpoints' as table_name, to_jsonb(c) as row from c
+               union all select 'checkpoint_blobs', to_jsonb(b) from b
+               union all select 'checkpoint_writes', to_jsonb(w) from w
+           ) t
+     )""", recovery_columns=""",
+       (select backup_id from point) as backup_id, (select expires_at from point) as expires_at""")
 
 LOCK_RECOVERY_POINT_SQL = """
 select backup_id, user_id, business_id, session_id, thread_id, session_row
