@@ -39,8 +39,37 @@ if _soft != resource.RLIM_INFINITY and _soft < _wanted:
     resource.setrlimit(resource.RLIMIT_NOFILE, (_wanted if _hard == resource.RLIM_INFINITY else min(_wanted, _hard), _hard))
 
 
+def _app_state(worker):
+    return getattr(getattr(worker, "wsgi", None), "extensions", {}).get("chat_backend")
+
+
+def post_worker_init(worker):
+    """On SIGTERM, also end this worker's event streams at once: they never end
+    by themselves, so graceful shutdown would otherwise wait its whole timeout.
+    Replies being written still finish; event clients reconnect elsewhere."""
+    import signal
+    import threading
+
+    def handle_exit(sig, frame):
+        worker.alive = False
+        state = _app_state(worker)
+        if state is None or state.event_hub is None:
+            return
+        # Not in the signal handler itself: draining takes a lock. Under gevent
+        # the handler runs in the event loop, where nothing may block (not even
+        # a thread's start), so a greenlet is spawned there instead.
+        if worker_class == "gevent":
+            import gevent
+
+            gevent.spawn(state.event_hub.drain)
+        else:
+            threading.Thread(target=state.event_hub.drain, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, handle_exit)
+
+
 def worker_exit(server, worker):
     """Stop this worker's background jobs and close its pool before it exits."""
-    state = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("chat_backend")
+    state = _app_state(worker)
     if state is not None:
         state.close()

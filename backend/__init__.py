@@ -94,10 +94,11 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
 def _register_blueprints(app: OpenAPI) -> None:
     from backend.auth.routes import bp as auth_bp
     from backend.chat.routes import bp as chat_bp
+    from backend.events.routes import bp as events_bp
     from backend.health import bp as health_bp
     from backend.sessions.routes import bp as sessions_bp
 
-    for bp in (health_bp, auth_bp, sessions_bp, chat_bp):
+    for bp in (health_bp, auth_bp, sessions_bp, chat_bp, events_bp):
         app.register_api(bp)
     # The OpenAPI document at /api/openapi.json, as the frontend's contract.
     app.add_url_rule("/api/openapi.json", "openapi_json", lambda: app.api_doc)

@@ -19,6 +19,9 @@ from backend.chat.service import ChatService
 from backend.chat.store import ChatStore
 from backend.config import Settings
 from backend.db import Database
+from backend.events.hub import EventHub
+from backend.events.service import EventService
+from backend.events.store import EventStore
 from backend.sessions.cleanup import SessionCleanup
 from backend.sessions.service import SessionService
 from backend.sessions.store import SessionStore
@@ -41,10 +44,14 @@ class AppState:
     leases: RunLeases
     namer: SessionNamer
     maintenance: Maintenance
+    events: EventService | None
+    event_hub: EventHub | None
 
     def close(self) -> None:
         self.maintenance.stop()
         self.leases.stop()
+        if self.event_hub is not None:
+            self.event_hub.stop()
         self.db.close()
 
 
@@ -113,6 +120,14 @@ def build_state(settings: Settings, db: Database) -> AppState:
         audience=settings.jwt_audience,
         jwks_cache_seconds=settings.jwks_cache_seconds,
     )
+    event_hub = events = None
+    if settings.events_enabled:
+        event_hub = EventHub(settings.database_direct_url or db.pool.conninfo)
+        events = EventService(
+            EventStore(db.pool), event_hub, heartbeat_seconds=settings.events_heartbeat_seconds,
+            retention_seconds=settings.events_retention_seconds,
+            max_stream_seconds=settings.events_max_stream_seconds,
+        )
     cleanup = SessionCleanup(sessions, sessions_store)
     maintenance = Maintenance(
         chat_store,
@@ -125,6 +140,7 @@ def build_state(settings: Settings, db: Database) -> AppState:
         retention_inactive_days=settings.retention_inactive_days,
         retention_archived_only=settings.retention_archived_only,
         audit_retention_days=settings.audit_retention_days,
+        purge_events=events.purge_expired if events else None,
     )
     return AppState(
         settings=settings,
@@ -137,4 +153,6 @@ def build_state(settings: Settings, db: Database) -> AppState:
         leases=leases,
         namer=namer,
         maintenance=maintenance,
+        events=events,
+        event_hub=event_hub,
     )

@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     embedded_db_dir: Path = PROJECT_ROOT / ".data" / "pg"
     # Supabase's transaction pooler (port 6543) cannot keep prepared statements.
     db_transaction_pooler: bool = False
+    # A session-mode connection for LISTEN (one per process, for live events):
+    # Supabase's direct or session-pooler URL. Needed when DB_TRANSACTION_POOLER
+    # is on (a transaction pooler cannot LISTEN); otherwise DATABASE_URL serves.
+    database_direct_url: str | None = None
     db_pool_min_size: int = Field(default=2, ge=1)
     db_pool_max_size: int = Field(default=10, ge=1)
     db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
@@ -95,6 +99,14 @@ class Settings(BaseSettings):
     # reply is stopped and the stream ends with an error event.
     stream_buffer_chars: int = Field(default=65_536, ge=1024)
 
+    # Live events (GET /api/llm/events): kept this long for clients that reconnect.
+    events_enabled: bool = True
+    events_retention_seconds: float = Field(default=3600, gt=0)
+    events_heartbeat_seconds: float = Field(default=15.0, gt=0)
+    # A stream ends after this long and the client reconnects from its cursor
+    # (missing nothing), so long-lived connections rebalance across processes.
+    events_max_stream_seconds: float = Field(default=3600, gt=0)
+
     # Background upkeep in each process (0 turns a job off): finish turns whose
     # process died, name sessions left unnamed, remove orphaned LangGraph threads.
     maintenance_interval_seconds: float = Field(default=60.0, ge=0)
@@ -106,7 +118,7 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
 
     @field_validator(
-        "database_url", "supabase_url", "supabase_jwt_secret", "secret_key", "session_cookie_secure",
+        "database_url", "database_direct_url", "supabase_url", "supabase_jwt_secret", "secret_key", "session_cookie_secure",
         "openai_api_key", "openai_base_url", "system_prompt", "retention_inactive_days", "audit_retention_days",
         mode="before",
     )
@@ -120,6 +132,11 @@ class Settings(BaseSettings):
             raise ValueError("REQUIRE_MODEL is set but neither OPENAI_API_KEY nor OPENAI_BASE_URL is")
         if self.run_renew_seconds * 3 > self.run_lease_seconds:
             raise ValueError("RUN_LEASE_SECONDS must be at least 3 x RUN_RENEW_SECONDS, so one slow renewal loses no lease")
+        if self.events_enabled and self.db_transaction_pooler and not self.database_direct_url:
+            raise ValueError(
+                "Live events need a session-mode connection to LISTEN on, which a transaction pooler cannot give: "
+                "set DATABASE_DIRECT_URL (Supabase's direct or session-pooler URL), or EVENTS_ENABLED=false"
+            )
         if self.db_pool_min_size > self.db_pool_max_size:
             raise ValueError("DB_POOL_MIN_SIZE must not exceed DB_POOL_MAX_SIZE")
         if self.app_env == "production":

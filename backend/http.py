@@ -95,3 +95,21 @@ def ok(model: BaseModel, status: int = 200, exclude: set[str] | None = None, exc
 def error_responses(*statuses: int) -> dict[int, type[BaseModel]]:
     """OpenAPI entries for the error statuses an operation can answer with."""
     return {status: ErrorResponse for status in statuses}
+
+
+# --- documenting Server-Sent Events (OpenAPI itemSchema: one schema per event) ---
+
+def sse_event_schema(name: str, data: dict) -> dict:
+    """One SSE event: its name, and a JSON `data` line of the given shape."""
+    return {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"const": name},
+            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data},
+        },
+    }
+
+
+def json_object(**properties: dict) -> dict:
+    return {"type": "object", "required": list(properties), "properties": properties}

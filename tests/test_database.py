@@ -77,15 +77,24 @@ def test_failing_migration_leaves_schema_unchanged(fresh_database, tmp_path):
         pool.close()
 
 
+POOLER = {"db_transaction_pooler": True, "database_direct_url": "postgresql://direct.example/db"}
+
+
 def test_pooler_mode_disables_prepared_statements():
-    assert connection_kwargs(Settings(_env_file=None, db_transaction_pooler=True))["prepare_threshold"] is None
-    assert "options" not in connection_kwargs(Settings(_env_file=None, db_transaction_pooler=True))
+    assert connection_kwargs(Settings(_env_file=None, **POOLER))["prepare_threshold"] is None
+    assert "options" not in connection_kwargs(Settings(_env_file=None, **POOLER))
     assert connection_kwargs(Settings(_env_file=None))["prepare_threshold"] == 5
 
 
-def test_pooler_mode_works_end_to_end(make_app, alice):
+def test_pooler_mode_without_a_listen_capable_url_refuses_to_start_unless_events_are_off():
+    with pytest.raises(ValueError, match="DATABASE_DIRECT_URL"):
+        Settings(_env_file=None, db_transaction_pooler=True)
+    assert Settings(_env_file=None, db_transaction_pooler=True, events_enabled=False).db_transaction_pooler
+
+
+def test_pooler_mode_works_end_to_end(make_app, alice, database_url):
     # Without a real pgbouncer here, this shows the app runs with prepare_threshold=None throughout.
-    app = make_app(db_transaction_pooler=True)
+    app = make_app(db_transaction_pooler=True, database_direct_url=database_url)
     from tests.conftest import client_for
 
     client = client_for(app, alice)

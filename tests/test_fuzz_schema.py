@@ -41,7 +41,8 @@ OPERATIONS = [
     ("/api/llm/sessions/{session_id}", "delete"), ("/api/llm/sessions/{session_id}", "get"),
     ("/api/llm/sessions/{session_id}", "put"), ("/api/llm/sessions/restore", "post"),
     ("/api/llm/sessions/import", "post"), ("/api/llm/sessions/{session_id}/export", "get"),
-    ("/api/llm/sessions/bulk-delete", "post"),
+    ("/api/llm/sessions/bulk-delete", "post"), ("/api/llm/sessions/{session_id}/read", "post"),
+    ("/api/llm/events", "get"),
     ("/healthz", "get"), ("/readyz", "get"),
 ]
 STREAM = "POST /api/llm/query/stream"
@@ -93,7 +94,7 @@ def fuzz_app(make_app, fake_model):
     return make_app(
         openai_base_url=fake_model.base_url, openai_api_key="test-key", openai_model="fake-chat",
         naming_model="fake-naming", openai_timeout_seconds=2, openai_max_retries=1, naming_timeout_seconds=2,
-        rate_limits_enabled=False,
+        rate_limits_enabled=False, events_max_stream_seconds=0.3,  # each events request ends, so it can be fuzzed
     )
 
 

@@ -12,7 +12,7 @@ from tests.conftest import unique_session_id
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 SESSION_KEYS = {
     "session_id", "thread_id", "session_name", "is_archived",
-    "message_count", "created_at", "updated_at", "last_message_at",
+    "message_count", "created_at", "updated_at", "last_message_at", "has_unread",
 }
 
 

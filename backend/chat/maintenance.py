@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from backend.chat.namer import SessionNamer
 from backend.chat.store import ChatStore
@@ -45,6 +46,7 @@ class Maintenance:
         retention_inactive_days: int | None = None,
         retention_archived_only: bool = False,
         audit_retention_days: int | None = None,
+        purge_events: Callable[[], int] | None = None,
     ) -> None:
         self._store = store
         self._namer = namer
@@ -53,6 +55,7 @@ class Maintenance:
         self._retention_days = retention_inactive_days
         self._retention_archived_only = retention_archived_only
         self._audit_retention_days = audit_retention_days
+        self._purge_events = purge_events
         self._interval = interval_seconds
         self._sweep_interval = sweep_interval_seconds
         self.orphan_min_age_seconds = orphan_min_age_seconds
@@ -105,6 +108,8 @@ class Maintenance:
             )
         if self._audit_retention_days:
             self._cleanup.purge_audit_rows(self._audit_retention_days)
+        if self._purge_events:
+            self._purge_events()  # live events past EVENTS_RETENTION_SECONDS
 
     def run_once(self, *, sweep: bool) -> None:
         self.reconcile_runs()

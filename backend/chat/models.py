@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from backend.http import ApiModel
+from backend.http import ApiModel, json_object, sse_event_schema
 from backend.sessions.models import MessageText, SessionId
 
 class QueryBody(ApiModel):
@@ -22,22 +22,6 @@ STREAM_DESCRIPTION = """Server-Sent Events, in order:
 
 Lines starting with `:` are heartbeats; ignore them."""
 
-def _event(name: str, data: dict) -> dict:
-    """One SSE event: its name, and a JSON `data` line of the given shape."""
-    return {
-        "type": "object",
-        "required": ["event", "data"],
-        "properties": {
-            "event": {"const": name},
-            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data},
-        },
-    }
-
-
-def _object(**properties: dict) -> dict:
-    return {"type": "object", "required": list(properties), "properties": properties}
-
-
 _STRING, _INTEGER = {"type": "string"}, {"type": "integer"}
 
 # OpenAPI's itemSchema: the schema of each event in the stream, not of the whole body.
@@ -47,9 +31,9 @@ STREAM_RESPONSE = {
         "text/event-stream": {
             "itemSchema": {
                 "oneOf": [
-                    _event("token", _object(content=_STRING)),
-                    _event("done", _object(session_id=_STRING, message_count=_INTEGER, session_name=_STRING)),
-                    _event("error", _object(code=_STRING, message=_STRING)),
+                    sse_event_schema("token", json_object(content=_STRING)),
+                    sse_event_schema("done", json_object(session_id=_STRING, message_count=_INTEGER, session_name=_STRING)),
+                    sse_event_schema("error", json_object(code=_STRING, message=_STRING)),
                 ]
             }
         }

@@ -180,8 +180,9 @@ class ChatService:
             # A session's first turn leaves one checkpoint: nothing to prune.
             if self._prune_history and turn.session["message_count"] > 0:
                 self._prune(turn)
+            outcome = "done" if error is None else ("cancelled" if run.cancel.is_set() else "error")
             try:
-                session = self._store.finish_run(run.user_id, run.session_id, run.run_id)
+                session = self._store.finish_run(run.user_id, run.session_id, run.run_id, outcome)
             except Exception:  # noqa: BLE001 - a later reconcile repairs the count
                 log.exception("finishing a run failed", extra={"session_id": run.session_id})
                 session = None

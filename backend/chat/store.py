@@ -104,7 +104,9 @@ class ChatStore:
 
     # --- exact counts ------------------------------------------------------------
 
-    def finish_run(self, user_id: str, session_id: str, run_id: uuid.UUID | None) -> dict | None:
+    def finish_run(
+        self, user_id: str, session_id: str, run_id: uuid.UUID | None, outcome: str = "error"
+    ) -> dict | None:
         """Bring message_count level with the thread's history and end the run, atomically.
 
         With the session row locked no checkpoint write can land (see
@@ -112,13 +114,21 @@ class ChatStore:
         moves through increment_session_message_count; the run row goes in
         the same transaction, so a crash leaves either both or neither, and a
         later reconcile (run_id None: any expired run) repairs the rest.
+        `outcome` (done, error, cancelled) is what the run.finished event says;
+        a reply that finished marks the session unread.
         Returns the session row, or None if the session is gone.
         """
         with self._pool.connection() as conn, conn.transaction():
+            # Read by the run.finished event trigger, at commit (sql/009).
+            conn.execute("select set_config('chat.run_outcome', %s, true)", (outcome,))
             row = conn.execute(
-                f"select {SESSION_COLUMNS} from chat_sessions where user_id = %s and session_id = %s for update",
-                (user_id, session_id),
-            ).fetchone()
+                f"""
+                update chat_sessions set has_unread = has_unread or %s
+                 where user_id = %s and session_id = %s
+                returning {SESSION_COLUMNS}
+                """,
+                (outcome == "done", user_id, session_id),
+            ).fetchone()  # the update locks the row, as FOR UPDATE would
             if row is None:
                 return None
             if run_id is not None:

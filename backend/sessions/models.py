@@ -134,6 +134,7 @@ class SessionPath(BaseModel):
 
 class ListSessionsQuery(QueryModel):
     include_archived: bool = False
+    unread: bool | None = Field(default=None, description="true: only sessions with an unread reply; false: only read ones")
     limit: int = Field(default=50, ge=1, le=200)
     offset: int = Field(default=0, ge=0, le=10_000_000)
     cursor: str | None = Field(default=None, max_length=512, description="next_cursor from the previous page")
@@ -163,6 +164,7 @@ class SessionOut(BaseModel):
     created_at: UtcDatetime
     updated_at: UtcDatetime
     last_message_at: UtcDatetime | None
+    has_unread: bool = Field(description="A reply finished that the user has not read yet (POST .../read clears it)")
 
 
 class MessageOut(BaseModel):

@@ -59,6 +59,7 @@ def list_sessions(query: ListSessionsQuery):
         limit=query.limit,
         offset=query.offset,
         cursor=query.cursor,
+        unread=query.unread,
     )
     return ok(
         SessionListResponse(
@@ -107,6 +108,12 @@ def export_session(path: SessionPath):
     response = ok(document)
     response.headers["Content-Disposition"] = f'attachment; filename="{path.session_id}.json"'
     return response
+
+
+@bp.post("/<session_id>/read", responses={200: SessionResponse, **error_responses(400, 401, 403, 404, 500, 503)})
+def mark_session_read(path: SessionPath):
+    """Mark the session's replies read: clears has_unread on every tab (idempotent)."""
+    return ok(SessionResponse(data=session_out(app_state().sessions.mark_read(current_user, path.session_id))))
 
 
 @bp.put("/<session_id>", responses={200: SessionResponse, **error_responses(400, 401, 403, 404, 413, 500, 503)})

@@ -114,7 +114,8 @@ class SessionService:
         return row, created
 
     def list(
-        self, user: AuthUser, *, include_archived: bool, limit: int, offset: int, cursor: str | None
+        self, user: AuthUser, *, include_archived: bool, limit: int, offset: int, cursor: str | None,
+        unread: bool | None = None,
     ) -> SessionPage:
         if cursor and offset:
             raise ApiError(
@@ -123,7 +124,7 @@ class SessionService:
             )
         after = decode_cursor(cursor) if cursor else None
         rows, total = self._store.list_page(
-            user.id, include_archived=include_archived, limit=limit, offset=offset, after=after
+            user.id, include_archived=include_archived, limit=limit, offset=offset, after=after, unread=unread
         )
         next_cursor = encode_cursor(rows[-1]) if len(rows) == limit else None
         return SessionPage(rows=rows, total=total, limit=limit, offset=offset, next_cursor=next_cursor)
@@ -141,6 +142,13 @@ class SessionService:
     def messages(self, row: dict) -> list[dict]:
         """The conversation, from the thread's latest LangGraph checkpoint."""
         return visible_messages(load_thread_messages(self._checkpointer, row["thread_id"]))
+
+    def mark_read(self, user: AuthUser, session_id: str) -> dict:
+        """The user has read the session's latest reply: clear has_unread (idempotent)."""
+        row = self._store.mark_read(user.id, session_id)
+        if row is None:
+            raise NotFound()
+        return row
 
     def export(self, user: AuthUser, session_id: str) -> dict:
         """The session and its conversation, as the user sees them (the export document's parts)."""

@@ -17,7 +17,7 @@ from backend.errors import ApiError
 
 SESSION_COLUMNS = (
     "id, user_id, business_id, session_id, thread_id, session_name, is_archived, "
-    "message_count, created_at, updated_at, last_message_at, last_activity_at, name_source"
+    "message_count, created_at, updated_at, last_message_at, last_activity_at, name_source, has_unread"
 )
 
 # LangGraph's tables, each keyed by thread_id. Deleted in this order; the
@@ -46,6 +46,7 @@ class SessionStore:
         limit: int,
         offset: int = 0,
         after: tuple[datetime, int] | None = None,
+        unread: bool | None = None,
     ) -> tuple[list[dict], int]:
         """One page, newest activity first, and the total that match.
 
@@ -53,6 +54,8 @@ class SessionStore:
         stays an index range scan at any depth; `offset` is for jumping.
         """
         archived_filter = "" if include_archived else "and not is_archived"
+        if unread is not None:
+            archived_filter += " and has_unread" if unread else " and not has_unread"
         keyset = "and (last_activity_at, id) < (%s, %s)" if after else ""
         params: list = [user_id, *(after or ()), limit, offset]
         with self._pool.connection() as conn:
@@ -132,6 +135,11 @@ class SessionStore:
                 """,
                 (session_name, session_name, is_archived, user_id, session_id),
             ).fetchone()
+
+    def mark_read(self, user_id: str, session_id: str) -> dict | None:
+        """Clear the unread flag (a no-op write when already read); None if there is no such session."""
+        with self._pool.connection() as conn:
+            return conn.execute(MARK_READ_SQL, (user_id, session_id)).fetchone()
 
     def increment_message_count(self, user_id: str, session_id: str, increment: int = 1) -> dict | None:
         with self._pool.connection() as conn:
@@ -245,6 +253,12 @@ def increment_message_count(conn: Connection, user_id: str, session_id: str, inc
     ).fetchone()
 
 
+MARK_READ_SQL = f"""
+update chat_sessions set has_unread = false
+ where user_id = %s and session_id = %s
+returning {SESSION_COLUMNS}
+"""
+
 INSERT_NEW_SQL = f"""
 insert into chat_sessions (user_id, business_id, session_id, thread_id, session_name, name_source, is_archived)
 values (%(user_id)s, %(business_id)s, %(session_id)s, %(thread_id)s, coalesce(%(session_name)s, 'New Chat'),
@@ -328,10 +342,10 @@ select exists (select 1 from chat_sessions
 RESTORE_RECOVERY_POINT_SQL = f"""
 with s as (
     insert into chat_sessions (id, user_id, business_id, session_id, thread_id, session_name, is_archived,
-                               message_count, created_at, updated_at, last_message_at, name_source)
+                               message_count, created_at, updated_at, last_message_at, name_source, has_unread)
     overriding system value
     select id, user_id, business_id, session_id, thread_id, session_name, is_archived,
-           message_count, created_at, updated_at, last_message_at, name_source
+           message_count, created_at, updated_at, last_message_at, name_source, has_unread
       from jsonb_populate_record(null::chat_sessions, %(session_row)s)
     returning {SESSION_COLUMNS}
 ), c as (

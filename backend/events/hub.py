@@ -1,0 +1,124 @@
+"""One LISTEN connection per process, fanning wake-ups out to that process's subscribers.
+
+PostgreSQL delivers `NOTIFY session_events, '<user id>'` only when the change
+that sent it commits; the listener wakes that user's subscribers, which then
+read what is new from the events table by their cursor. A wake-up carries no
+event, so a lost or doubled one costs nothing: after every (re)connect the
+listener wakes everyone, and whatever committed meanwhile is read then.
+
+The listener is a daemon thread (a greenlet under the gevent server), started
+by the first subscriber, so each gunicorn worker gets its own after fork.
+Subscribers hold no thread and no connection: an Event each.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+
+import psycopg
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "session_events"
+
+
+class Subscriber:
+    def __init__(self, user_id: str) -> None:
+        self.user_id = user_id
+        self._woken = threading.Event()
+
+    def wake(self) -> None:
+        self._woken.set()
+
+    def wait(self, timeout: float) -> bool:
+        """Until woken or `timeout`; True if woken. Clears the wake-up, so a
+        later one (for a change committed after the caller reads) is kept."""
+        woken = self._woken.wait(timeout)
+        self._woken.clear()
+        return woken
+
+
+class EventHub:
+    def __init__(self, conninfo: str, *, reconnect_seconds: float = 1.0) -> None:
+        self._conninfo = conninfo
+        self._reconnect = reconnect_seconds
+        self._subscribers: dict[str, set[Subscriber]] = defaultdict(set)
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+        self._conn: psycopg.Connection | None = None
+        self.connected = threading.Event()  # set while LISTEN is in place
+        self.reconnects = 0
+        self.draining = False  # the process is stopping: streams end, clients reconnect elsewhere
+
+    def subscribe(self, user_id: str) -> Subscriber:
+        subscriber = Subscriber(user_id)
+        with self._lock:
+            self._subscribers[user_id].add(subscriber)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._listen, name="session-events", daemon=True)
+                self._thread.start()
+        return subscriber
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        with self._lock:
+            mine = self._subscribers.get(subscriber.user_id)
+            if mine is not None:
+                mine.discard(subscriber)
+                if not mine:
+                    del self._subscribers[subscriber.user_id]
+
+    def subscriber_count(self) -> int:
+        with self._lock:
+            return sum(len(s) for s in self._subscribers.values())
+
+    def drain(self) -> None:
+        """End every stream of this process (it is shutting down): each client
+        reconnects, to another process, from its cursor, missing nothing."""
+        self.draining = True
+        self._wake(None)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        conn = self._conn
+        if conn is not None:
+            try:
+                conn.cancel_safe()  # wakes notifies() so the thread sees the stop
+            except Exception:  # noqa: BLE001 - closing anyway
+                pass
+
+    def _wake(self, user_id: str | None) -> None:
+        with self._lock:
+            if user_id is None:
+                targets = [s for subs in self._subscribers.values() for s in subs]
+            else:
+                targets = list(self._subscribers.get(user_id, ()))
+        for subscriber in targets:
+            subscriber.wake()
+
+    def _listen(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                with psycopg.connect(self._conninfo, autocommit=True) as conn:
+                    self._conn = conn
+                    conn.execute(f"listen {CHANNEL}")
+                    self.connected.set()
+                    self._wake(None)  # catch up on whatever committed while not listening
+                    while not self._stopped.is_set():
+                        for notify in conn.notifies(timeout=5.0):
+                            self._wake(notify.payload)
+            except psycopg.Error as exc:
+                if self._stopped.is_set():
+                    break
+                log.warning("events listener lost its connection; reconnecting",
+                            extra={"error_class": type(exc).__name__})
+            except Exception:  # noqa: BLE001 - the listener must outlive any one failure
+                log.exception("events listener failed; reconnecting")
+            finally:
+                self.connected.clear()
+                self._conn = None
+            if self._stopped.wait(self._reconnect):
+                break
+            self.reconnects += 1

@@ -1,0 +1,40 @@
+"""/api/llm/events: the caller's session events as Server-Sent Events."""
+
+from __future__ import annotations
+
+import jwt
+from flask import Response, request
+from flask_login import current_user
+from flask_openapi3 import APIBlueprint, Tag
+
+from backend.app_state import app_state
+from backend.auth.routes import SECURITY, require_user
+from backend.errors import ApiError
+from backend.events.models import EVENTS_DESCRIPTION, EVENTS_RESPONSE, EventsQuery
+from backend.http import error_responses
+
+bp = APIBlueprint("events", __name__, url_prefix="/api/llm", abp_tags=[Tag(name="events")], abp_security=SECURITY)
+bp.before_request(require_user)
+
+
+def _token_expiry() -> float | None:
+    """When the bearer token of this (already verified) request expires; None for cookies."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if current_user.via != "token" or scheme.lower() != "bearer":
+        return None
+    exp = jwt.decode(token.strip(), options={"verify_signature": False}).get("exp")
+    return float(exp) if isinstance(exp, (int, float)) else None
+
+
+@bp.get("/events", responses={200: EVENTS_RESPONSE, **error_responses(400, 401, 500, 503)}, description=EVENTS_DESCRIPTION)
+def events(query: EventsQuery):
+    """Live changes to the caller's sessions, resumable with Last-Event-ID."""
+    events_service = app_state().events
+    if events_service is None:
+        raise ApiError(503, "events_disabled", "Live events are turned off on this server (EVENTS_ENABLED=false)")
+    last_event_id = request.headers.get("Last-Event-ID") or query.last_event_id
+    return Response(
+        events_service.stream(current_user.id, last_event_id, _token_expiry()),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

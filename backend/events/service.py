@@ -1,0 +1,106 @@
+"""A user's event stream: catch up from a cursor, then live, with nothing missed or doubled.
+
+Each stream reads `session_events` rows after its cursor (the last id it
+sent), then waits for the process's listener to wake it (EventHub). Ids grow
+in commit order per user (sql/009), so "after the cursor" is exactly "not
+sent yet". A cursor the table can no longer vouch for (purged past it,
+unknown, from elsewhere) gets one `reset` event: the client reloads its list.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+
+from backend.events.hub import EventHub
+from backend.events.store import EventStore
+from backend.sessions.models import SessionOut
+
+log = logging.getLogger(__name__)
+
+READ_BATCH = 200
+MAX_CURSOR_DIGITS = 19  # a bigint
+
+
+def _iso(value) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def render_event(row: dict) -> str:
+    """One SSE event: `id:` (the cursor), `event:` (the type), `data:` JSON."""
+    payload = row["payload"] or {}
+    data: dict = {"type": row["type"], "session_id": row["session_id"], "at": _iso(row["created_at"])}
+    session = payload if row["type"] in ("session.created", "session.updated") else payload.get("session")
+    if session:
+        data["session"] = SessionOut.model_validate(session).model_dump(mode="json")
+    for key in ("deleted", "forced", "outcome"):
+        if key in payload:
+            data[key] = payload[key]
+    return f"id: {row['id']}\nevent: {row['type']}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+class EventService:
+    def __init__(
+        self, store: EventStore, hub: EventHub, *, heartbeat_seconds: float, retention_seconds: float,
+        max_stream_seconds: float = 3600,
+    ) -> None:
+        self._store = store
+        self._hub = hub
+        self._heartbeat = heartbeat_seconds
+        self.retention_seconds = retention_seconds
+        self._max_stream = max_stream_seconds
+
+    def stream(self, user_id: str, last_event_id: str | None, expires_at: float | None = None) -> Iterator[str]:
+        """The SSE body for one client. `expires_at` (epoch seconds): when its credentials lapse."""
+        # Subscribed before the first read: a change committed after that read wakes us.
+        subscriber = self._hub.subscribe(user_id)
+        # Streams are renewed now and then (the client reconnects from its
+        # cursor), so connections rebalance over processes as they come and go.
+        ends_at = time.monotonic() + self._max_stream
+        try:
+            cursor, reset = self._start(user_id, last_event_id)
+            yield "retry: 2000\n: stream open\n\n"
+            if reset:
+                yield f"id: {cursor}\nevent: reset\ndata: {json.dumps({'type': 'reset'})}\n\n"
+            while True:
+                rows = self._store.read_after(user_id, cursor, READ_BATCH)
+                for row in rows:
+                    cursor = row["id"]
+                    yield render_event(row)
+                if len(rows) == READ_BATCH:
+                    continue
+                wait = min(self._heartbeat, ends_at - time.monotonic())
+                if wait <= 0:
+                    return
+                if expires_at is not None:
+                    left = expires_at - time.time()
+                    if left <= 0:
+                        yield f"event: auth_expired\ndata: {json.dumps({'type': 'auth_expired'})}\n\n"
+                        return
+                    wait = min(wait, left)
+                if not subscriber.wait(wait):
+                    yield ": keep-alive\n\n"
+                if self._hub.draining:
+                    return  # the client reconnects (retry:) to a process that is not stopping
+        finally:
+            self._hub.unsubscribe(subscriber)
+
+    def purge_expired(self) -> int:
+        purged = self._store.purge_older_than(self.retention_seconds)
+        if purged:
+            log.info("old session events purged", extra={"events": purged})
+        return purged
+
+    def _start(self, user_id: str, last_event_id: str | None) -> tuple[int, bool]:
+        """Where the stream starts, and whether the client must reload (reset)."""
+        if last_event_id is None or last_event_id == "":
+            return self._store.latest_id_for(user_id), False  # a new client: live from now
+        if not last_event_id.isdigit() or len(last_event_id) > MAX_CURSOR_DIGITS:
+            return self._store.latest_id_for(user_id), True
+        cursor = int(last_event_id)
+        purged_upto, latest = self._store.cursor_range()
+        if cursor < purged_upto or cursor > latest:
+            return self._store.latest_id_for(user_id), True
+        return cursor, False

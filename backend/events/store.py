@@ -1,0 +1,65 @@
+"""All SQL for session events: reading a user's events by cursor, and retention.
+
+The events themselves are written by triggers (sql/009_session_events.sql),
+in the transaction of the change they describe.
+"""
+
+from __future__ import annotations
+
+from psycopg_pool import ConnectionPool
+
+READ_AFTER_SQL = """
+select id, session_id, type, payload, created_at from session_events
+ where user_id = %s and id > %s
+ order by id
+ limit %s
+"""
+
+LATEST_ID_FOR_USER_SQL = "select coalesce(max(id), 0) as id from session_events where user_id = %s"
+
+CURSOR_RANGE_SQL = """
+select (select upto from session_events_purged) as purged_upto,
+       (select coalesce(max(id), 0) from session_events) as latest
+"""
+
+# Oldest first, a batch at a time; the watermark says how far events may be missing.
+PURGE_SQL = """
+with gone as (
+    delete from session_events
+     where id in (select id from session_events
+                   where created_at < now() - make_interval(secs => %s) order by id limit %s)
+    returning id
+), mark as (
+    update session_events_purged set upto = greatest(upto, (select max(id) from gone))
+     where exists (select 1 from gone)
+)
+select count(*) as n from gone
+"""
+
+
+class EventStore:
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._pool = pool
+
+    def read_after(self, user_id: str, cursor: int, limit: int = 200) -> list[dict]:
+        with self._pool.connection() as conn:
+            return conn.execute(READ_AFTER_SQL, (user_id, cursor, limit)).fetchall()
+
+    def latest_id_for(self, user_id: str) -> int:
+        with self._pool.connection() as conn:
+            return conn.execute(LATEST_ID_FOR_USER_SQL, (user_id,)).fetchone()["id"]
+
+    def cursor_range(self) -> tuple[int, int]:
+        """(purged up to, latest id): a resumable cursor lies between the two."""
+        with self._pool.connection() as conn:
+            row = conn.execute(CURSOR_RANGE_SQL).fetchone()
+        return row["purged_upto"] or 0, row["latest"]
+
+    def purge_older_than(self, seconds: float, batch: int = 5000) -> int:
+        total = 0
+        while True:
+            with self._pool.connection() as conn:
+                n = conn.execute(PURGE_SQL, (seconds, batch)).fetchone()["n"]
+            total += n
+            if n < batch:
+                return total

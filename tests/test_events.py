@@ -1,0 +1,315 @@
+"""Live events: a subscriber on one server process sees every committed change made through another.
+
+The subscriber reads GET /api/llm/events from a gunicorn server (the production
+command); the changes are made through this test process's own app, on the same
+database. Events are awaited, never slept for.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import queue
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from tests.chat_support import named_session, turn
+from tests.conftest import User, client_for, failing_trigger, make_token, unique_session_id
+from tests.test_server_model import production_server
+
+
+@dataclass
+class Event:
+    id: str | None
+    event: str
+    data: dict
+
+
+class Subscription:
+    """GET /api/llm/events on a real connection, parsed as it arrives, in a thread of its own."""
+
+    def __init__(self, port: int, token: str, last_event_id: str | None = None, query: str = "") -> None:
+        self.events: queue.Queue = queue.Queue()
+        self.ended = threading.Event()
+        self._conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
+        self._conn.request("GET", f"/api/llm/events{query}", headers=headers)
+        self.response = self._conn.getresponse()
+        assert self.response.status == 200, self.response.read()
+        self.comments: list[str] = []
+        self._opened = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+        assert self._opened.wait(10)  # the server has subscribed: later changes reach us
+
+    def _read(self) -> None:
+        fields: dict = {}
+        try:
+            for raw in self.response:
+                line = raw.decode().rstrip("\r\n")
+                if line.startswith(":"):
+                    self.comments.append(line)
+                    self._opened.set()
+                elif line == "":
+                    if "data" in fields:
+                        self.events.put(Event(fields.get("id"), fields.get("event", "message"), json.loads(fields["data"])))
+                    fields = {}
+                else:
+                    name, _, value = line.partition(":")
+                    fields[name] = value[1:] if value.startswith(" ") else value
+        except (OSError, ValueError, AttributeError):  # AttributeError: closed under our feet by close()
+            pass
+        finally:
+            self.ended.set()
+
+    def next(self, timeout: float = 15) -> Event:
+        return self.events.get(timeout=timeout)
+
+    def until(self, predicate, timeout: float = 15) -> list[Event]:
+        """Events up to and including the first that satisfies predicate."""
+        seen, deadline = [], time.monotonic() + timeout
+        while True:
+            event = self.next(max(0.01, deadline - time.monotonic()))
+            seen.append(event)
+            if predicate(event):
+                return seen
+
+    def close(self) -> None:
+        # Shut the socket first: closing the response waits for the reader thread's
+        # blocked read, which would otherwise last until the next heartbeat.
+        sock = self._conn.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.ended.wait(5)
+        self._conn.close()
+
+
+@pytest.fixture(scope="module")
+def server(database_url, fake_model, tmp_path_factory):
+    with production_server(database_url, fake_model, tmp_path_factory.mktemp("events"), WEB_CONCURRENCY=2,
+                           RUN_RENEW_SECONDS=0.2, RUN_LEASE_SECONDS=2) as (port, _, _):
+        yield port
+
+
+def api_session(client, sid):
+    return client.get(f"/api/llm/sessions/{sid}").get_json()["data"]
+
+
+def test_every_event_type_crosses_processes_with_the_exact_session(server, chat_app, fake, alice):
+    local = client_for(chat_app, alice)
+    tab = Subscription(server, alice.token)
+    try:
+        sid = unique_session_id()
+        created = local.post("/api/llm/sessions", json={"session_id": sid, "session_name": "Live"}).get_json()["data"]
+        e = tab.next()
+        assert (e.event, e.data["type"], e.data["session_id"]) == ("session.created", "session.created", sid)
+        assert e.data["session"] == created and e.id.isdigit() and e.data["at"].endswith("Z")
+
+        renamed = local.put(f"/api/llm/sessions/{sid}", json={"session_name": "Renamed"}).get_json()["data"]
+        e = tab.next()
+        assert e.event == "session.updated" and e.data["session"] == renamed
+
+        turn(local, sid, "hello live")
+        events = tab.until(lambda ev: ev.event == "run.finished")
+        assert [ev.event for ev in events] == ["run.started", "session.updated", "run.finished"]
+        assert events[2].data["outcome"] == "done"
+        after_turn = api_session(local, sid)
+        assert events[1].data["session"] == after_turn  # count and unread in one event
+        assert after_turn["message_count"] == 2 and after_turn["has_unread"] is True
+
+        forced = local.delete(f"/api/llm/sessions/{sid}").get_json()
+        e = tab.next()
+        assert e.event == "session.deleted" and e.data["deleted"] == forced["deleted"] and e.data["forced"] is False
+        assert "session" not in e.data
+        assert [int(x.id) for x in events] == sorted(int(x.id) for x in events)
+    finally:
+        tab.close()
+
+
+def test_auto_name_and_reads_reach_other_tabs(server, chat_app, fake, alice):
+    local = client_for(chat_app, alice)
+    tab = Subscription(server, alice.token)
+    try:
+        sid = unique_session_id()
+        turn(local, sid, "What is the value of the Highland property?")  # a new session: named in the background
+        named = tab.until(lambda ev: ev.event == "session.updated" and ev.data["session"]["session_name"] != "New Chat")
+        assert named[-1].data["session"]["session_name"] == "Highland Property Valuation"
+        assert [s["session_id"] for s in local.get("/api/llm/sessions?unread=true").get_json()["data"]] == [sid]
+
+        read = local.post(f"/api/llm/sessions/{sid}/read")
+        assert read.status_code == 200 and read.get_json()["data"]["has_unread"] is False
+        e = tab.until(lambda ev: ev.event == "session.updated" and ev.data["session"]["has_unread"] is False)[-1]
+        assert e.data["session"] == read.get_json()["data"]
+        assert local.get("/api/llm/sessions?unread=true").get_json()["data"] == []
+        assert local.post(f"/api/llm/sessions/{sid}/read").status_code == 200  # idempotent
+        assert local.post("/api/llm/sessions/no-such-session/read").status_code == 404
+    finally:
+        tab.close()
+
+
+def test_rolled_back_changes_emit_nothing(server, chat_app, alice, pool):
+    local = client_for(chat_app, alice)
+    sid = named_session(local, "Stays")
+    turn(local, sid, "keep")
+    failing = f"fail-{unique_session_id()}"
+    local.post("/api/llm/sessions", json={"session_id": failing, "session_name": "x"})
+    tab = Subscription(server, alice.token)
+    try:
+        with failing_trigger(pool, "chat_sessions", "update", "fail-"):
+            assert local.put(f"/api/llm/sessions/{failing}", json={"session_name": "never"}).status_code == 500
+        with failing_trigger(pool, "chat_sessions", "delete", "fail-"):
+            assert local.delete(f"/api/llm/sessions/{failing}").status_code == 500
+        marker = local.put(f"/api/llm/sessions/{sid}", json={"session_name": "Marker"}).get_json()["data"]
+        e = tab.next()  # the first event after the failures is the marker: nothing of them leaked
+        assert e.event == "session.updated" and e.data["session"] == marker
+    finally:
+        tab.close()
+
+
+@pytest.mark.parametrize("how", ["header", "query"])
+def test_resume_gets_every_missed_event_in_order_then_live_ones(server, chat_app, alice, how):
+    local = client_for(chat_app, alice)
+    tab = Subscription(server, alice.token)
+    sid = unique_session_id()
+    local.post("/api/llm/sessions", json={"session_id": sid})
+    first = tab.next()
+    tab.close()
+    for i in range(5):  # while disconnected
+        local.put(f"/api/llm/sessions/{sid}", json={"session_name": f"name {i}"})
+    again = (Subscription(server, alice.token, last_event_id=first.id) if how == "header"
+             else Subscription(server, alice.token, query=f"?last_event_id={first.id}"))
+    try:
+        missed = [again.next() for _ in range(5)]
+        assert [e.data["session"]["session_name"] for e in missed] == [f"name {i}" for i in range(5)]
+        assert len({e.id for e in missed}) == 5 and int(missed[0].id) > int(first.id)
+        live = local.put(f"/api/llm/sessions/{sid}", json={"session_name": "live"}).get_json()["data"]
+        assert again.next().data["session"] == live
+        with pytest.raises(queue.Empty):
+            again.next(timeout=0.5)  # and no duplicates behind it
+    finally:
+        again.close()
+
+
+def test_a_cursor_past_retention_or_unknown_gets_reset_then_live(server, chat_app, alice, pool):
+    local = client_for(chat_app, alice)
+    sid = named_session(local)
+    with pool.connection() as conn:
+        old_cursor = conn.execute("select max(id) as id from session_events").fetchone()["id"]
+    local.put(f"/api/llm/sessions/{sid}", json={"session_name": "after the cursor"})
+    with pool.connection() as conn:  # retention purged past it
+        conn.execute("update session_events_purged set upto = %s", (old_cursor + 1,))
+    try:
+        for cursor in (str(old_cursor), "not-a-cursor", "99999999999999"):
+            tab = Subscription(server, alice.token, last_event_id=cursor)
+            try:
+                e = tab.next()
+                assert e.event == "reset" and e.data == {"type": "reset"} and e.id.isdigit()
+                live = local.put(f"/api/llm/sessions/{sid}", json={"session_name": f"live {cursor[:5]}"}).get_json()
+                assert tab.next().data["session"] == live["data"]
+            finally:
+                tab.close()
+    finally:
+        with pool.connection() as conn:
+            conn.execute("update session_events_purged set upto = 0")
+
+
+def test_subscribers_recover_after_the_listener_connection_dies(server, chat_app, alice, pool):
+    local = client_for(chat_app, alice)
+    sid = named_session(local)
+    tab = Subscription(server, alice.token)
+    try:
+        with pool.connection() as conn:
+            killed = conn.execute(
+                "select count(pg_terminate_backend(pid)) as n from pg_stat_activity "
+                "where query = 'listen session_events' and datname = current_database()").fetchone()["n"]
+        assert killed >= 1
+        during = local.put(f"/api/llm/sessions/{sid}", json={"session_name": "while down"}).get_json()["data"]
+        assert tab.next(timeout=20).data["session"] == during  # caught up after the listener reconnected
+        after = local.put(f"/api/llm/sessions/{sid}", json={"session_name": "after"}).get_json()["data"]
+        assert tab.next().data["session"] == after
+    finally:
+        tab.close()
+
+
+def test_events_never_cross_users_even_with_the_same_session_id(server, chat_app, alice, bob):
+    alice_tab, bob_tab = Subscription(server, alice.token), Subscription(server, bob.token)
+    try:
+        same = unique_session_id()
+        a, b = client_for(chat_app, alice), client_for(chat_app, bob)
+        a.post("/api/llm/sessions", json={"session_id": same, "session_name": "alice's"})
+        b.post("/api/llm/sessions", json={"session_id": same, "session_name": "bob's"})
+        a.put(f"/api/llm/sessions/{same}", json={"is_archived": True})
+        b.delete(f"/api/llm/sessions/{same}")
+        alice_events = [alice_tab.next() for _ in range(2)]
+        bob_events = [bob_tab.next() for _ in range(2)]
+        assert [e.event for e in alice_events] == ["session.created", "session.updated"]
+        assert {e.data["session"]["session_name"] for e in alice_events} == {"alice's"}
+        assert [e.event for e in bob_events] == ["session.created", "session.deleted"]
+        assert bob_events[0].data["session"]["session_name"] == "bob's"
+        for tab in (alice_tab, bob_tab):
+            with pytest.raises(queue.Empty):
+                tab.next(timeout=0.5)
+        assert api_session(a, same)["is_archived"] is True  # alice's is untouched by bob's delete
+    finally:
+        alice_tab.close()
+        bob_tab.close()
+
+
+def test_a_stream_ends_with_auth_expired_when_its_token_does(server):
+    user = User()
+    token = make_token(user.id, exp=int(time.time()) + 2)
+    tab = Subscription(server, token)
+    try:
+        e = tab.next(timeout=10)
+        assert e.event == "auth_expired"
+        assert tab.ended.wait(5)
+    finally:
+        tab.close()
+
+
+def test_the_stream_needs_a_caller(server):
+    conn = http.client.HTTPConnection("127.0.0.1", server, timeout=10)
+    conn.request("GET", "/api/llm/events")
+    r = conn.getresponse()
+    assert r.status == 401 and json.loads(r.read())["success"] is False
+
+
+def test_a_stream_renews_itself_and_the_reconnect_misses_nothing(make_app, alice):
+    app = make_app(events_max_stream_seconds=0.5, events_heartbeat_seconds=0.2)
+    local = client_for(app, alice)
+    sid = unique_session_id()
+    first = local.get("/api/llm/events", buffered=False)
+    local.post("/api/llm/sessions", json={"session_id": sid})
+    body = first.get_data(as_text=True)  # ends by itself after 0.5 s
+    first.close()
+    cursor = [line[4:] for line in body.splitlines() if line.startswith("id: ")][-1]
+    local.put(f"/api/llm/sessions/{sid}", json={"session_name": "between streams"})
+    second = local.get("/api/llm/events", headers={"Last-Event-ID": cursor}, buffered=False)
+    body = second.get_data(as_text=True)
+    second.close()
+    assert "event: session.updated" in body and "between streams" in body and f"id: {cursor}\n" not in body
+
+
+def test_events_can_be_turned_off(make_app, alice):
+    r = client_for(make_app(events_enabled=False), alice).get("/api/llm/events")
+    assert r.status_code == 503 and r.get_json()["error"]["code"] == "events_disabled"
+
+
+def test_sigterm_ends_event_streams_at_once_so_shutdown_does_not_wait(database_url, fake_model, alice, tmp_path):
+    with production_server(database_url, fake_model, tmp_path) as (port, proc, _):
+        tab = Subscription(port, alice.token)
+        try:
+            proc.send_signal(signal.SIGTERM)
+            assert tab.ended.wait(10)  # the stream closed; EventSource reconnects elsewhere from its cursor
+            assert proc.wait(15) == 0  # well within the 30-s graceful timeout an endless stream would take
+        finally:
+            tab.close()
