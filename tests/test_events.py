@@ -7,11 +7,13 @@ database. Events are awaited, never slept for.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import queue
 import signal
 import socket
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -313,3 +315,54 @@ def test_sigterm_ends_event_streams_at_once_so_shutdown_does_not_wait(database_u
             assert proc.wait(15) == 0  # well within the 30-s graceful timeout an endless stream would take
         finally:
             tab.close()
+
+
+def test_subscribers_ride_out_a_database_restart_and_miss_nothing(make_app, tmp_path):
+    import pgserver
+    from pgserver._commands import pg_ctl
+
+    server = pgserver.get_server(tmp_path / "pg", cleanup_mode=None)  # private: this test stops it
+    app = make_app(database_url=server.get_uri(), events_heartbeat_seconds=0.3, db_pool_timeout_seconds=0.5)
+    user = User()
+    local = client_for(app, user)
+    stream = local.get("/api/llm/events", buffered=False)
+    chunks: queue.Queue = queue.Queue()
+
+    def read() -> None:
+        for chunk in stream.response:
+            chunks.put(chunk.decode() if isinstance(chunk, bytes) else chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+
+    def wait_for_text(text: str, timeout: float = 30) -> None:
+        seen, deadline = "", time.monotonic() + timeout
+        while text not in seen:
+            seen += chunks.get(timeout=max(0.01, deadline - time.monotonic()))
+
+    try:
+        wait_for_text(": stream open")
+        local.post("/api/llm/sessions", json={"session_id": "before-restart"})
+        wait_for_text("before-restart")
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+        wait_for_text(": keep-alive")  # the stream lives on while the database is down
+        with server._lock:
+            server.ensure_postgres_running()
+        assert wait_until_created(local, "after-restart")
+        wait_for_text("after-restart")  # caught up once the listener and the pool were back
+    finally:
+        app.extensions["chat_backend"].event_hub.drain()  # ends the stream from inside, as a shutdown does
+        reader.join(10)
+        stream.close()
+        app.extensions["chat_backend"].close()
+        with contextlib.suppress(subprocess.CalledProcessError):
+            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+
+
+def wait_until_created(client, session_id: str) -> bool:
+    """The pool may need a moment after the restart: retry the create until it lands."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if client.post("/api/llm/sessions", json={"session_id": session_id}).status_code in (200, 201):
+            return True
+    return False

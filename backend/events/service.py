@@ -14,6 +14,9 @@ import logging
 import time
 from collections.abc import Iterator
 
+import psycopg
+from psycopg_pool import PoolTimeout
+
 from backend.events.hub import EventHub
 from backend.events.store import EventStore
 from backend.sessions.models import SessionOut
@@ -65,7 +68,13 @@ class EventService:
             if reset:
                 yield f"id: {cursor}\nevent: reset\ndata: {json.dumps({'type': 'reset'})}\n\n"
             while True:
-                rows = self._store.read_after(user_id, cursor, READ_BATCH)
+                try:
+                    rows = self._store.read_after(user_id, cursor, READ_BATCH)
+                except (psycopg.Error, PoolTimeout) as exc:
+                    # The database is away (a restart, a failover): keep the
+                    # stream and try again after the next wake-up or heartbeat.
+                    log.info("events read failed; retrying", extra={"error_class": type(exc).__name__})
+                    rows = []
                 for row in rows:
                     cursor = row["id"]
                     yield render_event(row)
