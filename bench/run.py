@@ -24,6 +24,7 @@ from pathlib import Path
 from bench import data, scenarios
 from bench.lifecycle import lifecycle
 from bench.long_replies import long_replies
+from bench.subscribers import subscribers
 from bench.common import (
     BUSINESS,
     RESULTS,
@@ -128,7 +129,8 @@ def context_table(results: Results) -> str:
     return "\n".join(lines)
 
 
-SCENARIOS = ("growth", "counting", "delete", "listing", "crud", "streaming", "long_replies", "lifecycle")
+SCENARIOS = ("growth", "counting", "delete", "listing", "crud", "streaming", "long_replies", "lifecycle",
+             "subscribers")
 
 
 def run(quick: bool, only: set[str] | None = None) -> int:
@@ -243,6 +245,12 @@ def run(quick: bool, only: set[str] | None = None) -> int:
             if "long_replies" in only:
                 production = start_server("production", {"RATE_LIMITS_ENABLED": "true", "MAINTENANCE_INTERVAL_SECONDS": "60"})
                 long_replies(production, upstream, db, sizes, results)
+                production.stop()
+            # 9. Idle event streams by the thousand, on a fresh production server.
+            if "subscribers" in only:
+                production = start_server("subscribers", {"RATE_LIMITS_ENABLED": "true",
+                                                          "MAINTENANCE_INTERVAL_SECONDS": "60"})
+                subscribers(production, db, sizes, results)
                 production.stop()
             for server in app_servers:
                 errors = server.errors_logged()
