@@ -128,6 +128,11 @@ def build_state(settings: Settings, db: Database) -> AppState:
             retention_seconds=settings.events_retention_seconds,
             max_stream_seconds=settings.events_max_stream_seconds,
         )
+    auth = AuthService(
+        UserStore(db.pool), verifier, settings.default_business_id,
+        session_max_age_seconds=settings.session_max_age_seconds,
+        session_idle_seconds=settings.session_idle_timeout_seconds,
+    )
     cleanup = SessionCleanup(sessions, sessions_store)
     maintenance = Maintenance(
         chat_store,
@@ -141,11 +146,12 @@ def build_state(settings: Settings, db: Database) -> AppState:
         retention_archived_only=settings.retention_archived_only,
         audit_retention_days=settings.audit_retention_days,
         purge_events=events.purge_expired if events else None,
+        purge_sign_ins=auth.purge_ended_sign_ins,
     )
     return AppState(
         settings=settings,
         db=db,
-        auth=AuthService(UserStore(db.pool), verifier, settings.default_business_id),
+        auth=auth,
         sessions=sessions,
         cleanup=cleanup,
         chat=chat,

@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     jwt_audience: str = "authenticated"
     jwks_cache_seconds: int = Field(default=600, ge=0)
     default_business_id: str = "default"
+    # Cookie sign-ins end after this long whatever happens, and after this long
+    # without a request (both checked by the server, on every process).
+    session_max_age_seconds: int = Field(default=14 * 86_400, ge=60)
+    session_idle_timeout_seconds: int = Field(default=3 * 86_400, ge=60)
 
     # HTTP
     cors_origins: str = "http://localhost:3000,http://localhost:5173"

@@ -36,6 +36,7 @@ FUZZ_SEED = 20_241_122
 EXAMPLES_PER_OPERATION = 20
 OPERATIONS = [
     ("/api/auth/login", "post"), ("/api/auth/logout", "post"), ("/api/auth/me", "get"),
+    ("/api/auth/logout-all", "post"),
     ("/api/llm/query/stream", "post"),
     ("/api/llm/sessions", "get"), ("/api/llm/sessions", "post"),
     ("/api/llm/sessions/{session_id}", "delete"), ("/api/llm/sessions/{session_id}", "get"),

@@ -23,3 +23,7 @@ class UserResponse(SuccessModel):
 
 class LogoutResponse(SuccessModel):
     pass
+
+
+class LogoutAllResponse(SuccessModel):
+    revoked: int = Field(description="Cookie sign-ins ended (every device's)")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, g, request
+from flask import Flask, g, request, session
 from flask_login import LoginManager, current_user, login_user, logout_user
 from flask_openapi3 import APIBlueprint, Tag
 
 from backend.app_state import app_state
-from backend.auth.models import LoginBody, LogoutResponse, UserOut, UserResponse
+from backend.auth.models import LoginBody, LogoutAllResponse, LogoutResponse, UserOut, UserResponse
 from backend.auth.service import AuthUser
 from backend.auth.tokens import InvalidToken
 from backend.errors import error_response
@@ -34,17 +34,38 @@ def user_out(user: AuthUser) -> UserOut:
 @bp.post("/login", responses={200: UserResponse, **error_responses(400, 401, 403, 413, 429, 500, 503)})
 def login(body: LoginBody):
     """Sign in with email and password; sets an HttpOnly session cookie."""
-    user = app_state().auth.login(body.email, body.password)
+    auth = app_state().auth
+    user = auth.open_session(auth.login(body.email, body.password))
     login_user(user)
+    session["sid"] = user.session_id  # the sign-in the server can end (sign-out, lifetime, idle)
     log.info("login", extra={"user_id": user.id})
     return ok(UserResponse(data=user_out(user)))
 
 
 @bp.post("/logout", responses={200: LogoutResponse, **error_responses(403, 413, 500)})
 def logout():
-    """Sign out (clears the session cookie). Safe to call when signed out."""
+    """Sign out: ends this sign-in on the server (a copy of the cookie stops working) and clears the cookie."""
+    if current_user.is_authenticated and current_user.via == "cookie":
+        app_state().auth.sign_out(current_user)
     logout_user()
+    session.pop("sid", None)
     return ok(LogoutResponse())
+
+
+@bp.post(
+    "/logout-all", responses={200: LogoutAllResponse, **error_responses(401, 403, 413, 500, 503)}, security=SECURITY,
+)
+def logout_all():
+    """Sign out everywhere: end every cookie sign-in of the caller, on every device."""
+    if not current_user.is_authenticated:
+        return unauthorized()
+    revoked = app_state().auth.sign_out_everywhere(current_user)
+    if current_user.via == "cookie":
+        logout_user()
+        session.pop("sid", None)
+    log.info("logout everywhere", extra={"user_id": current_user.id if current_user.is_authenticated else None,
+                                         "revoked": revoked})
+    return ok(LogoutAllResponse(revoked=revoked))
 
 
 @bp.get("/me", responses={200: UserResponse, **error_responses(401, 500, 503)}, security=SECURITY)
@@ -72,7 +93,7 @@ def init_login(app: Flask) -> None:
 
     @manager.user_loader
     def _load_from_cookie(user_id: str):
-        return app_state().auth.user_for_cookie(user_id)
+        return app_state().auth.user_for_cookie(user_id, session.get("sid"))
 
     @manager.request_loader
     def _load_from_token(req):

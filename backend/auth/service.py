@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
 from typing import Literal
 
 from flask_login import UserMixin
@@ -23,6 +24,8 @@ class AuthUser(UserMixin):
     business_id: str
     email: str | None
     via: Literal["cookie", "token"]
+    # Cookie users: the sign-in (auth_sessions row) this request came through.
+    session_id: str | None = None
 
     def get_id(self) -> str:
         return self.id
@@ -33,10 +36,15 @@ def normalise_email(email: str) -> str:
 
 
 class AuthService:
-    def __init__(self, users: UserStore, verifier: TokenVerifier, default_business_id: str) -> None:
+    def __init__(
+        self, users: UserStore, verifier: TokenVerifier, default_business_id: str, *,
+        session_max_age_seconds: float = 14 * 86_400, session_idle_seconds: float = 3 * 86_400,
+    ) -> None:
         self._users = users
         self._verifier = verifier
         self._default_business_id = default_business_id
+        self._max_age = session_max_age_seconds
+        self._idle = session_idle_seconds
 
     def login(self, email: str, password: str) -> AuthUser:
         row = self._users.find_by_email(normalise_email(email))
@@ -47,9 +55,39 @@ class AuthService:
             raise ApiError(401, "invalid_credentials", "Email or password is wrong")
         return self._from_row(row)
 
-    def user_for_cookie(self, user_id: str) -> AuthUser | None:
-        row = self._users.find_by_id(user_id)
-        return self._from_row(row) if row else None
+    def open_session(self, user: AuthUser) -> AuthUser:
+        """A new sign-in for this user; the returned user carries its id for the cookie."""
+        row = self._users.open_session(user.id, self._max_age)
+        return replace(user, session_id=row["id"])
+
+    def user_for_cookie(self, user_id: str, session_id: str | None) -> AuthUser | None:
+        """The cookie's user, if its sign-in is live: not signed out, not past its
+        lifetime, not idle too long. One indexed lookup; activity is written at
+        most once a minute."""
+        if not session_id:
+            return None  # a cookie from before sign-ins were kept, or forged
+        row = self._users.user_for_session(user_id, session_id, self._idle)
+        if row is None:
+            return None
+        if row["last_seen_at"] < datetime.now(timezone.utc) - timedelta(seconds=60):
+            self._users.touch_session(session_id)
+        return replace(self._from_row(row), session_id=session_id)
+
+    def cookie_valid_until(self, user_id: str, session_id: str) -> float | None:
+        """When this sign-in lapses (epoch seconds) if it is live now; None if it is not."""
+        row = self._users.user_for_session(user_id, session_id, self._idle)
+        return row["valid_until"].timestamp() if row else None
+
+    def purge_ended_sign_ins(self) -> int:
+        return self._users.purge_ended_sessions()
+
+    def sign_out(self, user: AuthUser) -> None:
+        if user.session_id:
+            self._users.revoke_session(user.id, user.session_id)
+
+    def sign_out_everywhere(self, user: AuthUser) -> int:
+        """End every cookie sign-in of this user, on every device. Returns how many were live."""
+        return self._users.revoke_all_sessions(user.id)
 
     def user_for_token(self, token: str) -> AuthUser:
         """Raises InvalidToken for anything that cannot be trusted."""

@@ -47,6 +47,7 @@ class Maintenance:
         retention_archived_only: bool = False,
         audit_retention_days: int | None = None,
         purge_events: Callable[[], int] | None = None,
+        purge_sign_ins: Callable[[], int] | None = None,
     ) -> None:
         self._store = store
         self._namer = namer
@@ -56,6 +57,7 @@ class Maintenance:
         self._retention_archived_only = retention_archived_only
         self._audit_retention_days = audit_retention_days
         self._purge_events = purge_events
+        self._purge_sign_ins = purge_sign_ins
         self._interval = interval_seconds
         self._sweep_interval = sweep_interval_seconds
         self.orphan_min_age_seconds = orphan_min_age_seconds
@@ -110,6 +112,8 @@ class Maintenance:
             self._cleanup.purge_audit_rows(self._audit_retention_days)
         if self._purge_events:
             self._purge_events()  # live events past EVENTS_RETENTION_SECONDS
+        if self._purge_sign_ins:
+            self._purge_sign_ins()  # cookie sign-ins that ended
 
     def run_once(self, *, sweep: bool) -> None:
         self.reconcile_runs()

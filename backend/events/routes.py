@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jwt
 from flask import Response, request
 from flask_login import current_user
@@ -17,13 +19,17 @@ bp = APIBlueprint("events", __name__, url_prefix="/api/llm", abp_tags=[Tag(name=
 bp.before_request(require_user)
 
 
-def _token_expiry() -> float | None:
-    """When the bearer token of this (already verified) request expires; None for cookies."""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if current_user.via != "token" or scheme.lower() != "bearer":
-        return None
+def _credentials_valid_until(user) -> Callable[[], float | None]:
+    """Until when this request's credentials hold: a bearer token's `exp` (already
+    verified), or a cookie sign-in's lifetime and idle limit, asked of the
+    database again when it comes (a sign-out ends it)."""
+    if user.via == "cookie":
+        auth = app_state().auth
+        return lambda: auth.cookie_valid_until(user.id, user.session_id)
+    _, _, token = request.headers.get("Authorization", "").partition(" ")
     exp = jwt.decode(token.strip(), options={"verify_signature": False}).get("exp")
-    return float(exp) if isinstance(exp, (int, float)) else None
+    expires = float(exp) if isinstance(exp, (int, float)) else float("inf")
+    return lambda: expires
 
 
 @bp.get("/events", responses={200: EVENTS_RESPONSE, **error_responses(400, 401, 500, 503)}, description=EVENTS_DESCRIPTION)
@@ -33,8 +39,9 @@ def events(query: EventsQuery):
     if events_service is None:
         raise ApiError(503, "events_disabled", "Live events are turned off on this server (EVENTS_ENABLED=false)")
     last_event_id = request.headers.get("Last-Event-ID") or query.last_event_id
+    user = current_user._get_current_object()
     return Response(
-        events_service.stream(current_user.id, last_event_id, _token_expiry()),
+        events_service.stream(user.id, last_event_id, _credentials_valid_until(user)),
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

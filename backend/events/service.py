@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg
 from psycopg_pool import PoolTimeout
@@ -55,8 +55,17 @@ class EventService:
         self.retention_seconds = retention_seconds
         self._max_stream = max_stream_seconds
 
-    def stream(self, user_id: str, last_event_id: str | None, expires_at: float | None = None) -> Iterator[str]:
-        """The SSE body for one client. `expires_at` (epoch seconds): when its credentials lapse."""
+    def stream(
+        self, user_id: str, last_event_id: str | None, valid_until: Callable[[], float | None] | None = None,
+    ) -> Iterator[str]:
+        """The SSE body for one client.
+
+        `valid_until()` says until when (epoch seconds) the client's credentials
+        hold, None once they do not (signed out): asked at the start, when that
+        time comes, and when the stream is woken with nothing new to send (a
+        sign-out wakes the user's streams).
+        """
+        expires_at = valid_until() if valid_until else None
         # Subscribed before the first read: a change committed after that read wakes us.
         subscriber = self._hub.subscribe(user_id)
         # Streams are renewed now and then (the client reconnects from its
@@ -67,6 +76,7 @@ class EventService:
             yield "retry: 2000\n: stream open\n\n"
             if reset:
                 yield f"id: {cursor}\nevent: reset\ndata: {json.dumps({'type': 'reset'})}\n\n"
+            woken = False
             while True:
                 try:
                     rows = self._store.read_after(user_id, cursor, READ_BATCH)
@@ -83,13 +93,15 @@ class EventService:
                 wait = min(self._heartbeat, ends_at - time.monotonic())
                 if wait <= 0:
                     return
-                if expires_at is not None:
-                    left = expires_at - time.time()
-                    if left <= 0:
+                if valid_until is not None and ((woken and not rows) or (expires_at or 0) <= time.time()):
+                    expires_at = valid_until()
+                    if expires_at is None or expires_at <= time.time():
                         yield f"event: auth_expired\ndata: {json.dumps({'type': 'auth_expired'})}\n\n"
                         return
-                    wait = min(wait, left)
-                if not subscriber.wait(wait):
+                if expires_at is not None:
+                    wait = min(wait, expires_at - time.time())
+                woken = subscriber.wait(wait)
+                if not woken:
                     yield ": keep-alive\n\n"
                 if self._hub.draining:
                     return  # the client reconnects (retry:) to a process that is not stopping
