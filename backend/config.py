@@ -6,6 +6,7 @@ that reads them, so the rest of the code receives a typed `Settings` object.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -143,7 +144,20 @@ class Settings(BaseSettings):
             )
         if self.db_pool_min_size > self.db_pool_max_size:
             raise ValueError("DB_POOL_MIN_SIZE must not exceed DB_POOL_MAX_SIZE")
+        for origin in self.cors_origin_list:
+            if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?", origin):
+                raise ValueError(
+                    f"CORS_ORIGINS must list exact origins like https://app.example.com; {origin!r} is not one. "
+                    "'*' and patterns are refused: browsers send this API's cookies with credentials, so a wildcard "
+                    "would let any site act as the signed-in user"
+                )
         if self.app_env == "production":
+            if "trusted_proxies" not in self.model_fields_set:
+                raise ValueError(
+                    "TRUSTED_PROXIES must be set explicitly in production (0 when clients connect directly): "
+                    "too low puts every client behind the proxy's address (one user's sign-in failures lock all "
+                    "out), too high lets clients forge X-Forwarded-For (unlimited password guessing)"
+                )
             if not self.secret_key or len(self.secret_key) < 32:
                 raise ValueError("SECRET_KEY of at least 32 characters is required in production")
             if not self.database_url:

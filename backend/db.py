@@ -9,13 +9,13 @@ the one pool built here, so every connection has the same settings.
 from __future__ import annotations
 
 import logging
-import re
 import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from langgraph.checkpoint.postgres import PostgresSaver
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
@@ -49,8 +49,20 @@ def resolve_database_url(settings: Settings) -> tuple[str, str]:
     return uri, f"embedded PostgreSQL in {settings.embedded_db_dir}"
 
 
+SECRET_PARAMS = ("password", "sslpassword")
+
+
 def redact_url(url: str) -> str:
-    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+    """The connection string with every secret masked, in whatever form it came
+    (URL user-info, ?password=, key=value): parsed as libpq parses it."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "<a DATABASE_URL that does not parse>"
+    for key in SECRET_PARAMS:
+        if key in params:
+            params[key] = "***"
+    return " ".join(f"{k}={v}" for k, v in params.items())
 
 
 def connection_kwargs(settings: Settings) -> dict:
@@ -166,6 +178,30 @@ def migration_files(directory: Path = MIGRATIONS_DIR) -> list[Path]:
     return sorted(p for p in directory.glob("*.sql") if p.is_file())
 
 
+# The record of applied migrations is the server's alone: on Supabase, the
+# default privileges would let the anon key mark a future (security) migration
+# as applied, or make every one run again. RLS on with no policies, and no
+# rights for the Data API's roles; re-asserted on every start, so a table made
+# by an older version is closed too.
+SCHEMA_MIGRATIONS_TABLE_SQL = """
+create table if not exists schema_migrations (
+    version text primary key,
+    applied_at timestamptz not null default now()
+);
+alter table schema_migrations enable row level security;
+do $$
+begin
+    if exists (select 1 from pg_roles where rolname = 'anon') then
+        execute 'revoke all on schema_migrations from anon';
+    end if;
+    if exists (select 1 from pg_roles where rolname = 'authenticated') then
+        execute 'revoke all on schema_migrations from authenticated';
+    end if;
+end;
+$$;
+"""
+
+
 def apply_migrations(pool: ConnectionPool, directory: Path = MIGRATIONS_DIR) -> list[str]:
     """Apply pending `sql/*.sql` files in name order, each once; return their names.
 
@@ -176,14 +212,7 @@ def apply_migrations(pool: ConnectionPool, directory: Path = MIGRATIONS_DIR) -> 
     applied_now: list[str] = []
     with pool.connection() as conn, conn.transaction():
         conn.execute("select pg_advisory_xact_lock(%s)", (MIGRATIONS_LOCK_KEY,))
-        conn.execute(
-            """
-            create table if not exists schema_migrations (
-                version text primary key,
-                applied_at timestamptz not null default now()
-            )
-            """
-        )
+        conn.execute(SCHEMA_MIGRATIONS_TABLE_SQL, prepare=False)
         done = {r["version"] for r in conn.execute("select version from schema_migrations")}
         for path in migration_files(directory):
             if path.stem in done:

@@ -29,6 +29,8 @@ class JsonRequest(Request):
             value = json.loads(data)
         except (ValueError, UnicodeDecodeError):
             raise ApiError(400, "invalid_json", "The request body is not valid JSON") from None
+        except RecursionError:  # [[[[… thousands deep: the parser's own limit, not a server fault
+            raise ApiError(400, "invalid_json", "The request body is nested too deeply") from None
         if not isinstance(value, dict):
             raise ApiError(400, "invalid_body", "The request body must be a JSON object")
         return value

@@ -104,3 +104,9 @@ def test_logs_carry_no_tokens_or_passwords(app, alice, caplog):
     assert "hunter2-password" not in text
     assert "forged.token.value" not in text
     assert "Private thoughts" not in text
+
+
+def test_json_nested_past_the_parsers_limit_is_a_clean_400(api):
+    r = api.post("/api/llm/sessions", data="[" * 100_000 + "]" * 100_000, content_type="application/json")
+    assert r.status_code == 400
+    assert r.get_json()["error"]["code"] == "invalid_json"
