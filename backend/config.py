@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     # Rate limits (flask-limiter syntax: "10 per minute; 100 per hour").
     rate_limits_enabled: bool = True
     rate_limit_storage_url: str = "memory://"
+    rate_limit_fail_open: bool = False
     login_rate_limit: str = "10 per minute; 100 per hour"
     chat_rate_limit: str = "30 per minute"
 
@@ -144,6 +145,8 @@ class Settings(BaseSettings):
             )
         if self.db_pool_min_size > self.db_pool_max_size:
             raise ValueError("DB_POOL_MIN_SIZE must not exceed DB_POOL_MAX_SIZE")
+        if not re.fullmatch(r"[A-Za-z0-9.:@|+-]{1,128}", self.default_business_id):
+            raise ValueError("DEFAULT_BUSINESS_ID must be 1-128 of A-Z a-z 0-9 . : @ | + - (it is part of thread ids)")
         for origin in self.cors_origin_list:
             if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?", origin):
                 raise ValueError(

@@ -7,16 +7,28 @@ Redis for limits shared by every process.
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import sys
 import time
 
 from flask import Flask
 from flask_limiter import Limiter, RequestLimit
 from flask_limiter.util import get_remote_address
 from flask_login import current_user
+from limits.errors import StorageError
 
 from backend.config import Settings
 from backend.errors import error_response
+
+
+log = logging.getLogger(__name__)
+
+
+def _multi_process() -> bool:
+    """Under gunicorn (several workers by default), or told so."""
+    return "gunicorn" in sys.modules or int(os.environ.get("WEB_CONCURRENCY", "1") or 1) > 1
 
 
 def caller_key() -> str:
@@ -43,9 +55,28 @@ def init_rate_limits(app: Flask, settings: Settings) -> Limiter:
         enabled=settings.rate_limits_enabled,
         on_breach=too_many_requests,
         strategy="moving-window",
-        # An unreachable Redis must not take the API down with it.
-        swallow_errors=True,
+        # Fail closed by default: with the counters unreachable, a limited
+        # endpoint (sign-in, chat) answers 503 rather than run unlimited
+        # (unlimited password guessing). RATE_LIMIT_FAIL_OPEN=true lets them
+        # through instead, with a logged error, for those who prefer that.
+        swallow_errors=settings.rate_limit_fail_open,
     )
+    if settings.rate_limits_enabled and settings.rate_limit_storage_url.startswith("memory://") and _multi_process():
+        log.warning(
+            "rate limits count in memory, per server process: each worker allows the full limit; "
+            "set RATE_LIMIT_STORAGE_URL=redis://... to share the counts",
+        )
+
+    def _counters_unavailable(exc):  # only reached when failing closed
+        log.error("rate limit counters unreachable", extra={"error_class": type(exc).__name__})
+        return error_response(503, "rate_limit_unavailable", "The service cannot check rate limits right now; "
+                              "try again shortly", headers={"Retry-After": "5"})
+
+    # The storage's own errors (redis.RedisError, ...) are what reach the app.
+    storage_errors = getattr(limiter.storage, "base_exceptions", ()) if limiter.enabled else ()
+    for error_class in (StorageError, *(storage_errors if isinstance(storage_errors, tuple) else (storage_errors,))):
+        app.register_error_handler(error_class, _counters_unavailable)
+
     # The limits are checked by the decorator's wrapper, so the registered
     # views themselves are wrapped (this limiter belongs to this app only).
     views = app.view_functions

@@ -13,8 +13,8 @@ import secrets
 import pytest
 
 from tests.chat_support import parse_sse, send, turn
-from tests.checkpoints import rows_digest, seed_thread
-from tests.conftest import client_for
+from tests.checkpoints import rows_digest, seed_thread, thread_row_counts
+from tests.conftest import User, client_for, make_token, unique_session_id
 
 
 def fingerprint(pool, user, session_id: str) -> dict:
@@ -175,3 +175,52 @@ def test_alices_busy_or_archived_session_tells_bob_nothing(chat_app, fake, alice
     assert bobs.status_code == 200  # his own new session, not 409 session_archived
     assert parse_sse(bobs.get_data(as_text=True))[0][-1].event == "done"
     assert fingerprint(pool, alice, sid) == before
+
+
+# --- thread ids are unambiguous ---------------------------------------------------------------------
+
+def test_the_thread_id_collision_from_the_review_is_refused(chat_app, fake, pool):
+    """user `alice` (business b), session q_business_z_session_w, has the thread
+    user_alice_business_b_session_q_business_z_session_w; a token with sub
+    alice_business_b_session_q and business z would name the same thread for session w."""
+    alice = User(business_id="b")
+    alice.id, alice.token = "alice", make_token("alice", business_id="b")
+    victim = client_for(chat_app, alice)
+    turn(victim, "q_business_z_session_w", "remember this")
+    thread = alice.thread_id("q_business_z_session_w")
+    assert thread == "user_alice_business_b_session_q_business_z_session_w"
+    before = thread_row_counts(pool, thread)
+
+    attacker = chat_app.test_client()
+    token = make_token("alice_business_b_session_q", business_id="z")
+    r = attacker.delete("/api/llm/sessions/w", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 401 and r.get_json()["error"]["code"] == "invalid_token"
+    assert thread_row_counts(pool, thread) == before  # alice's memory is untouched
+    assert victim.get("/api/llm/sessions/q_business_z_session_w?include_messages=true").get_json()["messages"]
+
+
+@pytest.mark.parametrize("sub, business, accepted", [
+    ("6a1f0c2e-9b1d-4c55-8f0e-1f2a3b4c5d6e", "acme", True),
+    ("auth0|5f7c8ec7", "acme", True),
+    ("someone@example.com", "acme.io", True),
+    ("a_b", "acme", False),
+    ("ok", "acme_corp", False),
+    ("has space", "acme", False),
+    ("x" * 129, "acme", False),
+    ("ok", "x" * 129, False),
+])
+def test_token_identity_parts_must_keep_thread_ids_one_to_one(app, sub, business, accepted):
+    r = app.test_client().get("/api/auth/me", headers={"Authorization": f"Bearer {make_token(sub, business_id=business)}"})
+    assert r.status_code == (200 if accepted else 401), r.get_json()
+
+
+def test_a_rowless_delete_never_takes_a_thread_a_session_owns(chat_app, fake, alice, pool):
+    sid = unique_session_id()
+    client = client_for(chat_app, alice)
+    turn(client, sid, "mine")
+    with pool.connection() as conn:  # a second row for the same thread cannot exist; simulate a stale lookup
+        conn.execute("update chat_sessions set session_id = %s where user_id = %s and session_id = %s",
+                     (sid + "-moved", alice.id, sid))
+    before = thread_row_counts(pool, alice.thread_id(sid))
+    assert client.delete(f"/api/llm/sessions/{sid}").status_code == 404
+    assert thread_row_counts(pool, alice.thread_id(sid)) == before

@@ -117,3 +117,15 @@ def test_chat_is_rate_limited_per_user(limited_app, fake, alice, bob):
 def test_successful_responses_carry_no_retry_after(limited_app, alice):
     r = client_for(limited_app, alice).get("/api/llm/sessions")
     assert r.status_code == 200 and "Retry-After" not in r.headers
+
+
+@pytest.mark.parametrize("fail_open, status", [(False, 503), (True, 401)])
+def test_unreachable_rate_limit_counters_fail_closed_unless_told(make_app, fail_open, status):
+    # Port 9 (discard) on loopback: nothing answers, the connection is refused at once.
+    app = make_app(rate_limits_enabled=True, rate_limit_storage_url="redis://127.0.0.1:9/0",
+                   rate_limit_fail_open=fail_open)
+    r = app.test_client().post("/api/auth/login", json={"email": "x@example.com", "password": "wrong"},
+                               headers={"X-Requested-With": "fetch"})
+    assert r.status_code == status, r.get_json()
+    if status == 503:
+        assert r.get_json()["error"]["code"] == "rate_limit_unavailable" and r.headers["Retry-After"] == "5"

@@ -10,7 +10,7 @@ from flask_login import UserMixin
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from backend.auth.store import UserStore
-from backend.auth.tokens import TokenVerifier
+from backend.auth.tokens import TokenVerifier, is_identity_part
 from backend.errors import ApiError
 
 MIN_PASSWORD_LENGTH = 8
@@ -100,6 +100,9 @@ class AuthService:
         )
 
     def create_user(self, email: str, password: str, business_id: str) -> AuthUser:
+        if not is_identity_part(business_id):
+            raise ApiError(400, "validation_error", "Invalid business id",
+                           {"business_id": "1-128 of A-Z a-z 0-9 . : @ | + -"})
         email = normalise_email(email)
         if "@" not in email or len(email) > 254:
             raise ApiError(400, "validation_error", "Invalid email", {"email": "not an email address"})

@@ -9,6 +9,8 @@ signed with a public key, or an unknown `kid` are all refused.
 
 from __future__ import annotations
 
+import re
+
 import threading
 import time
 from collections import OrderedDict
@@ -22,6 +24,17 @@ ASYMMETRIC_ALGORITHMS = ("RS256", "ES256", "EdDSA")
 # checking it once is enough. Entries end at the token's own expiry.
 VERIFIED_CACHE_SIZE = 4096
 LEEWAY_SECONDS = 10
+
+
+# User and business ids become parts of LangGraph thread ids,
+# user_{user}_business_{business}_session_{session}: with no "_" in the first
+# two, that mapping is one-to-one (the session id, last, may hold "_"). UUIDs
+# (Supabase), emails and ids like "auth0|123" all fit.
+IDENTITY_PART = re.compile(r"[A-Za-z0-9.:@|+-]{1,128}")
+
+
+def is_identity_part(value: object) -> bool:
+    return isinstance(value, str) and IDENTITY_PART.fullmatch(value) is not None
 
 
 class InvalidToken(Exception):
@@ -105,12 +118,12 @@ class TokenVerifier:
         except jwt.PyJWTError:
             raise InvalidToken("The access token signature or claims are invalid") from None
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not sub.strip() or len(sub) > 128:
-            raise InvalidToken("The access token has no usable sub claim")
+        if not is_identity_part(sub):
+            raise InvalidToken("The access token's sub claim must be 1-128 of A-Z a-z 0-9 . : @ | + -")
         app_metadata = claims.get("app_metadata")
         business_id = app_metadata.get("business_id") if isinstance(app_metadata, dict) else None
-        if business_id is not None:
-            business_id = str(business_id)
+        if business_id is not None and not is_identity_part(business_id):
+            raise InvalidToken("The access token's app_metadata.business_id must be 1-128 of A-Z a-z 0-9 . : @ | + -")
         email = claims.get("email") if isinstance(claims.get("email"), str) else None
         return TokenClaims(user_id=sub, business_id=business_id or None, email=email), float(claims["exp"])
 

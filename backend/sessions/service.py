@@ -183,6 +183,9 @@ class SessionService:
             self._stop_reply(user.id, session_id)
         with self._pool.connection() as conn, conn.transaction():
             row = self._store.lock_for_delete(conn, user.id, session_id)
+            thread_id = row["thread_id"] if row else build_thread_id(user.id, user.business_id, session_id)
+            if row is None and self._store.thread_has_session(conn, thread_id):
+                raise NotFound()  # a thread with a session row is deleted through that row only
             if row and row["run_live"] and not force:
                 raise ApiError(
                     409, "session_busy",
@@ -191,7 +194,7 @@ class SessionService:
                 )
             counts, recovery = self._store.delete_thread_and_row(
                 conn,
-                thread_id=row["thread_id"] if row else build_thread_id(user.id, user.business_id, session_id),
+                thread_id=thread_id,
                 row_id=row["id"] if row else None,
                 user_id=user.id,
                 business_id=row["business_id"] if row else user.business_id,

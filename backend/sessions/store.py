@@ -154,6 +154,11 @@ class SessionStore:
         return conn.execute(LOCK_FOR_DELETE_SQL, (user_id, session_id)).fetchone()
 
     @staticmethod
+    def thread_has_session(conn: Connection, thread_id: str) -> bool:
+        return conn.execute("select exists (select 1 from chat_sessions where thread_id = %s) as owned",
+                            (thread_id,)).fetchone()["owned"]
+
+    @staticmethod
     def delete_thread_and_row(
         conn: Connection,
         *,
