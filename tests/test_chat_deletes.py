@@ -209,15 +209,26 @@ def test_lost_lease_stops_the_reply(chat_app, chat, fake, alice, pool):
 
 # --- orphaned LangGraph threads --------------------------------------------------------
 
-def test_orphan_sweep_removes_only_session_threads_without_sessions(chat_app, chat, fake, alice, pool):
+def orphaned_thread(pool, client, user, turns: int = 1) -> tuple[str, str]:
+    """A thread this backend made, whose session row then went (deleted by hand, as in the dashboard)."""
+    sid = unique_session_id()
+    for i in range(turns):
+        turn(client, sid, f"question {i}")
+    with pool.connection() as conn:
+        conn.execute("delete from chat_sessions where user_id = %s and session_id = %s", (user.id, sid))
+    return sid, user.thread_id(sid)
+
+
+def test_orphan_sweep_removes_only_threads_it_made_whose_session_is_gone(chat_app, chat, fake, alice, pool):
     kept_sid = named_session(chat)
     turn(chat, kept_sid, "I have a session")
     kept_before = thread_row_counts(pool, alice.thread_id(kept_sid))
-    orphans = [alice.thread_id(unique_session_id()) for _ in range(3)]
-    for thread_id in orphans:
-        seed_thread(pool, thread_id, turns=1)
+    orphans = [orphaned_thread(pool, chat, alice)[1] for _ in range(3)]
     foreign = f"some-other-app-{uuid.uuid4().hex}"
     foreign_before = seed_thread(pool, foreign, turns=1)
+    # Shaped like ours but not made by this backend (another app, same tables): never touched.
+    lookalike = alice.thread_id(unique_session_id())
+    lookalike_before = seed_thread(pool, lookalike, turns=1)
 
     # quiet for less than the minimum age: kept
     assert state_of(chat_app).maintenance.sweep_orphans(min_age_seconds=3600)["threads"] == 0
@@ -231,13 +242,27 @@ def test_orphan_sweep_removes_only_session_threads_without_sessions(chat_app, ch
         assert thread_row_counts(pool, thread_id) == NO_ROWS
     assert thread_row_counts(pool, alice.thread_id(kept_sid)) == kept_before
     assert thread_row_counts(pool, foreign) == foreign_before
+    assert thread_row_counts(pool, lookalike) == lookalike_before
     assert state_of(chat_app).maintenance.sweep_orphans(min_age_seconds=0)["threads"] == 0
 
 
-def test_orphan_sweep_spares_a_thread_whose_session_appears(chat_app, alice, pool):
-    sid = unique_session_id()
-    thread_id = alice.thread_id(sid)
-    before = seed_thread(pool, thread_id, turns=1)
+def test_a_thread_with_no_checkpoint_row_is_as_old_as_its_registration(chat_app, chat, fake, alice, pool):
+    sid, thread_id = orphaned_thread(pool, chat, alice)
+    with pool.connection() as conn:  # a crash left only blobs and writes
+        conn.execute("delete from checkpoints where thread_id = %s", (thread_id,))
+    sweep = state_of(chat_app).maintenance.sweep_orphans
+    assert sweep(min_age_seconds=3600)["threads"] == 0  # young: not "infinitely old"
+    assert thread_row_counts(pool, thread_id)["checkpoint_blobs"] > 0
+    with pool.connection() as conn:
+        conn.execute("update chat_threads set created_at = now() - interval '2 hours' where thread_id = %s",
+                     (thread_id,))
+    assert sweep(min_age_seconds=3600)["threads"] >= 1
+    assert thread_row_counts(pool, thread_id) == NO_ROWS
+
+
+def test_orphan_sweep_spares_a_thread_whose_session_appears(chat_app, chat, fake, alice, pool):
+    sid, thread_id = orphaned_thread(pool, chat, alice)
+    before = thread_row_counts(pool, thread_id)
     store = state_of(chat_app).chat._store
     assert thread_id in store.orphan_threads(0, 10_000)
     # the user comes back to the localStorage-only chat: its session row appears

@@ -202,29 +202,21 @@ class ChatStore:
     # --- orphaned threads ------------------------------------------------------------
 
     def orphan_threads(self, min_age_seconds: float, limit: int) -> list[str]:
-        """Session-shaped LangGraph threads with no session row, quiet for min_age.
+        """Threads this backend made (chat_threads) whose session is gone, quiet for min_age.
 
-        Only thread ids this backend makes (user_…_business_…_session_…) are
-        considered, so threads other code keeps in the same tables are safe.
-        A thread with only blobs or writes (a crash mid-write) has no age and counts.
+        Only registered threads are considered: a thread other code keeps in the
+        same tables is never touched, whatever its name. The age is that of the
+        latest checkpoint, or of the registration when there is none.
         """
         with self._pool.connection() as conn:
             rows = conn.execute(
                 """
-                with threads as (
-                    select thread_id from checkpoints where thread_id like 'user\\_%%\\_business\\_%%\\_session\\_%%'
-                    union
-                    select thread_id from checkpoint_blobs where thread_id like 'user\\_%%\\_business\\_%%\\_session\\_%%'
-                    union
-                    select thread_id from checkpoint_writes where thread_id like 'user\\_%%\\_business\\_%%\\_session\\_%%'
-                )
-                select t.thread_id from threads t
+                select t.thread_id from chat_threads t
                  where not exists (select 1 from chat_sessions s where s.thread_id = t.thread_id)
-                   and coalesce(
-                         (select max((c.checkpoint ->> 'ts')::timestamptz) from checkpoints c
-                           where c.thread_id = t.thread_id),
-                         '-infinity'
-                       ) < now() - make_interval(secs => %s)
+                   and greatest(t.created_at,
+                                coalesce((select max((c.checkpoint ->> 'ts')::timestamptz) from checkpoints c
+                                           where c.thread_id = t.thread_id), t.created_at))
+                       < now() - make_interval(secs => %s)
                  order by t.thread_id
                  limit %s
                 """,
@@ -245,6 +237,7 @@ class ChatStore:
                         table: conn.execute(f"delete from {table} where thread_id = %s", (thread_id,)).rowcount
                         for table in CHECKPOINT_TABLES
                     }
+                    conn.execute("delete from chat_threads where thread_id = %s", (thread_id,))
                     if conn.execute("select 1 from chat_sessions where thread_id = %s", (thread_id,)).fetchone():
                         raise _ThreadClaimed()
             except _ThreadClaimed:

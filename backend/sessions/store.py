@@ -287,6 +287,7 @@ with c as (delete from checkpoints where thread_id = %(thread_id)s returning {re
      b as (delete from checkpoint_blobs where thread_id = %(thread_id)s returning {returning}),
      w as (delete from checkpoint_writes where thread_id = %(thread_id)s returning {returning}),
      s as (delete from chat_sessions where id = %(row_id)s returning {returning}),
+     registered as (delete from chat_threads where thread_id = %(thread_id)s),
      counts as (
          select (select count(*) from c)::int as checkpoints,
                 (select count(*) from b)::int as checkpoint_blobs,
