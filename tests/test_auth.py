@@ -171,6 +171,7 @@ class JwksServer:
             jwk = json.loads(ECAlgorithm.to_jwk(key.public_key()))
             jwks["keys"].append({**jwk, "kid": kid, "alg": "ES256", "use": "sig"})
         self.fetches = 0
+        self.down = False  # answer 503, as a provider in an outage
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -179,6 +180,9 @@ class JwksServer:
                     self.send_error(404)
                     return
                 outer.fetches += 1
+                if outer.down:
+                    self.send_error(503)
+                    return
                 body = json.dumps(jwks).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -297,3 +301,28 @@ def test_verified_tokens_are_cached_until_they_expire():
     with pytest.raises(InvalidToken):
         verifier.verify(token)
     assert token not in verifier._verified
+
+
+def test_a_jwks_outage_keeps_serving_known_keys_and_is_503_not_401(make_app, signing_key):
+    server = JwksServer({"key-1": signing_key})
+    try:
+        app = make_app(supabase_url=server.url, supabase_jwt_secret=None, jwks_cache_seconds=1)
+        client = app.test_client()
+
+        def me() -> int:  # a new token each time, so the key is looked up each time
+            token = es256_token(signing_key, str(uuid.uuid4()))
+            return client.get("/api/auth/me", headers={"Authorization": f"Bearer {token}"})
+
+        assert me().status_code == 200
+        server.down = True
+        time.sleep(1.2)  # the cached keys are now stale (JWKS_CACHE_SECONDS=1): time is the subject here
+        for _ in range(3):
+            assert me().status_code == 200  # served stale while the refresh fails in the background
+
+        cold = make_app(supabase_url=server.url, supabase_jwt_secret=None)  # no keys yet, provider down
+        token = es256_token(signing_key, str(uuid.uuid4()))
+        r = cold.test_client().get("/api/auth/me", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 503 and r.get_json()["error"]["code"] == "auth_unavailable"
+        assert r.headers["Retry-After"] == "5"
+    finally:
+        server.close()

@@ -11,7 +11,7 @@ from flask_openapi3 import APIBlueprint, Tag
 from backend.app_state import app_state
 from backend.auth.models import LoginBody, LogoutAllResponse, LogoutResponse, UserOut, UserResponse
 from backend.auth.service import AuthUser
-from backend.auth.tokens import InvalidToken
+from backend.auth.tokens import AuthUnavailable, InvalidToken
 from backend.errors import error_response
 from backend.http import error_responses, ok
 
@@ -78,6 +78,9 @@ def me():
 
 def unauthorized():
     """401 JSON, never a redirect; says why when a token was refused."""
+    if g.get("auth_unavailable"):
+        return error_response(503, "auth_unavailable", "Sign-in cannot be checked right now; try again shortly",
+                              headers={"Retry-After": "5"})
     reason = g.get("auth_error")
     if reason:
         return error_response(401, "invalid_token", reason, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
@@ -108,6 +111,10 @@ def init_login(app: Flask) -> None:
         except InvalidToken as exc:
             g.auth_error = str(exc)
             log.info("token refused", extra={"reason": str(exc)})
+            return None
+        except AuthUnavailable:
+            g.auth_unavailable = True
+            log.warning("token not checked: the signing keys cannot be fetched")
             return None
 
     manager.unauthorized_handler(unauthorized)

@@ -41,6 +41,11 @@ class InvalidToken(Exception):
     """The token cannot be trusted; the message is safe to show the client."""
 
 
+class AuthUnavailable(Exception):
+    """The token cannot be checked right now (the signing keys cannot be fetched): a 503, not a 401,
+    so a frontend does not drop its user's session over the provider's outage."""
+
+
 @dataclass(frozen=True)
 class TokenClaims:
     user_id: str
@@ -62,16 +67,14 @@ class TokenVerifier:
         self._audience = audience
         self._verified: OrderedDict[str, tuple[TokenClaims, float]] = OrderedDict()
         self._lock = threading.Lock()
-        self._jwks: PyJWKClient | None = None
+        self._jwks: SigningKeys | None = None
         if supabase_url:
-            self._jwks = PyJWKClient(
-                supabase_url.rstrip("/") + "/auth/v1/.well-known/jwks.json",
-                cache_jwk_set=True,
-                lifespan=max(jwks_cache_seconds, 1),
-                timeout=jwks_timeout_seconds,
-                # An unknown kid refetches the set at most this often, so forged
-                # tokens cannot make every request call Supabase.
-                cooldown_duration=30,
+            self._jwks = SigningKeys(
+                PyJWKClient(
+                    supabase_url.rstrip("/") + "/auth/v1/.well-known/jwks.json",
+                    cache_jwk_set=False, cache_keys=False, timeout=jwks_timeout_seconds,
+                ),
+                fresh_seconds=max(jwks_cache_seconds, 1),
             )
 
     @property
@@ -136,9 +139,75 @@ class TokenVerifier:
             if self._jwks is None:
                 raise InvalidToken("Asymmetric access tokens are not accepted by this server")
             try:
-                return self._jwks.get_signing_key_from_jwt(token).key
-            except jwt.PyJWKClientConnectionError:
-                raise InvalidToken("The signing keys could not be fetched") from None
+                kid = jwt.get_unverified_header(token).get("kid")
             except jwt.PyJWTError:
-                raise InvalidToken("The access token's signing key is unknown") from None
+                raise InvalidToken("The access token is malformed") from None
+            return self._jwks.key(kid)
         raise InvalidToken("The access token's algorithm is not accepted")
+
+
+class SigningKeys:
+    """The provider's public keys, served stale while they are fetched again.
+
+    A known key is answered at once from memory; past `fresh_seconds` one
+    background fetch refreshes the set, and if it fails the old keys keep
+    serving. Only a key id not seen yet waits for a fetch, and the set is
+    fetched for that at most once per COOLDOWN_SECONDS, so forged ids cannot
+    make every request call the provider. When the keys cannot be had at all,
+    the caller gets AuthUnavailable (503), not a 401.
+    """
+
+    COOLDOWN_SECONDS = 30
+
+    def __init__(self, client: PyJWKClient, *, fresh_seconds: float) -> None:
+        self._client = client
+        self._fresh = fresh_seconds
+        self._keys: dict[str, object] = {}
+        self._fetched_at = float("-inf")
+        self._last_attempt = float("-inf")
+        self._failing = False  # the last fetch failed
+        self._fetch_lock = threading.Lock()  # held through a fetch: only requests for unknown ids wait on it
+        self._refresh_lock = threading.Lock()  # never held long
+        self._refreshing = False
+
+    def key(self, kid: object):
+        if not isinstance(kid, str):
+            raise InvalidToken("The access token names no signing key")
+        known = self._keys.get(kid)
+        if known is not None:
+            if time.monotonic() - self._fetched_at > self._fresh:
+                self._refresh_in_background()
+            return known
+        with self._fetch_lock:
+            if kid not in self._keys and time.monotonic() - self._last_attempt >= self.COOLDOWN_SECONDS:
+                self._fetch()
+        known = self._keys.get(kid)
+        if known is not None:
+            return known
+        if self._failing:
+            raise AuthUnavailable("The signing keys cannot be fetched right now")
+        raise InvalidToken("The access token's signing key is unknown")
+
+    def _fetch(self) -> None:
+        self._last_attempt = time.monotonic()
+        try:
+            keys = {k.key_id: k.key for k in self._client.get_jwk_set(refresh=True).keys if k.key_id}
+        except jwt.PyJWTError:
+            self._failing = True
+            return
+        self._keys, self._fetched_at, self._failing = keys, time.monotonic(), False
+
+    def _refresh_in_background(self) -> None:
+        with self._refresh_lock:
+            if self._refreshing or time.monotonic() - self._last_attempt < self.COOLDOWN_SECONDS:
+                return
+            self._refreshing = True
+
+        def refresh() -> None:
+            try:
+                with self._fetch_lock:
+                    self._fetch()
+            finally:
+                self._refreshing = False
+
+        threading.Thread(target=refresh, name="jwks-refresh", daemon=True).start()
