@@ -78,7 +78,7 @@ def build_chat_model(settings: Settings) -> ChatModel:
         )
         return OfflineChatModel()
     log.info("chat model", extra={"model": settings.openai_model, "base_url": settings.openai_base_url or "default"})
-    return OpenAIChatModel(make_client(model_settings(settings)), settings.openai_model)
+    return OpenAIChatModel(make_client(model_settings(settings)), settings.openai_model, settings.openai_max_tokens)
 
 
 def build_state(settings: Settings, db: Database) -> AppState:
@@ -112,6 +112,8 @@ def build_state(settings: Settings, db: Database) -> AppState:
         system_prompt=settings.system_prompt,
         heartbeat_seconds=settings.sse_heartbeat_seconds,
         stream_buffer_chars=settings.stream_buffer_chars,
+        max_context_tokens=settings.chat_context_max_tokens,
+        max_history_messages=settings.chat_history_max_messages,
         prune_history=settings.checkpoint_history == "latest",
     )
     verifier = TokenVerifier(

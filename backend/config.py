@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     openai_timeout_seconds: float = Field(default=60.0, gt=0)
     openai_connect_timeout_seconds: float = Field(default=10.0, gt=0)
     openai_max_retries: int = Field(default=2, ge=0, le=10)
+    # Bounds on what one conversation can cost: the reply's length upstream, the
+    # history sent with each turn (oldest messages left out), and the history kept.
+    openai_max_tokens: int = Field(default=2048, ge=1)
+    chat_context_max_tokens: int = Field(default=16_000, ge=100)
+    chat_history_max_messages: int = Field(default=2000, ge=2)
     require_model: bool = False  # production: refuse to start on the offline model
     system_prompt: str | None = None
     chat_graph_factory: str = "llm.graph:build_chat_graph"

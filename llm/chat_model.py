@@ -26,9 +26,10 @@ class ChatModel(Protocol):
 
 
 class OpenAIChatModel:
-    def __init__(self, client: openai.OpenAI, model: str) -> None:
+    def __init__(self, client: openai.OpenAI, model: str, max_tokens: int | None = None) -> None:
         self._client = client
         self.name = model
+        self._max_tokens = max_tokens  # the most a reply may cost upstream
 
     def stream(self, messages: list[dict[str, Any]], cancel: threading.Event) -> Iterator[str]:
         if cancel.is_set():
@@ -46,7 +47,8 @@ class OpenAIChatModel:
         # HTTP errors, timeouts and retries as before.
         response = self._client.post(
             "/chat/completions",
-            body={"model": self.name, "messages": messages, "stream": True},
+            body={"model": self.name, "messages": messages, "stream": True,
+                  **({"max_tokens": self._max_tokens} if self._max_tokens else {})},
             cast_to=ChatCompletion,
             stream=True,
             stream_cls=openai.Stream[object],

@@ -24,7 +24,7 @@ from langgraph.graph.message import add_messages
 from langgraph.runtime import Runtime
 
 from llm.chat_model import ChatModel
-from llm.messages import assistant_message, to_openai_messages
+from llm.messages import assistant_message, to_openai_messages, trim_to_budget
 
 DEFAULT_GRAPH_FACTORY = "llm.graph:build_chat_graph"
 
@@ -34,6 +34,9 @@ class ChatContext:
     model: ChatModel
     cancel: threading.Event
     system_prompt: str | None = None
+    # The most (estimated) tokens of history sent upstream; older messages are
+    # left out of the request (never out of the stored history).
+    max_context_tokens: int | None = None
     # Where reply text goes as it is written. Going through LangGraph's
     # stream_writer instead costs a wake-up of its stream loop per token
     # (a task submitted and awaited), most of a long reply's CPU.
@@ -48,7 +51,8 @@ def call_model(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str, Any
     context = runtime.context
     emit = context.emit or (lambda piece: runtime.stream_writer({"token": piece}))
     pieces: list[str] = []
-    for piece in context.model.stream(to_openai_messages(state["messages"], context.system_prompt), context.cancel):
+    history = trim_to_budget(state["messages"], context.max_context_tokens)
+    for piece in context.model.stream(to_openai_messages(history, context.system_prompt), context.cancel):
         pieces.append(piece)
         emit(piece)
     return {"messages": [assistant_message("".join(pieces))]}

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages.utils import count_tokens_approximately, trim_messages
 
 CREATED_AT_KEY = "created_at"
 
@@ -94,3 +95,21 @@ def load_thread_messages(checkpointer: Any, thread_id: str) -> list[BaseMessage]
         return []
     messages = saved.checkpoint.get("channel_values", {}).get("messages", [])
     return [m for m in messages if isinstance(m, BaseMessage)]
+
+
+def trim_to_budget(messages: list[BaseMessage], max_tokens: int | None) -> list[BaseMessage]:
+    """The newest messages that fit `max_tokens` (estimated), for what goes upstream.
+
+    LangChain's trim_messages, keeping system messages and starting on a user
+    message; the newest message is always kept, even alone over the budget.
+    The stored history is untouched: only what the model is sent is bounded.
+    """
+    if not max_tokens or not messages:
+        return messages
+    kept = trim_messages(
+        messages, max_tokens=max_tokens, token_counter=count_tokens_approximately, strategy="last",
+        include_system=True, start_on="human", allow_partial=False,
+    )
+    if not kept or kept[-1] is not messages[-1]:
+        kept = [m for m in messages if isinstance(m, SystemMessage)] + [messages[-1]]
+    return kept

@@ -43,7 +43,12 @@ def test_bad_graph_factory_stops_start_up_with_a_clear_error(make_app, spec, mes
 
 
 def test_server_sweeps_orphans_periodically(make_app, alice, pool):
-    orphan = alice.thread_id(unique_session_id())
+    sid = unique_session_id()
+    orphan = alice.thread_id(sid)
+    with pool.connection() as conn:  # a session of ours, registered, then its row deleted by hand
+        conn.execute("insert into chat_sessions (user_id, business_id, session_id, thread_id) values (%s, %s, %s, %s)",
+                     (alice.id, alice.business_id, sid, orphan))
+        conn.execute("delete from chat_sessions where thread_id = %s", (orphan,))
     seed_thread(pool, orphan, turns=1)
     app = make_app(maintenance_interval_seconds=0.05, orphan_sweep_interval_seconds=0.05, orphan_min_age_seconds=0)
     try:

@@ -45,7 +45,7 @@ def test_undo_round_trip_brings_back_messages_counts_name_and_memory(chat, fake,
     for i in range(turns):
         assert turn(chat, sid, f"question {i}")[-1].event == "done"
     chat.put(f"/api/llm/sessions/{sid}", json={"is_archived": True})
-    before = chat.get(f"/api/llm/sessions/{sid}?include_messages=true").get_json()
+    before = chat.get(f"/api/llm/sessions/{sid}?include_messages=true&messages_limit=1000").get_json()
     rows_before = thread_digest(pool, alice.thread_id(sid))
 
     body = delete_with_backup(chat, sid)
@@ -57,7 +57,7 @@ def test_undo_round_trip_brings_back_messages_counts_name_and_memory(chat, fake,
     restored = chat.post("/api/llm/sessions/restore", json={"backup_id": body["backup"]["backup_id"]})
     assert restored.status_code == 201, restored.get_json()
     assert restored.get_json()["data"] == before["data"]  # same ids, name, archive flag, counts, timestamps
-    after = chat.get(f"/api/llm/sessions/{sid}?include_messages=true").get_json()
+    after = chat.get(f"/api/llm/sessions/{sid}?include_messages=true&messages_limit=1000").get_json()
     assert after == before
     assert len(after["messages"]) == 2 * turns
     assert thread_digest(pool, alice.thread_id(sid)) == rows_before  # byte for byte

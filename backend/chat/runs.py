@@ -96,9 +96,13 @@ class RunLeases:
         run_id = self._store.acquire_run(user_id, session_id, self.owner, self._lease_seconds)
         return None if run_id is None else self.track(run_id, user_id, session_id)
 
-    def start_in_session(self, user_id: str, session_id: str) -> tuple[dict | None, ActiveRun | None]:
+    def start_in_session(
+        self, user_id: str, session_id: str, max_messages: int
+    ) -> tuple[dict | None, ActiveRun | None]:
         """Read the session and take its lease in one round trip (see ChatStore.start_run_in_session)."""
-        session, run_id = self._store.start_run_in_session(user_id, session_id, self.owner, self._lease_seconds)
+        session, run_id = self._store.start_run_in_session(
+            user_id, session_id, self.owner, self._lease_seconds, max_messages
+        )
         return session, None if run_id is None else self.track(run_id, user_id, session_id)
 
     def track(self, run_id: uuid.UUID, user_id: str, session_id: str) -> ActiveRun:

@@ -78,6 +78,8 @@ class ChatService:
         heartbeat_seconds: float,
         prune_history: bool,
         stream_buffer_chars: int = 65_536,
+        max_context_tokens: int | None = None,
+        max_history_messages: int | None = None,
     ) -> None:
         self._sessions = sessions
         self._store = store
@@ -89,19 +91,25 @@ class ChatService:
         self._heartbeat = heartbeat_seconds
         self._prune_history = prune_history
         self._buffer_limit = stream_buffer_chars
+        self._max_context_tokens = max_context_tokens
+        self._max_history = max_history_messages or 2**31 - 1
 
     def start_turn(self, user: AuthUser, session_id: str, query: str) -> Turn:
         """Everything that can fail with a status code, before any byte is streamed."""
         try:
             # The common case, a session that exists, in one round trip.
-            session, run = self._leases.start_in_session(user.id, session_id)
+            session, run = self._leases.start_in_session(user.id, session_id, self._max_history)
             if session is None:  # ids are made by the frontend: created on first use
                 session = self._sessions.get_or_create(user, session_id)
-                run = None if session["is_archived"] else self._leases.start(user.id, session_id)
+                startable = not session["is_archived"] and session["message_count"] < self._max_history
+                run = self._leases.start(user.id, session_id) if startable else None
         except psycopg.errors.ForeignKeyViolation:
             raise NotFound("The session was deleted") from None
         if session["is_archived"]:
             raise ApiError(409, "session_archived", "This session is archived; unarchive it to send messages")
+        if session["message_count"] >= self._max_history:
+            raise ApiError(409, "session_full", f"This conversation has reached {self._max_history} messages; "
+                           "start a new session to go on")
         if run is None:
             raise ApiError(
                 409, "session_busy",
@@ -217,7 +225,10 @@ class ChatService:
                 self._send_token(turn, text)
                 sent += 1
 
-        context = ChatContext(model=self._model, cancel=run.cancel, system_prompt=self._system_prompt, emit=emit)
+        context = ChatContext(
+            model=self._model, cancel=run.cancel, system_prompt=self._system_prompt, emit=emit,
+            max_context_tokens=self._max_context_tokens,
+        )
         config = {"configurable": {"thread_id": turn.session["thread_id"]}}
         last_reply = None
         stream = self._graph.stream(

@@ -42,10 +42,10 @@ class ChatStore:
         return row["run_id"] if row else None
 
     def start_run_in_session(
-        self, user_id: str, session_id: str, owner: str, lease_seconds: float
+        self, user_id: str, session_id: str, owner: str, lease_seconds: float, max_messages: int
     ) -> tuple[dict | None, uuid.UUID | None]:
         """The common start of a turn in one round trip: read the session and,
-        unless it is archived, take its lease (as acquire_run does).
+        unless it is archived or full, take its lease (as acquire_run does).
 
         Returns (session row, run id): (None, None) when the user has no such
         session; a row and None when it is archived or a live run holds it.
@@ -54,7 +54,7 @@ class ChatStore:
             row = conn.execute(
                 START_RUN_IN_SESSION_SQL,
                 {"user_id": user_id, "session_id": session_id, "run_id": uuid.uuid4(), "owner": owner,
-                 "lease_seconds": lease_seconds},
+                 "lease_seconds": lease_seconds, "max_messages": max_messages},
             ).fetchone()
         if row is None:
             return None, None
@@ -251,7 +251,7 @@ with s as (
 ), r as (
     insert into chat_session_runs (user_id, session_id, run_id, owner, lease_expires_at)
     select %(user_id)s, %(session_id)s, %(run_id)s, %(owner)s, now() + make_interval(secs => %(lease_seconds)s)
-      from s where not s.is_archived
+      from s where not s.is_archived and s.message_count < %(max_messages)s
     on conflict (user_id, session_id) do update
        set run_id = excluded.run_id, owner = excluded.owner, started_at = now(),
            lease_expires_at = excluded.lease_expires_at, cancel_requested_at = null

@@ -142,6 +142,10 @@ class ListSessionsQuery(QueryModel):
 
 class GetSessionQuery(QueryModel):
     include_messages: bool = False
+    messages_limit: int = Field(default=200, ge=1, le=1000, description="At most this many messages, the newest")
+    messages_before: int | None = Field(
+        default=None, ge=0, description="Only messages before this position (messages_start of the previous page)"
+    )
 
 
 class DeleteSessionQuery(QueryModel):
@@ -194,7 +198,11 @@ class SessionResponse(SuccessModel):
 
 class SessionDetailResponse(SuccessModel):
     data: SessionOut
-    messages: list[MessageOut] | None = Field(default=None, description="Only with include_messages=true")
+    messages: list[MessageOut] | None = Field(default=None, description="Only with include_messages=true; newest last")
+    messages_start: int | None = Field(
+        default=None, description="Position of the first message given; pass as messages_before for the page before"
+    )
+    has_more_messages: bool | None = Field(default=None, description="Older messages exist before this page")
 
 
 class RecoveryPoint(BaseModel):

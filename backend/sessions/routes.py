@@ -93,9 +93,11 @@ def get_session(path: SessionPath, query: GetSessionQuery):
     state = app_state()
     row = state.sessions.get(current_user, path.session_id)
     if not query.include_messages:
-        return ok(SessionDetailResponse(data=session_out(row)), exclude={"messages"})
-    messages = state.sessions.messages(row)
-    return ok(SessionDetailResponse(data=session_out(row), messages=messages))
+        return ok(SessionDetailResponse(data=session_out(row)),
+                  exclude={"messages", "messages_start", "has_more_messages"})
+    messages, start = state.sessions.messages_page(row, limit=query.messages_limit, before=query.messages_before)
+    return ok(SessionDetailResponse(data=session_out(row), messages=messages, messages_start=start,
+                                    has_more_messages=start > 0))
 
 
 @bp.get("/<session_id>/export", responses={200: SessionExport, **error_responses(400, 401, 404, 500, 503)})

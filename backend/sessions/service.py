@@ -139,6 +139,13 @@ class SessionService:
             raise NotFound()
         return row
 
+    def messages_page(self, row: dict, *, limit: int, before: int | None) -> tuple[list[dict], int]:
+        """The newest `limit` messages before position `before` (all: None); and where they start."""
+        messages = self.messages(row)
+        end = len(messages) if before is None else min(before, len(messages))
+        start = max(0, end - limit)
+        return messages[start:end], start
+
     def messages(self, row: dict) -> list[dict]:
         """The conversation, from the thread's latest LangGraph checkpoint."""
         return visible_messages(load_thread_messages(self._checkpointer, row["thread_id"]))

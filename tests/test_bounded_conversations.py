@@ -1,0 +1,66 @@
+"""A conversation's cost is bounded: replies (max_tokens), history sent upstream (trimmed), history kept (capped),
+and messages read back (paged)."""
+
+from __future__ import annotations
+
+from tests.chat_support import named_session, send, turn
+from tests.checkpoints import rows_digest
+from tests.conftest import client_for
+
+
+def test_replies_are_capped_upstream(chat, fake):
+    sid = named_session(chat)
+    turn(chat, sid, "hello")
+    assert fake.chat_requests[-1].json["max_tokens"] == 2048
+
+
+def test_only_the_newest_history_that_fits_goes_upstream(make_app, fake, alice):
+    app = make_app(openai_base_url=fake.base_url, openai_api_key="k", chat_context_max_tokens=300,
+                   system_prompt="Be brief.")
+    client = client_for(app, alice)
+    sid = named_session(client)
+    for i in range(12):
+        turn(client, sid, f"message {i} " + "words " * 40)  # ~60 tokens a turn, both sides
+    sent = fake.chat_requests[-1].json["messages"]
+    assert sent[0] == {"role": "system", "content": "Be brief."}  # always kept
+    assert sent[-1]["content"].startswith("message 11 ")  # the newest always goes
+    assert sent[1]["role"] == "user"  # starts on a user message
+    assert len(sent) < 1 + 2 * 12 - 1  # older ones were left out...
+    history = client.get(f"/api/llm/sessions/{sid}?include_messages=true").get_json()
+    assert len(history["messages"]) == 24  # ...of the request, never of the stored history
+
+
+def test_a_full_session_takes_no_more_turns_and_nothing_is_written(make_app, fake, alice, pool):
+    app = make_app(openai_base_url=fake.base_url, openai_api_key="k", chat_history_max_messages=4)
+    client = client_for(app, alice)
+    sid = named_session(client)
+    turn(client, sid, "one")
+    turn(client, sid, "two")
+    with pool.connection() as conn:
+        before = rows_digest(conn, "select * from checkpoints where thread_id = %s", alice.thread_id(sid))
+        runs = conn.execute("select count(*) as n from session_events where session_id = %s", (sid,)).fetchone()["n"]
+    r = send(client, sid, "three")
+    assert r.status_code == 409 and r.get_json()["error"]["code"] == "session_full"
+    with pool.connection() as conn:
+        assert rows_digest(conn, "select * from checkpoints where thread_id = %s", alice.thread_id(sid)) == before
+        assert conn.execute("select count(*) as n from session_events where session_id = %s",
+                            (sid,)).fetchone()["n"] == runs  # not even a run started
+    # a brand-new session is unaffected
+    assert send(client, named_session(client), "fresh").status_code == 200
+
+
+def test_messages_are_read_back_in_pages_newest_last(chat, fake):
+    sid = named_session(chat)
+    for i in range(5):
+        turn(chat, sid, f"q{i}")
+    page = chat.get(f"/api/llm/sessions/{sid}?include_messages=true&messages_limit=4").get_json()
+    assert [m["content"] for m in page["messages"]] == ["q3", "Echo: q3", "q4", "Echo: q4"]
+    assert page["messages_start"] == 6 and page["has_more_messages"] is True
+    older = chat.get(f"/api/llm/sessions/{sid}?include_messages=true&messages_limit=4"
+                     f"&messages_before={page['messages_start']}").get_json()
+    assert [m["content"] for m in older["messages"]] == ["q1", "Echo: q1", "q2", "Echo: q2"]
+    first = chat.get(f"/api/llm/sessions/{sid}?include_messages=true&messages_limit=4&messages_before=2").get_json()
+    assert [m["content"] for m in first["messages"]] == ["q0", "Echo: q0"] and first["has_more_messages"] is False
+    for bad in ("messages_limit=0", "messages_limit=1001", "messages_before=-1", "messages_limit=x"):
+        r = chat.get(f"/api/llm/sessions/{sid}?include_messages=true&{bad}")
+        assert r.status_code == 400, bad
