@@ -84,7 +84,8 @@ def build_chat_model(settings: Settings) -> ChatModel:
 def build_state(settings: Settings, db: Database) -> AppState:
     checkpointer = SessionCheckpointSaver(db.pool)
     chat_store = ChatStore(db.pool)
-    leases = RunLeases(chat_store, lease_seconds=settings.run_lease_seconds, renew_seconds=settings.run_renew_seconds)
+    leases = RunLeases(chat_store, lease_seconds=settings.run_lease_seconds, renew_seconds=settings.run_renew_seconds,
+                       turn_max_seconds=settings.chat_turn_max_seconds)
     offline = settings.model_offline
     namer = SessionNamer(
         chat_store,
@@ -100,6 +101,7 @@ def build_state(settings: Settings, db: Database) -> AppState:
         checkpointer=checkpointer,
         force_delete_wait_seconds=settings.force_delete_wait_seconds,
         backup_retention_seconds=settings.backup_retention_seconds,
+        max_sessions_per_user=settings.max_sessions_per_user,
     )
     graph = load_graph_factory(settings.chat_graph_factory)().compile(checkpointer=checkpointer)
     chat = ChatService(
@@ -114,6 +116,7 @@ def build_state(settings: Settings, db: Database) -> AppState:
         stream_buffer_chars=settings.stream_buffer_chars,
         max_context_tokens=settings.chat_context_max_tokens,
         max_history_messages=settings.chat_history_max_messages,
+        max_replies_per_user=settings.chat_max_concurrent_per_user,
         prune_history=settings.checkpoint_history == "latest",
     )
     verifier = TokenVerifier(

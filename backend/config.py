@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     openai_max_tokens: int = Field(default=2048, ge=1)
     chat_context_max_tokens: int = Field(default=16_000, ge=100)
     chat_history_max_messages: int = Field(default=2000, ge=2)
+    # Per user, across every process: replies being written at once (the next
+    # is 429 too_many_streams), and a deadline for one reply.
+    chat_max_concurrent_per_user: int = Field(default=5, ge=1)
+    chat_turn_max_seconds: float = Field(default=300, gt=0)
+    # Sessions one user may keep (the next create is 409 quota_exceeded).
+    max_sessions_per_user: int = Field(default=10_000, ge=1)
     require_model: bool = False  # production: refuse to start on the offline model
     system_prompt: str | None = None
     chat_graph_factory: str = "llm.graph:build_chat_graph"

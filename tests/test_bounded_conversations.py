@@ -3,7 +3,7 @@ and messages read back (paged)."""
 
 from __future__ import annotations
 
-from tests.chat_support import named_session, send, turn
+from tests.chat_support import named_session, parse_sse, send, turn
 from tests.checkpoints import rows_digest
 from tests.conftest import client_for
 
@@ -64,3 +64,49 @@ def test_messages_are_read_back_in_pages_newest_last(chat, fake):
     for bad in ("messages_limit=0", "messages_limit=1001", "messages_before=-1", "messages_limit=x"):
         r = chat.get(f"/api/llm/sessions/{sid}?include_messages=true&{bad}")
         assert r.status_code == 400, bad
+
+
+def test_one_user_may_have_only_so_many_replies_at_once(make_app, fake, alice, bob):
+    app = make_app(openai_base_url=fake.base_url, openai_api_key="k", chat_max_concurrent_per_user=2)
+    client = client_for(app, alice)
+    sids = [named_session(client) for _ in range(3)]
+    with fake.hold_streams() as gate:
+        held = [send(client, sid, "hold", buffered=False) for sid in sids[:2]]
+        assert gate.wait_for_held(2)
+        refused = send(client, sids[2], "one more")
+        assert refused.status_code == 429 and refused.get_json()["error"]["code"] == "too_many_streams"
+        assert refused.headers["Retry-After"] == "5"
+        new_session = send(client, "brand-new-one", "and here?")  # the create-on-first-use path too
+        assert new_session.status_code == 429
+        bob_client = client_for(app, bob)
+        others = send(bob_client, named_session(bob_client), "other user", buffered=False)
+        assert others.status_code == 200  # the cap is per user
+        gate.release()
+        for r in [*held, others]:
+            r.get_data()
+            r.close()
+    assert send(client, sids[2], "now").status_code == 200
+
+
+def test_a_reply_past_the_turn_deadline_is_stopped(make_app, fake, alice, pool):
+    app = make_app(openai_base_url=fake.base_url, openai_api_key="k", chat_turn_max_seconds=0.5,
+                   run_renew_seconds=0.1, run_lease_seconds=1)
+    client = client_for(app, alice)
+    sid = named_session(client)
+    with fake.hold_streams():  # a reply that never ends by itself
+        events, _ = parse_sse(send(client, sid, "go on forever").get_data(as_text=True))
+    assert events[-1].event == "error" and events[-1].data["code"] == "turn_too_long"
+    assert client.get(f"/api/llm/sessions/{sid}").get_json()["data"]["message_count"] == 1
+
+
+def test_one_user_may_keep_only_so_many_sessions(make_app, alice, bob):
+    app = make_app(max_sessions_per_user=3)
+    client = client_for(app, alice)
+    for i in range(3):
+        assert client.post("/api/llm/sessions", json={"session_id": f"quota-{i}"}).status_code == 201
+    r = client.post("/api/llm/sessions", json={"session_id": "quota-3"})
+    assert r.status_code == 409 and r.get_json()["error"]["code"] == "quota_exceeded"
+    assert client.post("/api/llm/sessions", json={"session_id": "quota-0"}).status_code == 200  # a retry still works
+    assert client_for(app, bob).post("/api/llm/sessions", json={}).status_code == 201
+    assert client.delete("/api/llm/sessions/quota-0").status_code == 200
+    assert client.post("/api/llm/sessions", json={"session_id": "quota-3"}).status_code == 201

@@ -219,7 +219,7 @@ def test_heartbeats_while_the_model_is_quiet(make_app, fake, alice):
 def test_counts_exact_with_many_sessions_in_parallel(chat_app, fake, alice):
     fake.token_delay = 0.001
     client = client_for(chat_app, alice)
-    sids = [named_session(client) for _ in range(6)]
+    sids = [named_session(client) for _ in range(5)]  # CHAT_MAX_CONCURRENT_PER_USER: 5 at once
     errors: list[str] = []
 
     def talk(sid):

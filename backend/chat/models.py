@@ -18,7 +18,7 @@ STREAM_DESCRIPTION = """Server-Sent Events, in order:
 - then `event: done` with `data: {"session_id", "message_count", "session_name"}`;
 - or, if the turn fails after streaming began, `event: error` with `data: {"code", "message"}`,
   and the stream ends. Codes: `upstream_error`, `upstream_timeout`, `upstream_rate_limited`,
-  `cancelled`, `session_deleted`, `slow_client` (the client stopped reading), `internal_error`.
+  `cancelled`, `session_deleted`, `slow_client` (the client stopped reading), `turn_too_long`, `internal_error`.
 
 Lines starting with `:` are heartbeats; ignore them."""
 

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -78,10 +79,14 @@ class ActiveRun:
     user_id: str
     session_id: str
     cancel: CancelToken = field(default_factory=CancelToken)
+    started: float = field(default_factory=time.monotonic)
 
 
 class RunLeases:
-    def __init__(self, store: ChatStore, *, lease_seconds: float, renew_seconds: float) -> None:
+    def __init__(
+        self, store: ChatStore, *, lease_seconds: float, renew_seconds: float, turn_max_seconds: float = float("inf"),
+    ) -> None:
+        self._turn_max = turn_max_seconds
         self._store = store
         self._lease_seconds = lease_seconds
         self._renew_seconds = renew_seconds
@@ -91,17 +96,17 @@ class RunLeases:
         self._keeper: threading.Thread | None = None
         self._stopped = threading.Event()
 
-    def start(self, user_id: str, session_id: str) -> ActiveRun | None:
-        """Take the session's lease for a new reply; None if a live run holds it."""
-        run_id = self._store.acquire_run(user_id, session_id, self.owner, self._lease_seconds)
+    def start(self, user_id: str, session_id: str, max_runs: int = 2**31 - 1) -> ActiveRun | None:
+        """Take the session's lease for a new reply; None if a live run holds it (or the user has max_runs)."""
+        run_id = self._store.acquire_run(user_id, session_id, self.owner, self._lease_seconds, max_runs)
         return None if run_id is None else self.track(run_id, user_id, session_id)
 
     def start_in_session(
-        self, user_id: str, session_id: str, max_messages: int
+        self, user_id: str, session_id: str, max_messages: int, max_runs: int
     ) -> tuple[dict | None, ActiveRun | None]:
         """Read the session and take its lease in one round trip (see ChatStore.start_run_in_session)."""
         session, run_id = self._store.start_run_in_session(
-            user_id, session_id, self.owner, self._lease_seconds, max_messages
+            user_id, session_id, self.owner, self._lease_seconds, max_messages, max_runs
         )
         return session, None if run_id is None else self.track(run_id, user_id, session_id)
 
@@ -126,6 +131,10 @@ class RunLeases:
         runs = self.active()
         if not runs:
             return
+        now = time.monotonic()
+        for run in runs:
+            if now - run.started > self._turn_max:
+                run.cancel.set("turn_deadline")  # a reply (or a reader) that never ends
         held = self._store.renew_runs([r.run_id for r in runs], self._lease_seconds)
         for run in runs:
             if run.run_id not in held:

@@ -44,6 +44,7 @@ CANCEL_ERRORS = {
     "lease_lost": ("session_deleted", "The session was deleted while the reply was being written"),
     "client_disconnected": ("cancelled", "The client went away"),
     "slow_client": ("slow_client", "The reply was stopped: the client did not read it fast enough"),
+    "turn_deadline": ("turn_too_long", "The reply was stopped: it took longer than this server allows"),
 }
 
 
@@ -80,6 +81,7 @@ class ChatService:
         stream_buffer_chars: int = 65_536,
         max_context_tokens: int | None = None,
         max_history_messages: int | None = None,
+        max_replies_per_user: int | None = None,
     ) -> None:
         self._sessions = sessions
         self._store = store
@@ -93,16 +95,17 @@ class ChatService:
         self._buffer_limit = stream_buffer_chars
         self._max_context_tokens = max_context_tokens
         self._max_history = max_history_messages or 2**31 - 1
+        self._max_runs = max_replies_per_user or 2**31 - 1
 
     def start_turn(self, user: AuthUser, session_id: str, query: str) -> Turn:
         """Everything that can fail with a status code, before any byte is streamed."""
         try:
             # The common case, a session that exists, in one round trip.
-            session, run = self._leases.start_in_session(user.id, session_id, self._max_history)
+            session, run = self._leases.start_in_session(user.id, session_id, self._max_history, self._max_runs)
             if session is None:  # ids are made by the frontend: created on first use
                 session = self._sessions.get_or_create(user, session_id)
                 startable = not session["is_archived"] and session["message_count"] < self._max_history
-                run = self._leases.start(user.id, session_id) if startable else None
+                run = self._leases.start(user.id, session_id, self._max_runs) if startable else None
         except psycopg.errors.ForeignKeyViolation:
             raise NotFound("The session was deleted") from None
         if session["is_archived"]:
@@ -110,6 +113,12 @@ class ChatService:
         if session["message_count"] >= self._max_history:
             raise ApiError(409, "session_full", f"This conversation has reached {self._max_history} messages; "
                            "start a new session to go on")
+        if run is None and self._store.live_runs(user.id) >= self._max_runs:
+            raise ApiError(
+                429, "too_many_streams",
+                f"You have {self._max_runs} replies being written already; wait for one to finish",
+                headers={"Retry-After": "5"},
+            )
         if run is None:
             raise ApiError(
                 409, "session_busy",

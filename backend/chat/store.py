@@ -19,30 +19,43 @@ class ChatStore:
 
     # --- run leases: "a reply is being written in this session" ---------------
 
-    def acquire_run(self, user_id: str, session_id: str, owner: str, lease_seconds: float) -> uuid.UUID | None:
+    def live_runs(self, user_id: str) -> int:
+        with self._pool.connection() as conn:
+            return conn.execute(
+                "select count(*) as n from chat_session_runs where user_id = %s and lease_expires_at > now()",
+                (user_id,),
+            ).fetchone()["n"]
+
+    def acquire_run(
+        self, user_id: str, session_id: str, owner: str, lease_seconds: float, max_runs: int = 2**31 - 1
+    ) -> uuid.UUID | None:
         """Take the session for a new reply; None while another live run holds it.
 
         A lease left by a dead process (expired) is taken over. Raises
         psycopg.errors.ForeignKeyViolation if the session is gone.
         """
         run_id = uuid.uuid4()
-        with self._pool.connection() as conn:
+        with self._pool.connection() as conn, conn.transaction(), conn.pipeline():
+            conn.execute(LOCK_USER_RUNS_SQL, (user_id,))
             row = conn.execute(
                 """
                 insert into chat_session_runs (user_id, session_id, run_id, owner, lease_expires_at)
-                values (%s, %s, %s, %s, now() + make_interval(secs => %s))
+                select %(user_id)s, %(session_id)s, %(run_id)s, %(owner)s, now() + make_interval(secs => %(lease)s)
+                 where (select count(*) from chat_session_runs
+                         where user_id = %(user_id)s and lease_expires_at > now()) < %(max_runs)s
                 on conflict (user_id, session_id) do update
                    set run_id = excluded.run_id, owner = excluded.owner, started_at = now(),
                        lease_expires_at = excluded.lease_expires_at, cancel_requested_at = null
                  where chat_session_runs.lease_expires_at < now()
                 returning run_id
                 """,
-                (user_id, session_id, run_id, owner, lease_seconds),
+                {"user_id": user_id, "session_id": session_id, "run_id": run_id, "owner": owner,
+                 "lease": lease_seconds, "max_runs": max_runs},
             ).fetchone()
         return row["run_id"] if row else None
 
     def start_run_in_session(
-        self, user_id: str, session_id: str, owner: str, lease_seconds: float, max_messages: int
+        self, user_id: str, session_id: str, owner: str, lease_seconds: float, max_messages: int, max_runs: int
     ) -> tuple[dict | None, uuid.UUID | None]:
         """The common start of a turn in one round trip: read the session and,
         unless it is archived or full, take its lease (as acquire_run does).
@@ -50,11 +63,14 @@ class ChatStore:
         Returns (session row, run id): (None, None) when the user has no such
         session; a row and None when it is archived or a live run holds it.
         """
-        with self._pool.connection() as conn:
+        with self._pool.connection() as conn, conn.transaction(), conn.pipeline():
+            # The user's runs are counted under a lock of theirs, so a burst of
+            # starts cannot pass the per-user cap together (one round trip: pipelined).
+            conn.execute(LOCK_USER_RUNS_SQL, (user_id,))
             row = conn.execute(
                 START_RUN_IN_SESSION_SQL,
                 {"user_id": user_id, "session_id": session_id, "run_id": uuid.uuid4(), "owner": owner,
-                 "lease_seconds": lease_seconds, "max_messages": max_messages},
+                 "lease_seconds": lease_seconds, "max_messages": max_messages, "max_runs": max_runs},
             ).fetchone()
         if row is None:
             return None, None
@@ -252,14 +268,20 @@ with s as (
     insert into chat_session_runs (user_id, session_id, run_id, owner, lease_expires_at)
     select %(user_id)s, %(session_id)s, %(run_id)s, %(owner)s, now() + make_interval(secs => %(lease_seconds)s)
       from s where not s.is_archived and s.message_count < %(max_messages)s
+       and (select count(*) from chat_session_runs
+             where user_id = %(user_id)s and lease_expires_at > now()) < %(max_runs)s
     on conflict (user_id, session_id) do update
        set run_id = excluded.run_id, owner = excluded.owner, started_at = now(),
            lease_expires_at = excluded.lease_expires_at, cancel_requested_at = null
      where chat_session_runs.lease_expires_at < now()
     returning run_id
 )
-select s.*, (select run_id from r) as new_run_id from s
+select s.*, (select run_id from r) as new_run_id,
+       (select count(*) from chat_session_runs where user_id = %(user_id)s and lease_expires_at > now()) as live_runs
+  from s
 """
+
+LOCK_USER_RUNS_SQL = "select pg_advisory_xact_lock(hashtextextended('chat_session_runs:' || %s, 0))"
 
 
 class _ThreadClaimed(Exception):

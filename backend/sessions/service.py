@@ -19,7 +19,7 @@ from psycopg_pool import ConnectionPool
 
 from backend.auth.service import AuthUser
 from backend.errors import ApiError, NotFound
-from backend.sessions.store import SessionStore
+from backend.sessions.store import SessionCreateRaced, SessionQuotaExceeded, SessionStore
 from llm.messages import load_thread_messages, visible_messages
 
 if TYPE_CHECKING:
@@ -87,6 +87,7 @@ class SessionService:
         checkpointer: BaseCheckpointSaver,
         force_delete_wait_seconds: float,
         backup_retention_seconds: float = 86_400,
+        max_sessions_per_user: int = 10_000,
     ) -> None:
         self._pool = pool
         self._store = store
@@ -94,6 +95,7 @@ class SessionService:
         self._checkpointer = checkpointer
         self._force_wait = force_delete_wait_seconds
         self._backup_retention = backup_retention_seconds
+        self._max_sessions = max_sessions_per_user
 
     def create(self, user: AuthUser, session_id: str | None, session_name: str | None) -> tuple[dict, bool]:
         session_id = session_id or new_session_id()
@@ -104,7 +106,13 @@ class SessionService:
                 session_id=session_id,
                 thread_id=build_thread_id(user.id, user.business_id, session_id),
                 session_name=session_name,
+                max_sessions=self._max_sessions,
             )
+        except SessionQuotaExceeded:
+            raise ApiError(409, "quota_exceeded", f"You have {self._max_sessions} sessions, the most allowed; "
+                           "delete some to create more") from None
+        except SessionCreateRaced:
+            raise ApiError(409, "conflict", "The session was deleted while being created; try again") from None
         except psycopg.errors.UniqueViolation:
             # Only thread_id can clash here: another of this user's sessions,
             # under another business, maps to the same LangGraph thread.

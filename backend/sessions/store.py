@@ -13,7 +13,6 @@ from psycopg import Connection
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from backend.errors import ApiError
 
 SESSION_COLUMNS = (
     "id, user_id, business_id, session_id, thread_id, session_name, is_archived, "
@@ -23,6 +22,14 @@ SESSION_COLUMNS = (
 # LangGraph's tables, each keyed by thread_id. Deleted in this order; the
 # counts are reported per table.
 CHECKPOINT_TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
+
+
+class SessionQuotaExceeded(Exception):
+    """The user has as many sessions as they may."""
+
+
+class SessionCreateRaced(Exception):
+    """The session was deleted by another request while this one created it."""
 
 
 class SessionStore:
@@ -77,22 +84,19 @@ class SessionStore:
     # --- writes ----------------------------------------------------------
 
     def insert_if_absent(
-        self, *, user_id: str, business_id: str, session_id: str, thread_id: str, session_name: str | None
+        self, *, user_id: str, business_id: str, session_id: str, thread_id: str, session_name: str | None,
+        max_sessions: int = 2**31 - 1,
     ) -> tuple[dict, bool]:
         """Create the session, or return the user's existing one unchanged.
 
         Returns (row, created). Retried creates from the frontend land here.
+        Raises SessionQuotaExceeded when the user already has max_sessions.
         """
         with self._pool.connection() as conn:
-            row = conn.execute(
-                f"""
-                insert into chat_sessions (user_id, business_id, session_id, thread_id, session_name, name_source)
-                values (%s, %s, %s, %s, coalesce(%s, 'New Chat'), case when %s::text is null then 'default' else 'user' end)
-                on conflict (user_id, session_id) do nothing
-                returning {SESSION_COLUMNS}
-                """,
-                (user_id, business_id, session_id, thread_id, session_name, session_name),
-            ).fetchone()
+            row = conn.execute(INSERT_IF_ABSENT_SQL, {
+                "user_id": user_id, "business_id": business_id, "session_id": session_id, "thread_id": thread_id,
+                "session_name": session_name, "max_sessions": max_sessions,
+            }).fetchone()
             if row is not None:
                 return row, True
             existing = conn.execute(
@@ -100,8 +104,9 @@ class SessionStore:
                 (user_id, session_id),
             ).fetchone()
             if existing is None:
-                # Deleted by a concurrent request between the two statements.
-                raise ApiError(409, "conflict", "The session was deleted while being created; try again")
+                if conn.execute(COUNT_UP_TO_SQL, (user_id, max_sessions)).fetchone()["n"] >= max_sessions:
+                    raise SessionQuotaExceeded(max_sessions)
+                raise SessionCreateRaced()  # deleted by a concurrent request between the two statements
         return existing, False
 
     @staticmethod
@@ -257,6 +262,19 @@ def increment_message_count(conn: Connection, user_id: str, session_id: str, inc
         "select * from increment_session_message_count(%s, %s, %s)", (user_id, session_id, increment)
     ).fetchone()
 
+
+# Created only while the user has fewer than max_sessions (counted no further than that).
+INSERT_IF_ABSENT_SQL = f"""
+insert into chat_sessions (user_id, business_id, session_id, thread_id, session_name, name_source)
+select %(user_id)s, %(business_id)s, %(session_id)s, %(thread_id)s, coalesce(%(session_name)s, 'New Chat'),
+       case when %(session_name)s::text is null then 'default' else 'user' end
+ where (select count(*) from (select 1 from chat_sessions where user_id = %(user_id)s
+                               limit %(max_sessions)s) mine) < %(max_sessions)s
+on conflict (user_id, session_id) do nothing
+returning {SESSION_COLUMNS}
+"""
+
+COUNT_UP_TO_SQL = "select count(*) as n from (select 1 from chat_sessions where user_id = %s limit %s) mine"
 
 MARK_READ_SQL = f"""
 update chat_sessions set has_unread = false
