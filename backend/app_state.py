@@ -132,6 +132,7 @@ def build_state(settings: Settings, db: Database) -> AppState:
             EventStore(db.pool), event_hub, heartbeat_seconds=settings.events_heartbeat_seconds,
             retention_seconds=settings.events_retention_seconds,
             max_stream_seconds=settings.events_max_stream_seconds,
+            max_streams_per_user=settings.events_max_streams_per_user,
         )
     auth = AuthService(
         UserStore(db.pool), verifier, settings.default_business_id,

@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     rate_limit_fail_open: bool = False
     login_rate_limit: str = "10 per minute; 100 per hour"
     chat_rate_limit: str = "30 per minute"
+    session_write_rate_limit: str = "120 per minute; 2000 per hour"
 
     # The model: any OpenAI-compatible server. Neither key nor base URL: the
     # built-in offline model answers (deterministic, and says so).
@@ -85,6 +86,8 @@ class Settings(BaseSettings):
     chat_turn_max_seconds: float = Field(default=300, gt=0)
     # Sessions one user may keep (the next create is 409 quota_exceeded).
     max_sessions_per_user: int = Field(default=10_000, ge=1)
+    # Open event streams per user in one server process; the next is refused (429).
+    events_max_streams_per_user: int = Field(default=10, ge=1)
     require_model: bool = False  # production: refuse to start on the offline model
     system_prompt: str | None = None
     chat_graph_factory: str = "llm.graph:build_chat_graph"

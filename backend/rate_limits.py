@@ -25,6 +25,11 @@ from backend.errors import error_response
 
 log = logging.getLogger(__name__)
 
+SESSION_WRITES = (
+    "sessions.create_session", "sessions.update_session", "sessions.delete_session", "sessions.bulk_delete_sessions",
+    "sessions.restore_session", "sessions.mark_session_read", "chat.import_session",
+)
+
 
 def _multi_process() -> bool:
     """Under gunicorn (several workers by default), or told so."""
@@ -83,6 +88,10 @@ def init_rate_limits(app: Flask, settings: Settings) -> Limiter:
     # By address: sign-in guessing comes before anyone is signed in.
     views["auth.login"] = limiter.limit(settings.login_rate_limit, key_func=get_remote_address)(views["auth.login"])
     views["chat.query_stream"] = limiter.limit(settings.chat_rate_limit, key_func=caller_key)(views["chat.query_stream"])
+    # Session writes, per user: one shared budget over every way of writing.
+    session_writes = limiter.shared_limit(settings.session_write_rate_limit, scope="session-writes", key_func=caller_key)
+    for endpoint in SESSION_WRITES:
+        views[endpoint] = session_writes(views[endpoint])
     # The wrappers hold the limiter only weakly: the app must keep it alive.
     app.extensions["rate_limiter"] = limiter
     return limiter

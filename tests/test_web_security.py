@@ -129,3 +129,27 @@ def test_unreachable_rate_limit_counters_fail_closed_unless_told(make_app, fail_
     assert r.status_code == status, r.get_json()
     if status == 503:
         assert r.get_json()["error"]["code"] == "rate_limit_unavailable" and r.headers["Retry-After"] == "5"
+
+
+def test_session_writes_share_a_per_user_budget(make_app, alice, bob):
+    app = make_app(rate_limits_enabled=True, session_write_rate_limit="3 per minute")
+    client = client_for(app, alice)
+    statuses = [client.post("/api/llm/sessions", json={"session_id": "w1"}).status_code,
+                client.put("/api/llm/sessions/w1", json={"session_name": "x"}).status_code,
+                client.post("/api/llm/sessions/w1/read").status_code,
+                client.delete("/api/llm/sessions/w1").status_code]
+    assert statuses == [201, 200, 200, 429]
+    assert client.get("/api/llm/sessions").status_code == 200  # reads are not counted
+    assert client_for(app, bob).post("/api/llm/sessions", json={}).status_code == 201  # per user
+
+
+def test_event_streams_per_user_are_capped(make_app, alice):
+    app = make_app(events_max_streams_per_user=1, events_max_stream_seconds=5)
+    client = client_for(app, alice)
+    first = client.get("/api/llm/events", buffered=False)
+    assert first.status_code == 200
+    second = client.get("/api/llm/events")
+    assert second.status_code == 429 and second.get_json()["error"]["code"] == "too_many_streams"
+    app.extensions["chat_backend"].event_hub.drain()  # ends the first stream
+    first.get_data()
+    first.close()

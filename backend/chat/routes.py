@@ -38,7 +38,7 @@ def query_stream(body: QueryBody):
 
 @bp.post(
     "/sessions/import",
-    responses={201: SessionResponse, **error_responses(400, 401, 403, 409, 413, 500, 503)},
+    responses={201: SessionResponse, **error_responses(400, 401, 403, 409, 413, 429, 500, 503)},
 )
 def import_session(body: ImportSessionBody):
     """A new session from an export document (chat-session/v1); the next turn continues its memory."""

@@ -70,6 +70,10 @@ class EventHub:
                 if not mine:
                     del self._subscribers[subscriber.user_id]
 
+    def subscribers_of(self, user_id: str) -> int:
+        with self._lock:
+            return len(self._subscribers.get(user_id, ()))
+
     def subscriber_count(self) -> int:
         with self._lock:
             return sum(len(s) for s in self._subscribers.values())

@@ -32,12 +32,16 @@ def _credentials_valid_until(user) -> Callable[[], float | None]:
     return lambda: expires
 
 
-@bp.get("/events", responses={200: EVENTS_RESPONSE, **error_responses(400, 401, 500, 503)}, description=EVENTS_DESCRIPTION)
+@bp.get("/events", responses={200: EVENTS_RESPONSE, **error_responses(400, 401, 429, 500, 503)},
+        description=EVENTS_DESCRIPTION)
 def events(query: EventsQuery):
     """Live changes to the caller's sessions, resumable with Last-Event-ID."""
     events_service = app_state().events
     if events_service is None:
         raise ApiError(503, "events_disabled", "Live events are turned off on this server (EVENTS_ENABLED=false)")
+    if not events_service.has_room_for(current_user.id):
+        raise ApiError(429, "too_many_streams", "Too many event streams are open for this account; close a tab",
+                       headers={"Retry-After": "30"})
     last_event_id = request.headers.get("Last-Event-ID") or query.last_event_id
     user = current_user._get_current_object()
     return Response(

@@ -47,13 +47,18 @@ def render_event(row: dict) -> str:
 class EventService:
     def __init__(
         self, store: EventStore, hub: EventHub, *, heartbeat_seconds: float, retention_seconds: float,
-        max_stream_seconds: float = 3600,
+        max_stream_seconds: float = 3600, max_streams_per_user: int = 10,
     ) -> None:
         self._store = store
         self._hub = hub
         self._heartbeat = heartbeat_seconds
         self.retention_seconds = retention_seconds
         self._max_stream = max_stream_seconds
+        self._max_per_user = max_streams_per_user
+
+    def has_room_for(self, user_id: str) -> bool:
+        """Whether this user may open another stream in this process."""
+        return self._hub.subscribers_of(user_id) < self._max_per_user
 
     def stream(
         self, user_id: str, last_event_id: str | None, valid_until: Callable[[], float | None] | None = None,

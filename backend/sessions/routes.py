@@ -41,7 +41,7 @@ def session_out(row: dict) -> SessionOut:
 
 @bp.post(
     "",
-    responses={200: SessionCreatedResponse, 201: SessionCreatedResponse, **error_responses(400, 401, 403, 409, 413, 500, 503)},
+    responses={200: SessionCreatedResponse, 201: SessionCreatedResponse, **error_responses(400, 401, 403, 409, 413, 429, 500, 503)},
 )
 def create_session(body: CreateSessionBody):
     """Create a session; an id the caller already has returns that session unchanged (200)."""
@@ -73,7 +73,7 @@ def list_sessions(query: ListSessionsQuery):
     )
 
 
-@bp.post("/bulk-delete", responses={200: BulkDeleteResponse, **error_responses(400, 401, 403, 413, 500, 503)})
+@bp.post("/bulk-delete", responses={200: BulkDeleteResponse, **error_responses(400, 401, 403, 413, 429, 500, 503)})
 def bulk_delete_sessions(body: BulkDeleteBody):
     """Delete many sessions, each exactly as a single delete (own transaction, audit row, event); safe to retry."""
     flt = body.filter
@@ -112,13 +112,13 @@ def export_session(path: SessionPath):
     return response
 
 
-@bp.post("/<session_id>/read", responses={200: SessionResponse, **error_responses(400, 401, 403, 404, 500, 503)})
+@bp.post("/<session_id>/read", responses={200: SessionResponse, **error_responses(400, 401, 403, 404, 429, 500, 503)})
 def mark_session_read(path: SessionPath):
     """Mark the session's replies read: clears has_unread on every tab (idempotent)."""
     return ok(SessionResponse(data=session_out(app_state().sessions.mark_read(current_user, path.session_id))))
 
 
-@bp.put("/<session_id>", responses={200: SessionResponse, **error_responses(400, 401, 403, 404, 413, 500, 503)})
+@bp.put("/<session_id>", responses={200: SessionResponse, **error_responses(400, 401, 403, 404, 413, 429, 500, 503)})
 def update_session(path: SessionPath, body: UpdateSessionBody):
     """Rename and/or archive. message_count belongs to the server."""
     row = app_state().sessions.update(
@@ -127,7 +127,7 @@ def update_session(path: SessionPath, body: UpdateSessionBody):
     return ok(SessionResponse(data=session_out(row)))
 
 
-@bp.delete("/<session_id>", responses={200: SessionDeletedResponse, **error_responses(400, 401, 403, 404, 409, 500, 503)})
+@bp.delete("/<session_id>", responses={200: SessionDeletedResponse, **error_responses(400, 401, 403, 404, 409, 429, 500, 503)})
 def delete_session(path: SessionPath, query: DeleteSessionQuery):
     """Delete the session and every LangGraph row of its thread, atomically; with backup=true, undoable."""
     outcome = app_state().sessions.delete(current_user, path.session_id, force=query.force, backup=query.backup)
@@ -135,7 +135,7 @@ def delete_session(path: SessionPath, query: DeleteSessionQuery):
     return ok(response, exclude=None if query.backup else {"backup"})
 
 
-@bp.post("/restore", responses={201: SessionResponse, **error_responses(400, 401, 403, 404, 409, 413, 500, 503)})
+@bp.post("/restore", responses={201: SessionResponse, **error_responses(400, 401, 403, 404, 409, 413, 429, 500, 503)})
 def restore_session(body: RestoreSessionBody):
     """Undo a delete made with backup=true: the same session, messages and memory. Consumes the recovery point."""
     row = app_state().sessions.restore(current_user, body.backup_id)
