@@ -6,10 +6,9 @@
 -- limited to 8,000 bytes); the events themselves are read from this table by
 -- cursor, which is also how a reconnecting client catches up.
 --
--- Ids are assigned in commit order per user: the triggers run at commit
--- (deferred) and first take a transaction-scoped advisory lock on the user,
--- held until the commit ends, so a reader that has seen id N never later
--- meets a smaller id of the same user.
+-- Ids are assigned in commit order: the triggers run at commit (deferred)
+-- and first take a transaction-scoped advisory lock, held until the commit
+-- ends, so a reader that has seen id N never later meets a smaller id.
 
 create table if not exists public.session_events (
     id          bigint generated always as identity primary key,
@@ -46,7 +45,10 @@ language plpgsql
 set search_path = ''
 as $$
 begin
-    perform pg_advisory_xact_lock(hashtextextended('session_events:' || p_user_id, 0));
+    -- One lock for every emitting transaction, whatever users it touches (a
+    -- lock per user would fill the lock table in a bulk load): held only from
+    -- the commit-time triggers to the end of the commit, it is short.
+    perform pg_advisory_xact_lock(7241009);
     insert into public.session_events (user_id, session_id, type, payload, created_at)
     values (p_user_id, p_session_id, p_type, coalesce(p_payload, '{}'::jsonb), clock_timestamp());
     perform pg_notify('session_events', p_user_id);

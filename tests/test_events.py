@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import threading
+import uuid
 import time
 from dataclasses import dataclass
 
@@ -366,3 +367,17 @@ def wait_until_created(client, session_id: str) -> bool:
         if client.post("/api/llm/sessions", json={"session_id": session_id}).status_code in (200, 201):
             return True
     return False
+
+
+def test_a_bulk_insert_for_many_users_in_one_transaction_commits(pool):
+    """Events lock once per transaction, not per user: a lock each would fill PostgreSQL's lock table."""
+    prefix = f"bulk-{uuid.uuid4().hex[:8]}"
+    with pool.connection() as conn, conn.transaction():
+        conn.execute(
+            "insert into chat_sessions (user_id, business_id, session_id, thread_id) "
+            "select %s || '-' || g, 'b', 's', 'user_' || %s || '-' || g || '_business_b_session_s' "
+            "from generate_series(1, 20000) g", (prefix, prefix))
+    with pool.connection() as conn:
+        assert conn.execute("select count(*) as n from session_events where user_id like %s",
+                            (prefix + "-%",)).fetchone()["n"] == 20000
+        conn.execute("delete from chat_sessions where user_id like %s", (prefix + "-%",))
