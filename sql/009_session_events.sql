@@ -55,9 +55,10 @@ begin
 end;
 $$;
 
--- Deferred to commit, and once per session and transaction, with the row as
--- it is then: a turn's end (count, unread flag) or an import (insert, then
--- count) is one event carrying the final state. Only changes a client can see
+-- Deferred to commit, with the row as it is then; updates once per session
+-- and transaction: a turn's end (count, unread flag) is one event carrying
+-- the final state. (A row inserted and then updated in one transaction, as an
+-- import is, gives session.created and one session.updated, both final.) Only changes a client can see
 -- count: not naming claims, lease renewals or timestamps alone.
 create or replace function public.chat_sessions_emit_event()
 returns trigger
@@ -74,10 +75,14 @@ begin
            (old.session_name, old.is_archived, old.message_count, old.last_message_at, old.has_unread) then
         return null;
     end if;
-    if current_setting(seen_key, true) = 'sent' then
-        return null;
+    -- Updates only: a custom setting per row is a linear insert on PostgreSQL
+    -- 15 and older (a bulk insert would be quadratic), and an insert fires once.
+    if tg_op = 'UPDATE' then
+        if current_setting(seen_key, true) = 'sent' then
+            return null;
+        end if;
+        perform set_config(seen_key, 'sent', true);
     end if;
-    perform set_config(seen_key, 'sent', true);
     select to_jsonb(s) into current_row from public.chat_sessions s where s.id = new.id;
     if current_row is null then
         return null;  -- deleted later in the same transaction: its delete speaks for it
