@@ -21,10 +21,7 @@ class ChatStore:
 
     def live_runs(self, user_id: str) -> int:
         with self._pool.connection() as conn:
-            return conn.execute(
-                "select count(*) as n from chat_session_runs where user_id = %s and lease_expires_at > now()",
-                (user_id,),
-            ).fetchone()["n"]
+            return conn.execute(f"select {LIVE_RUNS_OF_USER} as n", {"user_id": user_id}).fetchone()["n"]
 
     def acquire_run(
         self, user_id: str, session_id: str, owner: str, lease_seconds: float, max_runs: int = 2**31 - 1
@@ -38,19 +35,9 @@ class ChatStore:
         with self._pool.connection() as conn, conn.transaction(), conn.pipeline():
             conn.execute(LOCK_USER_RUNS_SQL, (user_id,))
             row = conn.execute(
-                """
-                insert into chat_session_runs (user_id, session_id, run_id, owner, lease_expires_at)
-                select %(user_id)s, %(session_id)s, %(run_id)s, %(owner)s, now() + make_interval(secs => %(lease)s)
-                 where (select count(*) from chat_session_runs
-                         where user_id = %(user_id)s and lease_expires_at > now()) < %(max_runs)s
-                on conflict (user_id, session_id) do update
-                   set run_id = excluded.run_id, owner = excluded.owner, started_at = now(),
-                       lease_expires_at = excluded.lease_expires_at, cancel_requested_at = null
-                 where chat_session_runs.lease_expires_at < now()
-                returning run_id
-                """,
+                ACQUIRE_RUN_SQL,
                 {"user_id": user_id, "session_id": session_id, "run_id": run_id, "owner": owner,
-                 "lease": lease_seconds, "max_runs": max_runs},
+                 "lease_seconds": lease_seconds, "max_runs": max_runs},
             ).fetchone()
         return row["run_id"] if row else None
 
@@ -261,24 +248,36 @@ class ChatStore:
         return counts
 
 
+# The user's live replies, for the per-user cap (counted under LOCK_USER_RUNS_SQL).
+LIVE_RUNS_OF_USER = (
+    "(select count(*) from chat_session_runs where user_id = %(user_id)s and lease_expires_at > now())"
+)
+
+# A new run takes the session's lease; a lease left by a dead process (expired) is taken over.
+_TAKE_LEASE = """
+    on conflict (user_id, session_id) do update
+       set run_id = excluded.run_id, owner = excluded.owner, started_at = now(),
+           lease_expires_at = excluded.lease_expires_at, cancel_requested_at = null
+     where chat_session_runs.lease_expires_at < now()
+    returning run_id
+"""
+
+ACQUIRE_RUN_SQL = f"""
+insert into chat_session_runs (user_id, session_id, run_id, owner, lease_expires_at)
+select %(user_id)s, %(session_id)s, %(run_id)s, %(owner)s, now() + make_interval(secs => %(lease_seconds)s)
+ where {LIVE_RUNS_OF_USER} < %(max_runs)s
+{_TAKE_LEASE}"""
+
 START_RUN_IN_SESSION_SQL = f"""
 with s as (
     select {SESSION_COLUMNS} from chat_sessions where user_id = %(user_id)s and session_id = %(session_id)s
 ), r as (
     insert into chat_session_runs (user_id, session_id, run_id, owner, lease_expires_at)
     select %(user_id)s, %(session_id)s, %(run_id)s, %(owner)s, now() + make_interval(secs => %(lease_seconds)s)
-      from s where not s.is_archived and s.message_count < %(max_messages)s
-       and (select count(*) from chat_session_runs
-             where user_id = %(user_id)s and lease_expires_at > now()) < %(max_runs)s
-    on conflict (user_id, session_id) do update
-       set run_id = excluded.run_id, owner = excluded.owner, started_at = now(),
-           lease_expires_at = excluded.lease_expires_at, cancel_requested_at = null
-     where chat_session_runs.lease_expires_at < now()
-    returning run_id
+      from s where not s.is_archived and s.message_count < %(max_messages)s and {LIVE_RUNS_OF_USER} < %(max_runs)s
+    {_TAKE_LEASE}
 )
-select s.*, (select run_id from r) as new_run_id,
-       (select count(*) from chat_session_runs where user_id = %(user_id)s and lease_expires_at > now()) as live_runs
-  from s
+select s.*, (select run_id from r) as new_run_id from s
 """
 
 LOCK_USER_RUNS_SQL = "select pg_advisory_xact_lock(hashtextextended('chat_session_runs:' || %s, 0))"
