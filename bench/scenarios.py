@@ -14,7 +14,8 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from backend.sessions.service import encode_cursor
-from backend.sessions.store import CHECKPOINT_TABLES, SessionStore
+from backend.sessions.store import SessionStore
+from backend.sessions.thread_store import CHECKPOINT_TABLES
 from bench import data
 from bench.aioclient import Connection
 from bench.common import (
@@ -709,7 +710,6 @@ def counting(db_url: str, sizes: Sizes, results: Results) -> None:
                      " values (%s, %s, %s, %s, 'Counter', 'user')", (user, BUSINESS, sid, thread_id(user, sid)))
     pool = ConnectionPool(db_url, min_size=writers, max_size=writers, kwargs=app_conn_kwargs(), timeout=60, open=True)
     pool.wait()
-    store = SessionStore(pool)
     barrier = threading.Barrier(writers + 1)
     failures: list[str] = []
 
@@ -717,7 +717,8 @@ def counting(db_url: str, sizes: Sizes, results: Results) -> None:
         barrier.wait()
         for _ in range(increments):
             try:
-                store.increment_message_count(user, sid, 1)
+                with pool.connection() as conn:
+                    SessionStore.increment_message_count(conn, user, sid, 1)
             except Exception as exc:  # noqa: BLE001
                 failures.append(repr(exc))
 

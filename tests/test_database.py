@@ -9,6 +9,7 @@ from psycopg_pool import ConnectionPool
 
 from backend.db import apply_migrations, connection_kwargs, migration_files, setup_checkpointer
 from backend.config import Settings
+from backend.sessions.store import SessionStore
 from tests.conftest import scratch_database, unique_session_id
 
 
@@ -122,7 +123,8 @@ def test_increment_is_exact_under_concurrency(app, api, alice):
     def write():
         start.wait()
         for _ in range(per_writer):
-            state.sessions._store.increment_message_count(alice.id, sid, 1)
+            with state.db.pool.connection() as conn:
+                SessionStore.increment_message_count(conn, alice.id, sid, 1)
 
     threads = [threading.Thread(target=write) for _ in range(writers)]
     for t in threads:

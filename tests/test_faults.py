@@ -166,10 +166,15 @@ def test_killed_create_leaves_no_row(app, api, alice, pool, holder):
 # --- count increment: unchanged or +n exactly -----------------------------------------------
 
 def test_killed_increment_changes_nothing(app, api, alice, pool, holder):
-    store = SessionStore(app.extensions["chat_backend"].db.pool)  # the app's own SQL, on its pool
+    app_pool = app.extensions["chat_backend"].db.pool
+
+    def increment(n: int):  # the app's own SQL, on its pool
+        with app_pool.connection() as conn:
+            return SessionStore.increment_message_count(conn, alice.id, sid, n)
+
     sid = f"fault-{secrets.token_hex(6)}"
     assert api.post("/api/llm/sessions", json={"session_id": sid}).status_code == 201
-    store.increment_message_count(alice.id, sid, 2)
+    increment(2)
 
     def count():
         with pool.connection() as conn:
@@ -182,7 +187,7 @@ def test_killed_increment_changes_nothing(app, api, alice, pool, holder):
         for trial in range(KILLS_PER_POINT + 1):
             kill = trial < KILLS_PER_POINT
             before = count()
-            result = run_gated(holder, lambda: store.increment_message_count(alice.id, sid, 3), kill=kill)
+            result = run_gated(holder, lambda: increment(3), kill=kill)
             if kill:
                 assert isinstance(result.get("error"), psycopg.OperationalError), result
                 assert count() == before, f"trial {trial}"
