@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from backend.services import services_of
 from tests.fake_openai import FakeOpenAI, echo_reply
 
 NAMING_ANSWER = "Highland Property Valuation"
@@ -61,7 +62,7 @@ def model_reply(body: dict) -> str:
 
 
 def state_of(app):
-    return app.extensions["chat_backend"]
+    return services_of(app)
 
 
 def named_session(client, name: str = "Named by the user") -> str:

@@ -24,6 +24,7 @@ from flask.testing import FlaskClient
 from backend import create_app
 from backend.config import Settings
 from backend.db import start_embedded_postgres
+from backend.services import services_of
 
 pytest_plugins = ["tests.chat_support"]  # the fake model's fixtures
 
@@ -115,7 +116,7 @@ def _app_maker(make_settings):
         yield make
     finally:
         for app in apps:
-            app.extensions["chat_backend"].close()
+            services_of(app).close()
 
 
 @pytest.fixture
@@ -165,7 +166,7 @@ def chat(chat_app, alice):
 
 @pytest.fixture(scope="session")
 def pool(app):
-    return app.extensions["chat_backend"].db.pool
+    return services_of(app).db.pool
 
 
 def make_token(sub: str, *, business_id: str | None = "biz-1", secret: str = JWT_SECRET, **claims) -> str:

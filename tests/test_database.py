@@ -10,6 +10,7 @@ from psycopg_pool import ConnectionPool
 from backend.db import apply_migrations, connection_kwargs, migration_files, setup_checkpointer
 from backend.config import Settings
 from backend.sessions.store import SessionStore
+from backend.services import services_of
 from tests.conftest import scratch_database, unique_session_id
 
 
@@ -115,7 +116,7 @@ def _count(pool, user_id, session_id):
 
 
 def test_increment_is_exact_under_concurrency(app, api, alice):
-    state = app.extensions["chat_backend"]
+    state = services_of(app)
     sid = api.post("/api/llm/sessions", json={"session_id": unique_session_id()}).get_json()["session_id"]
     writers, per_writer = 16, 25
     start = threading.Barrier(writers)

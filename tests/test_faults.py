@@ -20,6 +20,7 @@ import psycopg
 import pytest
 
 from backend.sessions.store import SessionStore
+from backend.services import services_of
 from tests.chat_support import (
     named_session,
     parse_sse,
@@ -166,7 +167,7 @@ def test_killed_create_leaves_no_row(app, api, alice, pool, holder):
 # --- count increment: unchanged or +n exactly -----------------------------------------------
 
 def test_killed_increment_changes_nothing(app, api, alice, pool, holder):
-    app_pool = app.extensions["chat_backend"].db.pool
+    app_pool = services_of(app).db.pool
 
     def increment(n: int):  # the app's own SQL, on its pool
         with app_pool.connection() as conn:
@@ -200,7 +201,7 @@ def test_killed_count_at_the_end_of_a_turn_is_repaired_whole(make_app, fake, ali
     later levels the count with the history once the lease runs out."""
     app = make_app(openai_base_url=fake.base_url, openai_api_key="k", run_lease_seconds=0.5, run_renew_seconds=0.1)
     client = client_for(app, alice)
-    upkeep = app.extensions["chat_backend"].maintenance
+    upkeep = services_of(app).maintenance
 
     def runs(sid):
         with pool.connection() as conn:
@@ -303,7 +304,7 @@ def test_database_restart_under_load(make_app, tmp_path):
         stop.set()
         for w in workers:
             w.join(30)
-        app.extensions["chat_backend"].close()
+        services_of(app).close()
         with contextlib.suppress(subprocess.CalledProcessError):  # already down if the test failed there
             pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
 

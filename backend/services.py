@@ -1,11 +1,11 @@
-"""What one app instance holds, built once in create_app: the database and the services on it."""
+"""The stores and services of one app, built once by create_app and handed to the blueprints that use them."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 
-from flask import current_app
+from flask import Flask
 
 from backend.auth.service import AuthService
 from backend.auth.store import UserStore
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class AppState:
+class Services:
     settings: Settings
     db: Database
     auth: AuthService
@@ -57,8 +57,9 @@ class AppState:
         self.db.close()
 
 
-def app_state() -> AppState:
-    return current_app.extensions["chat_backend"]
+def services_of(app: Flask) -> Services:
+    """What create_app built for this app: for the CLI, a worker's exit and tests (routes receive theirs)."""
+    return app.extensions["services"]
 
 
 def model_settings(settings: Settings) -> ModelSettings:
@@ -83,7 +84,7 @@ def build_chat_model(settings: Settings) -> ChatModel:
     return OpenAIChatModel(make_client(model_settings(settings)), settings.openai_model, settings.openai_max_tokens)
 
 
-def build_state(settings: Settings, db: Database) -> AppState:
+def build_services(settings: Settings, db: Database) -> Services:
     checkpointer = SessionCheckpointSaver(db.pool)
     sessions_store, run_store, thread_store = SessionStore(db.pool), RunStore(db.pool), ThreadStore(db.pool)
     counts = MessageCounts(db.pool, sessions_store, run_store, thread_store)
@@ -160,7 +161,7 @@ def build_state(settings: Settings, db: Database) -> AppState:
         purge_events=events.purge_expired if events else None,
         purge_sign_ins=auth.purge_ended_sign_ins,
     )
-    return AppState(
+    return Services(
         settings=settings,
         db=db,
         auth=auth,
