@@ -191,10 +191,6 @@ def cpu_by_pid(pids: list[int]) -> dict[int, float]:
     return out
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    return sum(cpu_by_pid(pids).values())
-
-
 def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
     """CPU used between two cpu_by_pid() readings by the processes alive at both."""
     return sum(after[p] - before[p] for p in before if p in after)

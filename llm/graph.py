@@ -25,8 +25,6 @@ from langgraph.runtime import Runtime
 from llm.chat_model import CancelSignal, ChatModel
 from llm.messages import assistant_message, to_openai_messages, trim_to_budget
 
-DEFAULT_GRAPH_FACTORY = "llm.graph:build_chat_graph"
-
 
 @dataclass
 class ChatContext:
