@@ -14,6 +14,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from backend.sessions.service import encode_cursor
+from backend.chat.run_store import RunStore
 from backend.sessions.store import SessionStore
 from backend.sessions.thread_store import CHECKPOINT_TABLES
 from bench import data
@@ -168,13 +169,14 @@ def growth_targets(results: Results, sizes: Sizes) -> None:
 def floor_delete(conn, user_id: str, session_id: str) -> tuple[float, dict]:
     """The bare SQL of a delete, in one transaction: the store's own statements, nothing else.
 
-    Whatever statements backend/sessions/store.py uses for a delete (a lock, then one
-    statement for every row of the thread, the session and the audit; or, in older
-    versions, one statement per table), run straight through psycopg.
+    Whatever statements the delete uses (a lock, the check for a reply being written,
+    then one statement for every row of the thread, the session and the audit; or, in
+    older versions, one statement per table), run straight through psycopg.
     """
     started = time.perf_counter()
     with conn.transaction():
         row = SessionStore.lock_for_delete(conn, user_id, session_id)
+        RunStore.live_on(conn, user_id, session_id)
         if hasattr(SessionStore, "delete_thread_and_row"):
             deleted = SessionStore.delete_thread_and_row(
                 conn, thread_id=row["thread_id"], row_id=row["id"], user_id=user_id, business_id=row["business_id"],

@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import os
 import secrets
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import jwt
-import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from flask.testing import FlaskClient
 
@@ -25,6 +21,9 @@ from backend import create_app
 from backend.config import Settings
 from backend.db import start_embedded_postgres
 from backend.services import services_of
+from support import identity
+from support.databases import scratch_database
+from support.identity import thread_id
 
 pytest_plugins = ["tests.chat_support"]  # the fake model's fixtures
 
@@ -41,25 +40,10 @@ def server_url(tmp_path_factory) -> str:
     return start_embedded_postgres(tmp_path_factory.mktemp("pg") / "data")
 
 
-@contextmanager
-def scratch_database(server_url: str, prefix: str) -> Iterator[str]:
-    """A new, empty database on the server, dropped afterwards; yields its URL."""
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'create database "{name}"')
-    params = conninfo_to_dict(server_url)
-    params["dbname"] = name
-    try:
-        yield make_conninfo(**params)
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as conn:
-            conn.execute(f'drop database if exists "{name}" with (force)')
-
-
 @pytest.fixture(scope="session")
 def database_url(server_url) -> Iterator[str]:
     """A database of this run's own."""
-    with scratch_database(server_url, "test") as url:
+    with scratch_database(server_url, prefix="test") as url:
         yield url
 
 
@@ -170,12 +154,8 @@ def pool(app):
 
 
 def make_token(sub: str, *, business_id: str | None = "biz-1", secret: str = JWT_SECRET, **claims) -> str:
-    payload = {"sub": sub, "aud": "authenticated", "exp": int(time.time()) + 3600, "role": "authenticated"}
-    if business_id is not None:
-        payload["app_metadata"] = {"business_id": business_id}
-    payload.update(claims)
-    payload = {k: v for k, v in payload.items() if v is not None}
-    return jwt.encode(payload, secret, algorithm="HS256")
+    """A token this run's apps accept (unless the claims say otherwise)."""
+    return identity.make_token(sub, secret, business_id=business_id, **claims)
 
 
 class User:
@@ -187,7 +167,7 @@ class User:
         self.token = make_token(self.id, business_id=business_id)
 
     def thread_id(self, session_id: str) -> str:
-        return f"user_{self.id}_business_{self.business_id}_session_{session_id}"
+        return thread_id(self.id, self.business_id, session_id)
 
 
 def client_for(app, user: User | None):

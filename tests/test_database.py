@@ -11,12 +11,13 @@ from backend.db import apply_migrations, connection_kwargs, migration_files, set
 from backend.config import Settings
 from backend.sessions.store import SessionStore
 from backend.services import services_of
-from tests.conftest import scratch_database, unique_session_id
+from support.databases import scratch_database
+from tests.conftest import unique_session_id
 
 
 @pytest.fixture
 def fresh_database(server_url):
-    with scratch_database(server_url, "mig") as url:
+    with scratch_database(server_url, prefix="mig") as url:
         yield url
 
 

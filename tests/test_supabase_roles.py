@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.conftest import scratch_database
+from support.databases import scratch_database
 
 SUPABASE_SETUP = """
 do $$
@@ -39,7 +39,7 @@ alter default privileges in schema public grant all on sequences to anon, authen
 
 @pytest.fixture(scope="module")
 def supabase_db(server_url, module_make_app):
-    with scratch_database(server_url, "supa") as url:
+    with scratch_database(server_url, prefix="supa") as url:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(SUPABASE_SETUP)
         app = module_make_app(database_url=url)  # LangGraph's setup, then every migration

@@ -137,12 +137,15 @@ class RunStore:
         with self._pool.connection() as conn:
             return conn.execute(REQUEST_CANCEL_SQL, (user_id, session_id)).fetchone() is not None
 
-    def run_is_live(self, user_id: str, session_id: str, conn: Connection | None = None) -> bool:
-        """Whether a reply is being written in the session (on the caller's connection, if given)."""
-        if conn is not None:
-            return conn.execute(RUN_IS_LIVE_SQL, (user_id, session_id)).fetchone() is not None
-        with self._pool.connection() as own:
-            return own.execute(RUN_IS_LIVE_SQL, (user_id, session_id)).fetchone() is not None
+    def run_is_live(self, user_id: str, session_id: str) -> bool:
+        """Whether a reply is being written in the session, by any process."""
+        with self._pool.connection() as conn:
+            return self.live_on(conn, user_id, session_id)
+
+    @staticmethod
+    def live_on(conn: Connection, user_id: str, session_id: str) -> bool:
+        """run_is_live on the caller's connection (inside its transaction)."""
+        return conn.execute(RUN_IS_LIVE_SQL, (user_id, session_id)).fetchone() is not None
 
     def expired_runs(self, limit: int = 100) -> list[dict]:
         with self._pool.connection() as conn:

@@ -174,7 +174,7 @@ class ReplyControl:
         self._stop_wait = stop_wait_seconds
 
     def is_writing(self, conn: Connection, user_id: str, session_id: str) -> bool:
-        return self._store.run_is_live(user_id, session_id, conn)
+        return self._store.live_on(conn, user_id, session_id)
 
     def stop(self, user_id: str, session_id: str) -> None:
         """Ask the reply's process to stop, and wait (FORCE_DELETE_WAIT_SECONDS at most) until it has."""
