@@ -67,7 +67,7 @@ def state_of(app):
 
 def named_session(client, name: str = "Named by the user") -> str:
     """A session the user named, so it is never auto-named (the fake sees chat requests only)."""
-    from tests.conftest import unique_session_id
+    from tests.helpers import unique_session_id
 
     sid = unique_session_id()
     assert client.post("/api/llm/sessions", json={"session_id": sid, "session_name": name}).status_code == 201

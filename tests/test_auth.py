@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from tests.conftest import JWT_SECRET, client_for, make_token
+from tests.helpers import JWT_SECRET, client_for, make_token
 
 # What the React frontend sends with every fetch (see backend/csrf.py).
 BROWSER = {"X-Requested-With": "fetch"}

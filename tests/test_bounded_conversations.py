@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tests.chat_support import named_session, parse_sse, send, turn
 from tests.checkpoints import rows_digest
-from tests.conftest import client_for
+from tests.helpers import client_for
 
 
 def test_replies_are_capped_upstream(chat, fake):

@@ -7,7 +7,7 @@ import pytest
 from backend.services import services_of
 from tests.chat_support import named_session, send, turn
 from tests.checkpoints import NO_ROWS, rows_digest, thread_row_counts
-from tests.conftest import client_for, unique_session_id
+from tests.helpers import client_for, unique_session_id
 
 
 def insert_sessions(pool, user, n: int, *, prefix: str, archived: bool = False, days_old: int = 0) -> list[str]:

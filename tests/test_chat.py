@@ -9,7 +9,7 @@ import pytest
 from backend.chat.run_store import RunStore
 from backend.services import services_of
 from tests.chat_support import named_session, parse_sse, reply_text, send, turn, wait_until
-from tests.conftest import client_for, unique_session_id
+from tests.helpers import client_for, unique_session_id
 
 
 def session_of(client, sid):

@@ -14,7 +14,7 @@ from backend.chat.run_store import RunStore
 from backend.sessions.thread_store import ThreadStore
 from tests.chat_support import named_session, parse_sse, send, state_of, turn, wait_until
 from tests.checkpoints import NO_ROWS, seed_thread, session_row, thread_row_counts
-from tests.conftest import client_for, unique_session_id
+from tests.helpers import client_for, unique_session_id
 
 
 

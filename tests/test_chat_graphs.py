@@ -7,7 +7,7 @@ import pytest
 from backend.services import services_of
 from tests.chat_support import reply_text, turn, wait_until
 from tests.checkpoints import NO_ROWS, seed_thread, thread_row_counts
-from tests.conftest import client_for, unique_session_id
+from tests.helpers import client_for, unique_session_id
 
 
 def test_custom_graph_with_extra_node(make_app, fake, alice):

@@ -12,7 +12,7 @@ from backend.config import Settings
 from backend.sessions.store import SessionStore
 from backend.services import services_of
 from support.databases import scratch_database
-from tests.conftest import unique_session_id
+from tests.helpers import unique_session_id
 
 
 @pytest.fixture
@@ -98,7 +98,7 @@ def test_pooler_mode_without_a_listen_capable_url_refuses_to_start_unless_events
 def test_pooler_mode_works_end_to_end(make_app, alice, database_url):
     # Without a real pgbouncer here, this shows the app runs with prepare_threshold=None throughout.
     app = make_app(db_transaction_pooler=True, database_direct_url=database_url)
-    from tests.conftest import client_for
+    from tests.helpers import client_for
 
     client = client_for(app, alice)
     sid = client.post("/api/llm/sessions", json={}).get_json()["session_id"]

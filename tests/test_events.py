@@ -23,7 +23,7 @@ import pytest
 
 from backend.services import services_of
 from tests.chat_support import named_session, turn
-from tests.conftest import User, client_for, failing_trigger, make_token, unique_session_id
+from tests.helpers import User, client_for, failing_trigger, make_token, unique_session_id
 from tests.test_server_model import production_server
 
 

@@ -30,7 +30,7 @@ from tests.chat_support import (
     wait_until,
 )
 from tests.checkpoints import NO_ROWS, seed_thread, thread_row_counts
-from tests.conftest import client_for, installed_trigger
+from tests.helpers import client_for, installed_trigger
 
 GATE_KEY = 7_241_777  # advisory lock key the gates wait on; no app code uses it
 KILLS_PER_POINT = 25  # 5 points: 125 killed operations, plus a let-through control at each
@@ -233,7 +233,7 @@ def test_database_restart_under_load(make_app, tmp_path):
     import pgserver
     from pgserver._commands import pg_ctl
 
-    from tests.conftest import User
+    from tests.helpers import User
 
     # A private embedded server (what backend.db.start_embedded_postgres starts), stopped by this test
     # only: cleanup_mode=None, so pgserver does not try to stop it again at exit.

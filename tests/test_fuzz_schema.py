@@ -30,7 +30,7 @@ from schemathesis.engine import Status, events, from_schema
 from werkzeug.serving import make_server
 
 from backend.sessions.models import SESSION_NAME_PATTERN, validate_session_name
-from tests.conftest import User, client_for
+from tests.helpers import User, client_for
 
 FUZZ_SEED = 20_241_122
 EXAMPLES_PER_OPERATION = 20

@@ -18,7 +18,7 @@ import pytest
 
 from support.server import ProductionServer
 from tests.chat_support import parse_sse, wait_until
-from tests.conftest import JWT_SECRET, SECRET_KEY, User, client_for, unique_session_id
+from tests.helpers import JWT_SECRET, SECRET_KEY, User, client_for, unique_session_id
 
 
 @contextlib.contextmanager

@@ -65,12 +65,12 @@ def as_role(conn, role: str, sub: str | None):
 def test_data_api_roles_read_only_their_own_rows_and_change_nothing(supabase_db):
     url, app = supabase_db
     alice, bob = str(uuid.uuid4()), str(uuid.uuid4())
-    from tests.conftest import User, client_for
+    from tests.helpers import User, client_for
 
     for who in (alice, bob):
         user = User()
         user.id = who
-        from tests.conftest import make_token
+        from tests.helpers import make_token
         user.token = make_token(who)
         client = client_for(app, user)
         assert client.post("/api/llm/sessions", json={"session_id": "s1", "session_name": f"of {who}"}).status_code == 201

@@ -9,7 +9,7 @@ import pytest
 
 from tests.chat_support import parse_sse, send
 from tests.checkpoints import NO_ROWS, thread_row_counts
-from tests.conftest import client_for, unique_session_id
+from tests.helpers import client_for, unique_session_id
 from tests.test_server_model import production_server
 
 

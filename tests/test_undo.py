@@ -10,7 +10,7 @@ import pytest
 from backend.services import services_of
 from tests.chat_support import named_session, turn
 from tests.checkpoints import NO_ROWS, rows_digest, thread_row_counts
-from tests.conftest import client_for, installed_trigger
+from tests.helpers import client_for, installed_trigger
 
 THREAD_TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
 

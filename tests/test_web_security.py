@@ -8,7 +8,7 @@ import pytest
 
 from backend.services import services_of
 from tests.chat_support import turn
-from tests.conftest import User, client_for, unique_session_id
+from tests.helpers import User, client_for, unique_session_id
 from tests.test_auth import BROWSER, signup
 
 
