@@ -586,6 +586,19 @@ def precreate_sessions(db_url: str, user_id: str, prefix: str, n: int) -> list[s
     return sids
 
 
+def sessions_for_users(db_url: str, n: int, prefix: str) -> list[tuple[str, str]]:
+    """n (user, session) pairs, one session per user, named (no naming call), made in SQL: streams
+    at once come from different users, as real ones do (one user may have only a few replies at once)."""
+    pairs = [(new_user(), f"{prefix}-{i}") for i in range(n)]
+    with connect(db_url) as conn, conn.cursor() as cur:
+        cur.executemany(
+            "insert into chat_sessions (user_id, business_id, session_id, thread_id, session_name, name_source) "
+            "values (%s, %s, %s, %s, 'Stream bench', 'user')",
+            [(user, BUSINESS, sid, thread_id(user, sid)) for user, sid in pairs],
+        )
+    return pairs
+
+
 def streaming(server: AppServer, upstream, db_url: str, sizes: Sizes, results: Results,
               templates: dict[tuple[str, int], str] | None = None) -> None:
     upstream_port = upstream.port
@@ -668,18 +681,18 @@ def streaming(server: AppServer, upstream, db_url: str, sizes: Sizes, results: R
         results.target(f"streaming: added time to first token, p50, in a {history}-turn session", hist["added_ttft_p50_ms"],
                        "ms", "<= 5 ms", hist["added_ttft_p50_ms"] <= 5 and not hist["failures"])
 
-    # Concurrency: C streams at once, each in its own session.
+    # Concurrency: C streams at once, each in its own session of its own user.
     conc_tokens, conc_interval = 20, 50
     rest = server.rss()
     results.detail("streaming", "rss_at_rest_mb", round(rest / 2**20, 1))
     for c in sizes.stream_concurrency:
-        sids = precreate_sessions(db_url, user, f"c{c}", c)
+        pairs = sessions_for_users(db_url, c, f"c{c}")
         q = chat_query(0, conc_tokens, conc_interval)
 
         direct_out, direct_wall = asyncio.run(_burst([_stream_direct(upstream_port, q, 120) for _ in range(c)]))
         before = server.rss()
         with RssSampler(server) as rss:
-            ours_out, wall = asyncio.run(_burst([_stream_ours(server.port, user, sid, q, 300) for sid in sids]))
+            ours_out, wall = asyncio.run(_burst([_stream_ours(server.port, u, sid, q, 300) for u, sid in pairs]))
         ok = [o for o in ours_out if o["ok"]]
         errs = [o["error"] for o in ours_out if not o["ok"]]
         res = {
