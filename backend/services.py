@@ -120,6 +120,7 @@ def build_services(settings: Settings, db: Database) -> Services:
         stream_buffer_chars=settings.stream_buffer_chars,
         max_context_tokens=settings.chat_context_max_tokens,
         max_history_messages=settings.chat_history_max_messages,
+        max_history_bytes=settings.chat_history_max_bytes,
         max_replies_per_user=settings.chat_max_concurrent_per_user,
         prune_history=settings.checkpoint_history == "latest",
     )

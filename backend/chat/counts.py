@@ -27,7 +27,7 @@ class MessageCounts:
     def end_run_and_count_messages(
         self, user_id: str, session_id: str, run_id: uuid.UUID | None, outcome: str = "error"
     ) -> dict | None:
-        """End the run and bring message_count level with the thread's history, atomically.
+        """End the run and bring message_count (and history_bytes) level with the thread's history, atomically.
 
         `run_id` None ends whichever run of the session expired (its process
         died). `outcome` (done, error, cancelled) is what the run.finished
@@ -44,9 +44,11 @@ class MessageCounts:
                 self._runs.end_run(conn, run_id, outcome)
             elif not self._runs.end_expired_runs(conn, user_id, session_id, outcome):
                 return row  # a live run took over meanwhile; it will count
-            delta = self._threads.count_messages(conn, row["thread_id"]) - row["message_count"]
+            count, size = self._threads.history_size(conn, row["thread_id"])
+            delta = count - row["message_count"]
             if delta > 0:
                 self._sessions.increment_message_count(conn, user_id, session_id, delta)
             elif delta < 0:  # only a custom graph that removes messages gets here
-                self._sessions.set_message_count(conn, row["id"], row["message_count"] + delta)
+                self._sessions.set_message_count(conn, row["id"], count)
+            self._sessions.set_history_bytes(conn, row["id"], size)
             return self._sessions.get_on(conn, row["id"])

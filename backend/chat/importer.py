@@ -21,6 +21,7 @@ from backend.auth.service import AuthUser
 from backend.errors import ApiError
 from backend.sessions.service import build_thread_id, new_session_id
 from backend.sessions.store import SessionStore
+from backend.sessions.thread_store import history_bytes
 from llm.messages import assistant_message, user_message
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class SessionImporter:
                 graph.update_state({"configurable": {"thread_id": thread_id}}, {"messages": history},
                                    as_node=self._as_node)
                 self._store.increment_message_count(conn, user.id, session_id, len(history))
+                self._store.set_history_bytes(conn, row["id"], history_bytes(messages))
                 row = self._store.get_on(conn, row["id"])
         except psycopg.errors.UniqueViolation:
             raise taken from None

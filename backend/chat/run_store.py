@@ -47,7 +47,8 @@ with s as (
 ), r as (
     insert into chat_session_runs (user_id, session_id, run_id, owner, lease_expires_at)
     select %(user_id)s, %(session_id)s, %(run_id)s, %(owner)s, now() + make_interval(secs => %(lease_seconds)s)
-      from s where not s.is_archived and s.message_count < %(max_messages)s and {LIVE_RUNS_OF_USER} < %(max_runs)s
+      from s where not s.is_archived and s.message_count < %(max_messages)s and s.history_bytes < %(max_bytes)s
+                   and {LIVE_RUNS_OF_USER} < %(max_runs)s
     {_TAKE_LEASE}
 )
 select s.*, (select run_id from r) as new_run_id from s
@@ -105,7 +106,8 @@ class RunStore:
         return row["run_id"] if row else None
 
     def start_run_in_session(
-        self, user_id: str, session_id: str, owner: str, lease_seconds: float, max_messages: int, max_runs: int
+        self, user_id: str, session_id: str, owner: str, lease_seconds: float, *, max_messages: int,
+        max_bytes: int, max_runs: int,
     ) -> tuple[dict | None, uuid.UUID | None]:
         """Read the session and, unless it is archived or full, take its lease (as
         acquire_run does), in one round trip (pipelined).
@@ -118,7 +120,8 @@ class RunStore:
             row = conn.execute(
                 START_RUN_IN_SESSION_SQL,
                 {"user_id": user_id, "session_id": session_id, "run_id": uuid.uuid4(), "owner": owner,
-                 "lease_seconds": lease_seconds, "max_messages": max_messages, "max_runs": max_runs},
+                 "lease_seconds": lease_seconds, "max_messages": max_messages, "max_bytes": max_bytes,
+                 "max_runs": max_runs},
             ).fetchone()
         if row is None:
             return None, None

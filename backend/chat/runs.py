@@ -103,11 +103,12 @@ class RunLeases:
         return None if run_id is None else self.track(run_id, user_id, session_id)
 
     def start_in_session(
-        self, user_id: str, session_id: str, max_messages: int, max_runs: int
+        self, user_id: str, session_id: str, *, max_messages: int, max_bytes: int, max_runs: int
     ) -> tuple[dict | None, ActiveRun | None]:
         """Read the session and take its lease in one round trip (see RunStore.start_run_in_session)."""
         session, run_id = self._store.start_run_in_session(
-            user_id, session_id, self.owner, self._lease_seconds, max_messages, max_runs
+            user_id, session_id, self.owner, self._lease_seconds, max_messages=max_messages, max_bytes=max_bytes,
+            max_runs=max_runs,
         )
         return session, None if run_id is None else self.track(run_id, user_id, session_id)
 

@@ -84,6 +84,7 @@ class ChatService:
         stream_buffer_chars: int = 65_536,
         max_context_tokens: int | None = None,
         max_history_messages: int | None = None,
+        max_history_bytes: int | None = None,
         max_replies_per_user: int | None = None,
     ) -> None:
         self._sessions = sessions
@@ -99,23 +100,29 @@ class ChatService:
         self._buffer_limit = stream_buffer_chars
         self._max_context_tokens = max_context_tokens
         self._max_history = max_history_messages or 2**31 - 1
+        self._max_bytes = max_history_bytes or 2**62
         self._max_runs = max_replies_per_user or 2**31 - 1
 
     def start_turn(self, user: AuthUser, session_id: str, query: str) -> Turn:
         """Everything that can fail with a status code, before any byte is streamed."""
         try:
             # The common case, a session that exists, in one round trip.
-            session, run = self._leases.start_in_session(user.id, session_id, self._max_history, self._max_runs)
+            session, run = self._leases.start_in_session(
+                user.id, session_id, max_messages=self._max_history, max_bytes=self._max_bytes,
+                max_runs=self._max_runs,
+            )
             if session is None:  # ids are made by the frontend: created on first use
                 session = self._sessions.get_or_create(user, session_id)
-                startable = not session["is_archived"] and session["message_count"] < self._max_history
-                run = self._leases.start(user.id, session_id, self._max_runs) if startable else None
+                run = self._leases.start(user.id, session_id, self._max_runs) if self._startable(session) else None
         except psycopg.errors.ForeignKeyViolation:
             raise NotFound("The session was deleted") from None
         if session["is_archived"]:
             raise ApiError(409, "session_archived", "This session is archived; unarchive it to send messages")
         if session["message_count"] >= self._max_history:
             raise ApiError(409, "session_full", f"This conversation has reached {self._max_history} messages; "
+                           "start a new session to go on")
+        if session["history_bytes"] >= self._max_bytes:
+            raise ApiError(409, "session_full", "This conversation has reached the most text a session may hold; "
                            "start a new session to go on")
         if run is None and self._runs.live_runs(user.id) >= self._max_runs:
             raise ApiError(
@@ -140,6 +147,11 @@ class ChatService:
             self._counts.end_run_and_count_messages(user.id, session_id, run.run_id)
             raise ApiError(503, "overloaded", "The server is too busy; try again shortly", headers={"Retry-After": "5"}) from None
         return turn
+
+    def _startable(self, session: dict) -> bool:
+        """Not archived and not full: what START_RUN_IN_SESSION_SQL checks, for a session just made."""
+        return (not session["is_archived"] and session["message_count"] < self._max_history
+                and session["history_bytes"] < self._max_bytes)
 
     def stream(self, turn: Turn) -> Iterator[str]:
         """The SSE body: tokens, then `done` or `error`; heartbeats while the model is quiet."""

@@ -18,7 +18,7 @@ from psycopg_pool import ConnectionPool
 
 SESSION_COLUMNS = (
     "id, user_id, business_id, session_id, thread_id, session_name, is_archived, "
-    "message_count, created_at, updated_at, last_message_at, last_activity_at, name_source, has_unread"
+    "message_count, created_at, updated_at, last_message_at, last_activity_at, name_source, has_unread, history_bytes"
 )
 
 SELECT_SESSION_SQL = f"select {SESSION_COLUMNS} from chat_sessions where user_id = %s and session_id = %s"
@@ -40,6 +40,8 @@ INCREMENT_MESSAGE_COUNT_SQL = "select * from increment_session_message_count(%s,
 
 # Only a custom graph that removes messages needs this: counts follow history.
 SET_MESSAGE_COUNT_SQL = "update chat_sessions set message_count = %s where id = %s"
+
+SET_HISTORY_BYTES_SQL = "update chat_sessions set history_bytes = %s where id = %s and history_bytes <> %s"
 
 # The end of a turn: locks the row (as FOR UPDATE would) for the count that follows.
 LOCK_AND_FLAG_UNREAD_SQL = f"""
@@ -173,10 +175,12 @@ select exists (select 1 from chat_sessions
 RESTORE_RECOVERY_POINT_SQL = f"""
 with s as (
     insert into chat_sessions (id, user_id, business_id, session_id, thread_id, session_name, is_archived,
-                               message_count, created_at, updated_at, last_message_at, name_source, has_unread)
+                               message_count, created_at, updated_at, last_message_at, name_source, has_unread,
+                               history_bytes)
     overriding system value
     select id, user_id, business_id, session_id, thread_id, session_name, is_archived,
-           message_count, created_at, updated_at, last_message_at, name_source, has_unread
+           message_count, created_at, updated_at, last_message_at, name_source, has_unread,
+           coalesce(history_bytes, 0)  -- a point kept before history_bytes existed
       from jsonb_populate_record(null::chat_sessions, %(session_row)s)
     returning {SESSION_COLUMNS}
 ), c as (
@@ -358,6 +362,10 @@ class SessionStore:
     @staticmethod
     def set_message_count(conn: Connection, row_id: int, count: int) -> None:
         conn.execute(SET_MESSAGE_COUNT_SQL, (count, row_id))
+
+    @staticmethod
+    def set_history_bytes(conn: Connection, row_id: int, size: int) -> None:
+        conn.execute(SET_HISTORY_BYTES_SQL, (size, row_id, size))
 
     @staticmethod
     def lock_and_flag_unread(conn: Connection, user_id: str, session_id: str, unread: bool) -> dict | None:

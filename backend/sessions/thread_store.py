@@ -45,9 +45,11 @@ class ThreadStore:
         self._pool = pool
 
     @staticmethod
-    def count_messages(conn: Connection, thread_id: str) -> int:
-        """The messages a client sees in the thread's latest checkpoint, read on the caller's connection."""
-        return len(visible_messages(load_thread_messages(PostgresSaver(conn), thread_id)))
+    def history_size(conn: Connection, thread_id: str) -> tuple[int, int]:
+        """The messages a client sees in the thread's latest checkpoint, and their UTF-8 bytes,
+        read on the caller's connection."""
+        messages = visible_messages(load_thread_messages(PostgresSaver(conn), thread_id))
+        return len(messages), history_bytes(messages)
 
     def first_user_message(self, thread_id: str) -> str | None:
         with self._pool.connection() as conn:
@@ -81,6 +83,11 @@ class ThreadStore:
             except _ThreadClaimed:
                 return {table: 0 for table in CHECKPOINT_TABLES}
         return counts
+
+
+def history_bytes(messages: list[dict]) -> int:
+    """The size a conversation counts for against CHAT_HISTORY_MAX_BYTES: its text, in UTF-8."""
+    return sum(len(m["content"].encode()) for m in messages)
 
 
 class _ThreadClaimed(Exception):
