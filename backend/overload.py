@@ -15,8 +15,6 @@ import logging
 import threading
 import time
 
-from werkzeug.wsgi import ClosingIterator
-
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 2
@@ -24,6 +22,29 @@ _BODY = json.dumps({
     "success": False,
     "error": {"code": "overloaded", "message": "The server is at capacity; try again shortly"},
 }).encode()
+
+
+class _Counted:
+    """The app's response, released when the server closes it. Iterating it is iterating
+    the app's own iterator: nothing of ours runs per chunk, and nothing of ours stays on the
+    stack of a stream that waits."""
+
+    __slots__ = ("_body", "_release")
+
+    def __init__(self, body, release) -> None:
+        self._body = body
+        self._release = release
+
+    def __iter__(self):
+        return iter(self._body)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._release()
 
 
 class ConnectionLimit:
@@ -49,7 +70,10 @@ class ConnectionLimit:
         except BaseException:
             self._release()
             raise
-        return ClosingIterator(body, self._release)
+        # The request is over but its response may stream for hours: the parsed
+        # request (headers, cookies, caches) need not be held that long.
+        environ.pop("werkzeug.request", None)
+        return _Counted(body, self._release)
 
     def _release(self) -> None:
         with self._lock:

@@ -20,7 +20,7 @@ from psycopg.rows import dict_row
 from support import identity
 from support.databases import scratch_database  # noqa: F401 - the harness's scratch databases
 from support.net import free_port, wait_http
-from support.server import ProductionServer
+from support.server import BACKEND_APP, ProductionServer
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -193,7 +193,8 @@ def rss_bytes(pids: list[int]) -> int:
 class AppServer(ProductionServer):
     """`make serve`'s command with its shipped defaults (support.server), on the bench's database and upstream."""
 
-    def __init__(self, name: str, database_url: str, upstream_url: str, env: dict[str, str], logdir: Path) -> None:
+    def __init__(self, name: str, database_url: str, upstream_url: str, env: dict[str, str], logdir: Path,
+                 app: str = BACKEND_APP) -> None:
         self.name = name
         super().__init__({
             "APP_ENV": "test",
@@ -211,7 +212,7 @@ class AppServer(ProductionServer):
             "WEB_CONCURRENCY": "2",
             "DB_POOL_MAX_SIZE": "10",
             **env,
-        }, logdir / f"server-{name}.log")
+        }, logdir / f"server-{name}.log", app=app)
 
     def start(self) -> AppServer:
         super().start()

@@ -116,6 +116,11 @@ def context_table(results: Results) -> str:
                          f"{r['completed']} done, {r['errors']} errors, {r['wall_s']} s; TTFT p50 {r['ttft_ms']['p50']:.0f} / "
                          f"p99 {r['ttft_ms']['p99']:.0f} ms; RSS {r['rss_rest_mb']} -> {r['rss_peak_mb']} MB | "
                          f"upstream alone: {r['direct']['completed']} done in {r['direct']['wall_s']} s | |")
+    for key, r in d.get("subscribers", {}).items():
+        if "floor_rss_per_stream_kb" in r:
+            lines.append(f"| {r['streams']} idle event streams | RSS +{r['rss_per_stream_kb']} KB per stream | "
+                         f"a bare gevent stream, same command: +{r['floor_rss_per_stream_kb']} KB "
+                         f"({r['floor_streams']} streams, one worker) | |")
     cnt = d.get("counting", {}).get("result")
     if cnt:
         lines.append(f"| counting {cnt['writers']} x {cnt['increments_each']} | {cnt['final_count']:,} counted, "

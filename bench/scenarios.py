@@ -385,10 +385,20 @@ class OursCrud:
         self.port = port
         self.pids = pids  # callable: the server's processes, for CPU accounting
 
+    # Writes one user makes before the next user takes over the connection: within the
+    # per-user session write budget (SESSION_WRITE_RATE_LIMIT, 120 a minute) at any speed,
+    # as a crowd of users is, not one user writing 50 times a second.
+    CYCLES_PER_USER = 30
+
     def connection(self) -> Connection:
-        return Connection(HOST, self.port, auth(new_user()))
+        conn = Connection(HOST, self.port, auth(new_user()))
+        conn.cycles = 0
+        return conn
 
     async def cycle(self, conn: Connection, record) -> None:
+        conn.cycles += 1
+        if conn.cycles % self.CYCLES_PER_USER == 0:
+            conn.default_headers = auth(new_user())
         r = await conn.request("POST", "/api/llm/sessions", body={"session_name": "Bench session"})
         record("create", r, 201)
         sid = r.json()["session_id"]

@@ -34,6 +34,42 @@ def _users_with_sessions(db_url: str, n: int, prefix: str) -> list[tuple[str, in
     return list(zip(users, rows))
 
 
+# One gevent worker holds at most MAX_CONNECTIONS_PER_WORKER (+ a margin) connections.
+FLOOR_STREAMS = 1400
+
+
+def floor_per_stream_kb(logdir, n: int) -> tuple[float, int]:
+    """RSS per open stream of a WSGI app that only holds an event stream open (bench/floor_stream.py),
+    under the same production command and config, one worker: what any stream costs on this server model."""
+    floor = AppServer("floor", "", "", {"WEB_CONCURRENCY": "1"}, logdir, app="bench.floor_stream:app").start()
+    opened = [0]
+
+    def on_chunk(chunk: bytes) -> None:
+        if b": stream open" in chunk:
+            opened[0] += 1
+
+    async def run() -> tuple[int, int]:
+        rest = floor.rss()
+        conns = [Connection(HOST, floor.port, {}) for _ in range(n)]
+        tasks = [asyncio.ensure_future(c.request("GET", "/stream", on_chunk=on_chunk)) for c in conns]
+        deadline = time.monotonic() + 60
+        while opened[0] < n and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)  # let allocation settle, as for ours
+        held = floor.rss()
+        for task in tasks:
+            task.cancel()
+        for conn in conns:
+            await conn.close()
+        return rest, held
+
+    try:
+        rest, held = asyncio.run(run())
+    finally:
+        floor.stop(timeout=5)
+    return (held - rest) / max(1, opened[0]) / 1024, opened[0]
+
+
 def subscribers(server: AppServer, db_url: str, sizes, results: Results) -> None:
     n = 500 if sizes.quick else 2000
     rate, seconds = 100, (3.0 if sizes.quick else 10.0)
@@ -110,11 +146,14 @@ def subscribers(server: AppServer, db_url: str, sizes, results: Results) -> None
         "crud_without_streams": out["baseline"], "crud_with_streams": out["with_streams"], "crud_ratio": ratio,
         "changes": expected, "events_received": len(latencies), "latency_ms": stats(latencies),
     }
+    floor_kb, floor_opened = floor_per_stream_kb(server.log_path.parent, min(n, FLOOR_STREAMS))
+    res["floor_rss_per_stream_kb"], res["floor_streams"] = round(floor_kb, 1), floor_opened
     results.detail("subscribers", f"idle_{n}", res)
     say(f"subscribers x{n}: {opened[0]} open, {len(errors)} errors; RSS +{per_stream_kb:.1f} KB/stream; CRUD c=32 "
         f"{out['with_streams']['rps']:.0f} req/s with them vs {out['baseline']['rps']:.0f} without (x{ratio:.2f}); "
         f"events {len(latencies)}/{expected}, commit->delivery p50 {res['latency_ms']['p50']:.1f} "
-        f"p99 {res['latency_ms']['p99']:.1f} ms at {rate}/s")
+        f"p99 {res['latency_ms']['p99']:.1f} ms at {rate}/s; the floor (a bare gevent stream): "
+        f"+{floor_kb:.1f} KB/stream over {floor_opened}")
     results.target(f"idle subscribers x{n}: all open, none failed", n - opened[0] + len(errors), "count", "0",
                    opened[0] == n and not errors)
     results.target(f"idle subscribers x{n}: RSS per open stream", per_stream_kb, "KB", "<= 20", per_stream_kb <= 20)

@@ -12,7 +12,8 @@ from support.net import free_port, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 # The command `make serve` runs, with the shipped gunicorn.conf.py.
-PRODUCTION_COMMAND = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "backend:create_app()"]
+BACKEND_APP = "backend:create_app()"
+PRODUCTION_COMMAND = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", BACKEND_APP]
 # Settings a caller's shell may carry that would change the shipped server model.
 SERVER_MODEL_SETTINGS = ("GUNICORN_WORKER_CLASS", "GUNICORN_THREADS", "MAX_CONNECTIONS_PER_WORKER")
 
@@ -21,7 +22,10 @@ class ProductionServer:
     """gunicorn on a free loopback port with `env` on top of this process's environment
     (minus SERVER_MODEL_SETTINGS unless `env` sets them), logging to `log_path`."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, *, ready_timeout: float = 90) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, *, ready_timeout: float = 90,
+                 app: str = BACKEND_APP) -> None:
+        """`app`: another WSGI app under the same command and config (a benchmark's floor)."""
+        self.command = [*PRODUCTION_COMMAND[:-1], app]
         self.port = free_port()
         self.log_path = log_path
         self.ready_timeout = ready_timeout
@@ -33,7 +37,7 @@ class ProductionServer:
     def start(self) -> ProductionServer:
         """Start it and wait until /readyz answers; RuntimeError with the log's tail if it does not."""
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - the server's output for its whole life
-        self.proc = subprocess.Popen(PRODUCTION_COMMAND, cwd=ROOT, env=self.env, stdout=self._log,
+        self.proc = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         if not wait_http(self.port, "/readyz", self.ready_timeout, self.proc):
             self.stop()

@@ -50,8 +50,8 @@ CANCEL_ERRORS = {
 }
 
 
-def sse_event(event: str, data: dict) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+def sse_event(event: str, data: dict) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
 @dataclass
@@ -153,17 +153,18 @@ class ChatService:
         return (not session["is_archived"] and session["message_count"] < self._max_history
                 and session["history_bytes"] < self._max_bytes)
 
-    def stream(self, turn: Turn) -> Iterator[str]:
-        """The SSE body: tokens, then `done` or `error`; heartbeats while the model is quiet."""
+    def stream(self, turn: Turn) -> Iterator[bytes]:
+        """The SSE body, as bytes (the route passes it straight to the server): tokens, then
+        `done` or `error`; heartbeats while the model is quiet."""
         events = turn.events
         finished = False
         try:
-            yield ": stream open\n\n"
+            yield b": stream open\n\n"
             while True:
                 try:
                     kind, payload = events.get(timeout=self._heartbeat)
                 except queue.Empty:
-                    yield ": keep-alive\n\n"
+                    yield b": keep-alive\n\n"
                     continue
                 if kind != "token":
                     finished = True

@@ -49,6 +49,7 @@ def events_api(events_service: EventService | None, auth: AuthService) -> APIBlu
             events_service.stream(user.id, last_event_id, _credentials_valid_until(auth, user)),
             mimetype="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            direct_passthrough=True,  # bytes, straight to the server: the least an idle stream can hold
         )
 
     return bp

@@ -62,8 +62,8 @@ class EventService:
 
     def stream(
         self, user_id: str, last_event_id: str | None, valid_until: Callable[[], float | None] | None = None,
-    ) -> Iterator[str]:
-        """The SSE body for one client.
+    ) -> Iterator[bytes]:
+        """The SSE body for one client, as bytes.
 
         `valid_until()` says until when (epoch seconds) the client's credentials
         hold, None once they do not (signed out): asked at the start, when that
@@ -78,9 +78,9 @@ class EventService:
         ends_at = time.monotonic() + self._max_stream
         try:
             cursor, reset = self._start(user_id, last_event_id)
-            yield "retry: 2000\n: stream open\n\n"
+            yield b"retry: 2000\n: stream open\n\n"
             if reset:
-                yield f"id: {cursor}\nevent: reset\ndata: {json.dumps({'type': 'reset'})}\n\n"
+                yield f"id: {cursor}\nevent: reset\ndata: {json.dumps({'type': 'reset'})}\n\n".encode()
             woken = False
             while True:
                 try:
@@ -92,7 +92,7 @@ class EventService:
                     rows = []
                 for row in rows:
                     cursor = row["id"]
-                    yield render_event(row)
+                    yield render_event(row).encode()
                 if len(rows) == READ_BATCH:
                     continue
                 wait = min(self._heartbeat, ends_at - time.monotonic())
@@ -101,13 +101,13 @@ class EventService:
                 if valid_until is not None and ((woken and not rows) or (expires_at or 0) <= time.time()):
                     expires_at = valid_until()
                     if expires_at is None or expires_at <= time.time():
-                        yield f"event: auth_expired\ndata: {json.dumps({'type': 'auth_expired'})}\n\n"
+                        yield f"event: auth_expired\ndata: {json.dumps({'type': 'auth_expired'})}\n\n".encode()
                         return
                 if expires_at is not None:
                     wait = min(wait, expires_at - time.time())
                 woken = subscriber.wait(wait)
                 if not woken:
-                    yield ": keep-alive\n\n"
+                    yield b": keep-alive\n\n"
                 if self._hub.draining:
                     return  # the client reconnects (retry:) to a process that is not stopping
         finally:
