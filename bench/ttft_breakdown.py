@@ -120,7 +120,7 @@ def main() -> int:
             turn = chat.start_turn(user, sid, chat_query(0, 20, 20, tag))
             t_started = time.perf_counter()
             for chunk in chat.stream(turn):
-                if "event: token" in chunk:
+                if b"event: token" in chunk:
                     break
             t_first = time.perf_counter()
             for _ in chat.stream(turn):
