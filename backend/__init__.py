@@ -84,6 +84,10 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     init_login(app)
     _register_blueprints(app)
     init_rate_limits(app, settings)
+    if settings.mcp_http_enabled:
+        from backend.mcp_server.http import install_http
+
+        install_http(app)  # MCP over streamable HTTP at /mcp (bearer tokens)
 
     from backend.cli import register_cli
 
