@@ -99,9 +99,9 @@ class ServerLikeClient(FlaskClient):
         return super().open(*args, buffered=buffered, **kwargs)
 
 
-@pytest.fixture(scope="session")
-def make_app(make_settings):
-    """Build extra apps (other settings, a second 'process'); closed at the end."""
+@contextmanager
+def _app_maker(make_settings):
+    """Build apps with these settings; each is closed (pool, threads) when the block ends."""
     apps = []
 
     def make(**overrides):
@@ -111,20 +111,43 @@ def make_app(make_settings):
         apps.append(app)
         return app
 
-    yield make
-    for app in apps:
-        app.extensions["chat_backend"].close()
+    try:
+        yield make
+    finally:
+        for app in apps:
+            app.extensions["chat_backend"].close()
+
+
+@pytest.fixture
+def make_app(make_settings):
+    """Build extra apps (other settings, a second 'process'), closed when the test ends:
+    apps kept open for the whole run would hold more connections than the server allows."""
+    with _app_maker(make_settings) as make:
+        yield make
+
+
+@pytest.fixture(scope="module")
+def module_make_app(make_settings):
+    """make_app for module-scoped fixtures: apps closed when the module ends."""
+    with _app_maker(make_settings) as make:
+        yield make
 
 
 @pytest.fixture(scope="session")
-def app(make_app):
-    return make_app()
+def session_make_app(make_settings):
+    with _app_maker(make_settings) as make:
+        yield make
 
 
 @pytest.fixture(scope="session")
-def chat_app(make_app, fake_model):
+def app(session_make_app):
+    return session_make_app()
+
+
+@pytest.fixture(scope="session")
+def chat_app(session_make_app, fake_model):
     """An app whose model (and naming model) is the fake upstream on loopback."""
-    return make_app(
+    return session_make_app(
         openai_base_url=fake_model.base_url,
         openai_api_key="test-key",
         openai_model="fake-chat",

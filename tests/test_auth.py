@@ -215,8 +215,8 @@ def jwks(signing_key):
 
 
 @pytest.fixture(scope="module")
-def jwks_app(make_app, jwks):
-    return make_app(supabase_url=jwks.url, supabase_jwt_secret=None)
+def jwks_app(module_make_app, jwks):
+    return module_make_app(supabase_url=jwks.url, supabase_jwt_secret=None)
 
 
 def es256_token(key, sub, kid="key-1", **claims):

@@ -90,9 +90,9 @@ def filter_failure(context, failure, case, response):
 
 
 @pytest.fixture(scope="module")
-def fuzz_app(make_app, fake_model):
+def fuzz_app(module_make_app, fake_model):
     """Like chat_app, but its own; rate limits off, or sign-in would answer 429 after ten cases."""
-    return make_app(
+    return module_make_app(
         openai_base_url=fake_model.base_url, openai_api_key="test-key", openai_model="fake-chat",
         naming_model="fake-naming", openai_timeout_seconds=2, openai_max_retries=1, naming_timeout_seconds=2,
         rate_limits_enabled=False, events_max_stream_seconds=0.3,  # each events request ends, so it can be fuzzed

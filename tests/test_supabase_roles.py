@@ -38,11 +38,11 @@ alter default privileges in schema public grant all on sequences to anon, authen
 
 
 @pytest.fixture(scope="module")
-def supabase_db(server_url, make_app):
+def supabase_db(server_url, module_make_app):
     with scratch_database(server_url, "supa") as url:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(SUPABASE_SETUP)
-        app = make_app(database_url=url)  # LangGraph's setup, then every migration
+        app = module_make_app(database_url=url)  # LangGraph's setup, then every migration
         yield url, app
 
 

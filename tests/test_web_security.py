@@ -77,8 +77,8 @@ def test_cors_preflight_allows_the_csrf_header_for_allowed_origins_only(app):
 # --- rate limits --------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def limited_app(make_app, fake_model):
-    return make_app(
+def limited_app(module_make_app, fake_model):
+    return module_make_app(
         rate_limits_enabled=True, login_rate_limit="3 per minute", chat_rate_limit="2 per minute",
         openai_base_url=fake_model.base_url, openai_api_key="k",
     )
