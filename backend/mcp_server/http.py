@@ -20,7 +20,8 @@ then the acting user of that request only.
 
 Limits: the response goes out when the call is over, so progress
 notifications (in its text/event-stream) arrive together with the result,
-not live; no server-initiated stream (GET answers 405) and no resumability.
+not live; no server-initiated stream and no session (GET and DELETE answer 405),
+and no resumability.
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ def install_http(app: Flask, path: str = PATH) -> None:
             services.session_write_rate_limit, scope="session-writes", key_func=caller_key,
             exempt_when=lambda: not _is_write_call(),
         )(mcp_endpoint)
-    app.add_url_rule(path, ENDPOINT, view, methods=["GET", "POST", "DELETE"])
+    # POST only: stateless, there is no server-initiated stream to GET (it would never end) and no session to DELETE.
+    app.add_url_rule(path, ENDPOINT, view, methods=["POST"])
 
 
 def _authenticate(services: McpServices) -> AuthUser | Response:
@@ -106,7 +108,7 @@ def _authenticate(services: McpServices) -> AuthUser | Response:
 def _is_write_call() -> bool:
     try:
         message = json.loads(request.get_data(cache=True) or b"null")
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON: the SDK answers it, and no tool runs
         return False
     messages = message if isinstance(message, list) else [message]
     return any(
