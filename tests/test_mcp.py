@@ -297,6 +297,13 @@ def test_http_refuses_requests_without_a_valid_token_before_any_tool_runs(mcp_ur
     assert refused.group_contains(MCPError, depth=None)
     assert everything_digest(pool, alice.id) == before
 
+    # Stateless: no stream to GET (it would never end), no session to DELETE.
+    host, port = mcp_url.removeprefix("http://").split("/")[0].split(":")
+    for method in ("GET", "DELETE"):
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request(method, "/mcp", headers={"Authorization": f"Bearer {alice.token}", "Accept": "text/event-stream"})
+        assert conn.getresponse().status == 405
+
     # The same call with the real token does run.
     r = _raw_post(mcp_url, call, {"Authorization": f"Bearer {alice.token}"})
     assert r.status == 200
@@ -375,7 +382,7 @@ def test_one_users_tools_never_see_or_change_another_users_sessions(mcp_url, api
     assert listed.structured_content["sessions"] == [] and listed.structured_content["total"] == 0
     assert [s["session_name"] for s in everything.structured_content["sessions"]] == ["Bob's"]
     assert [error_of(r)["code"] for r in refusals] == ["not_found"] * len(refusals)
-    assert error_of(by_thread)["code"] in ("not_found", "invalid_input")
+    assert error_of(by_thread)["code"] == "not_found"
     assert error_of(with_user)["code"] == "invalid_input" and "user_id" in error_of(with_user)["fields"]
     assert own.structured_content["deleted"]["chat_sessions"] == 1
     assert everything_digest(pool, alice.id) == before  # Alice's rows, backups and audit: untouched
@@ -505,13 +512,9 @@ def test_http_transport_under_the_production_gevent_server(database_url, fake_mo
     assert [r["action"] for r in audit_rows(pool, alice.id, sid)] == ["delete", "restore"]
 
 
-def test_write_tools_share_the_apis_session_write_rate_limit(make_settings, alice):
+def test_write_tools_share_the_apis_session_write_rate_limit(make_app, alice):
     """A second way to write counts against the same per-user budget (SESSION_WRITE_RATE_LIMIT); reads do not."""
-    from backend import create_app
-
-    # Closed at the end of this test (not the session's): its pool must not hold connections the later tests need.
-    limited = create_app(make_settings(rate_limits_enabled=True, session_write_rate_limit="3 per minute",
-                                       db_pool_max_size=2, events_enabled=False))
+    limited = make_app(rate_limits_enabled=True, session_write_rate_limit="3 per minute")
     server = make_server("127.0.0.1", 0, limited, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -533,7 +536,13 @@ def test_write_tools_share_the_apis_session_write_rate_limit(make_settings, alic
         assert call("rename_session", {"session_id": sid, "name": "three"}) == 429
         assert api.put(f"/api/llm/sessions/{sid}", json={"session_name": "api"}).status_code == 429
         assert api.get(f"/api/llm/sessions/{sid}").get_json()["data"]["session_name"] == "one"
+
+        # A body nested too deeply for a JSON parser is refused as a bad request, not a crash.
+        host, port = url.removeprefix("http://").split("/")[0].split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request("POST", "/mcp", body=b"[" * 50_000 + b"]" * 50_000, headers={
+            **auth, "Content-Type": "application/json", "Accept": "application/json, text/event-stream"})
+        assert 400 <= conn.getresponse().status < 500
     finally:
         server.shutdown()
         thread.join(10)
-        limited.extensions["chat_backend"].close()
