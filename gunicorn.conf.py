@@ -39,8 +39,9 @@ if _soft != resource.RLIM_INFINITY and _soft < _wanted:
     resource.setrlimit(resource.RLIMIT_NOFILE, (_wanted if _hard == resource.RLIM_INFINITY else min(_wanted, _hard), _hard))
 
 
-def _app_state(worker):
-    return getattr(getattr(worker, "wsgi", None), "extensions", {}).get("chat_backend")
+def _services(worker):
+    """What create_app built in this worker (backend.services.services_of), or None before it ran."""
+    return getattr(getattr(worker, "wsgi", None), "extensions", {}).get("services")
 
 
 def post_worker_init(worker):
@@ -52,8 +53,8 @@ def post_worker_init(worker):
 
     def handle_exit(sig, frame):
         worker.alive = False
-        state = _app_state(worker)
-        if state is None or state.event_hub is None:
+        services = _services(worker)
+        if services is None or services.event_hub is None:
             return
         # Not in the signal handler itself: draining takes a lock. Under gevent
         # the handler runs in the event loop, where nothing may block (not even
@@ -61,15 +62,15 @@ def post_worker_init(worker):
         if worker_class == "gevent":
             import gevent
 
-            gevent.spawn(state.event_hub.drain)
+            gevent.spawn(services.event_hub.drain)
         else:
-            threading.Thread(target=state.event_hub.drain, daemon=True).start()
+            threading.Thread(target=services.event_hub.drain, daemon=True).start()
 
     signal.signal(signal.SIGTERM, handle_exit)
 
 
 def worker_exit(server, worker):
     """Stop this worker's background jobs and close its pool before it exits."""
-    state = _app_state(worker)
-    if state is not None:
-        state.close()
+    services = _services(worker)
+    if services is not None:
+        services.close()

@@ -9,16 +9,20 @@ from flask_cors import CORS
 from flask_openapi3 import Info, OpenAPI
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from backend.app_state import build_state
-from backend.auth.routes import SECURITY_SCHEMES, init_login
+from backend.auth.routes import SECURITY_SCHEMES, auth_api, init_login
+from backend.chat.routes import chat_api
 from backend.config import Settings
 from backend.csrf import install_csrf_protection
 from backend.db import Database
 from backend.errors import register_error_handlers, validation_error_response
+from backend.events.routes import events_api
+from backend.health import health_api
 from backend.http import ErrorResponse, JsonRequest
 from backend.log_config import configure_logging, install_request_logging
 from backend.overload import ConnectionLimit
 from backend.rate_limits import init_rate_limits
+from backend.services import Services, build_services
+from backend.sessions.routes import sessions_api
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +61,12 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     try:
         if settings.run_migrations_on_start:
             db.prepare_schema()
-        state = build_state(settings, db)
+        services = build_services(settings, db)
     except BaseException:
         db.close()  # a failed start must not leave a pool (and its threads) behind
         raise
-    app.extensions["chat_backend"] = state
-    state.maintenance.start()
+    app.extensions["services"] = services  # for the CLI, a worker's exit and tests: services_of(app)
+    services.maintenance.start()
 
     CORS(
         app,
@@ -81,9 +85,9 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     install_request_logging(app)
     register_error_handlers(app)
     install_csrf_protection(app, settings.cors_origin_list)
-    init_login(app)
-    _register_blueprints(app)
-    init_rate_limits(app, settings)
+    init_login(app, services.auth)
+    _register_blueprints(app, services)
+    init_rate_limits(app, settings)  # applies each route's @rate_limited
     if settings.mcp_http_enabled:
         from backend.mcp_server.http import install_http
 
@@ -91,19 +95,17 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
 
     from backend.cli import register_cli
 
-    register_cli(app)
+    register_cli(app, services)
     return app
 
 
-def _register_blueprints(app: OpenAPI) -> None:
-    from backend.auth.routes import bp as auth_bp
-    from backend.chat.routes import bp as chat_bp
-    from backend.events.routes import bp as events_bp
-    from backend.health import bp as health_bp
-    from backend.sessions.routes import bp as sessions_bp
-
-    for bp in (health_bp, auth_bp, sessions_bp, chat_bp, events_bp):
-        app.register_api(bp)
+def _register_blueprints(app: OpenAPI, services: Services) -> None:
+    """Each area's routes, handed the services they call."""
+    app.register_api(health_api(services.db))
+    app.register_api(auth_api(services.auth))
+    app.register_api(sessions_api(services.sessions, services.cleanup))
+    app.register_api(chat_api(services.chat, services.importer))
+    app.register_api(events_api(services.events, services.auth))
     # The OpenAPI document at /api/openapi.json, as the frontend's contract.
     app.add_url_rule("/api/openapi.json", "openapi_json", lambda: app.api_doc)
 

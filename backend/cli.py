@@ -7,15 +7,15 @@ import sys
 import click
 from flask import Flask
 
-from backend.app_state import app_state
+from backend.services import Services
 from backend.errors import ApiError
 
 
-def register_cli(app: Flask) -> None:
+def register_cli(app: Flask, services: Services) -> None:
     @app.cli.command("db-migrate")
     def db_migrate() -> None:
         """Create LangGraph's tables and apply pending sql/ migrations."""
-        applied = app_state().db.prepare_schema()
+        applied = services.db.prepare_schema()
         click.echo(f"applied: {', '.join(applied)}" if applied else "database is up to date")
 
     @app.cli.command("sweep-orphans")
@@ -23,14 +23,14 @@ def register_cli(app: Flask) -> None:
                   help="Only threads quiet this long (default: ORPHAN_MIN_AGE_SECONDS)")
     def sweep_orphans(min_age_seconds: float | None) -> None:
         """Delete LangGraph threads whose session no longer exists; report what went."""
-        report = app_state().maintenance.sweep_orphans(min_age_seconds)
+        report = services.maintenance.sweep_orphans(min_age_seconds)
         rows = ", ".join(f"{table}: {n}" for table, n in report["rows"].items())
         click.echo(f"removed {report['threads']} orphaned thread(s) ({rows})")
 
     @app.cli.command("purge-recovery-points")
     def purge_recovery_points() -> None:
         """Delete recovery points (undo of deletes) whose retention has run out."""
-        purged = app_state().sessions.purge_expired_recovery_points()
+        purged = services.sessions.purge_expired_recovery_points()
         click.echo(f"purged {purged} expired recovery point(s)")
 
     @app.cli.command("purge-sessions")
@@ -42,7 +42,7 @@ def register_cli(app: Flask) -> None:
     @click.option("--backup", is_flag=True, help="Keep a recovery point for each (BACKUP_RETENTION_SECONDS)")
     def purge_sessions(inactive_days: int, archived_only: bool, user_id: str | None, dry_run: bool, backup: bool) -> None:
         """Retention: delete inactive sessions, each exactly as DELETE does, in batches."""
-        cleanup = app_state().cleanup
+        cleanup = services.cleanup
         interactive = sys.stdout.isatty()
         if interactive:
             total = cleanup.purge_inactive(
@@ -92,7 +92,7 @@ def register_cli(app: Flask) -> None:
     def create_user(email: str, business_id: str, password: str) -> None:
         """Create a user who signs in with email and password."""
         try:
-            user = app_state().auth.create_user(email, password, business_id)
+            user = services.auth.create_user(email, password, business_id)
         except ApiError as exc:
             raise click.ClickException(f"{exc.message}: {exc.fields or ''}".rstrip(": ")) from None
         click.echo(f"created user {user.id} ({user.email}) in business {user.business_id}")

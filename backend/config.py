@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     openai_max_tokens: int = Field(default=2048, ge=1)
     chat_context_max_tokens: int = Field(default=16_000, ge=100)
     chat_history_max_messages: int = Field(default=2000, ge=2)
+    # The most text a session stores (UTF-8 bytes of its messages); then 409 session_full.
+    chat_history_max_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     # Per user, across every process: replies being written at once (the next
     # is 429 too_many_streams), and a deadline for one reply.
     chat_max_concurrent_per_user: int = Field(default=5, ge=1)

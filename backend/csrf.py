@@ -12,6 +12,8 @@ by themselves.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from flask import Flask, request
@@ -20,8 +22,14 @@ from backend.errors import ApiError
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 CSRF_HEADER = "X-Requested-With"
-# Endpoints that need the check even without a cookie yet.
-ALWAYS_CHECKED = frozenset({"auth.login"})
+
+View = TypeVar("View", bound=Callable)
+
+
+def csrf_checked_without_cookie(view: View) -> View:
+    """Check this route even when the request has no cookie yet (sign-in: login CSRF)."""
+    view.csrf_without_cookie = True  # flask-openapi3's wrapper copies it (functools.wraps)
+    return view
 
 
 def _origin_of(url: str) -> str:
@@ -39,7 +47,8 @@ def install_csrf_protection(app: Flask, allowed_origins: list[str]) -> None:
             return
         if request.headers.get("Authorization", "").lower().startswith("bearer "):
             return
-        if request.endpoint not in ALWAYS_CHECKED and not any(name in request.cookies for name in cookie_names):
+        always = getattr(app.view_functions.get(request.endpoint), "csrf_without_cookie", False)
+        if not always and not any(name in request.cookies for name in cookie_names):
             return  # nothing for a forged request to ride on; auth answers 401
         origin = request.headers.get("Origin")
         if origin and _origin_of(origin) not in allowed | {_origin_of(request.host_url)}:

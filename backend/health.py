@@ -5,12 +5,9 @@ from __future__ import annotations
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel
 
-from backend.app_state import app_state
+from backend.db import Database
 from backend.errors import error_response
 from backend.http import SuccessModel, error_responses, ok
-
-bp = APIBlueprint("health", __name__, abp_tags=[Tag(name="health")])
-
 
 class HealthStatus(BaseModel):
     status: str
@@ -20,15 +17,19 @@ class HealthResponse(SuccessModel):
     data: HealthStatus
 
 
-@bp.get("/healthz", responses={200: HealthResponse})
-def healthz():
-    """The process is up (no dependencies checked)."""
-    return ok(HealthResponse(data=HealthStatus(status="alive")))
+def health_api(db: Database) -> APIBlueprint:
+    bp = APIBlueprint("health", __name__, abp_tags=[Tag(name="health")])
 
+    @bp.get("/healthz", responses={200: HealthResponse})
+    def healthz():
+        """The process is up (no dependencies checked)."""
+        return ok(HealthResponse(data=HealthStatus(status="alive")))
 
-@bp.get("/readyz", responses={200: HealthResponse, **error_responses(503)})
-def readyz():
-    """The database answers; take the instance out of rotation when not."""
-    if not app_state().db.ping():
-        return error_response(503, "database_unavailable", "The database is not reachable", headers={"Retry-After": "5"})
-    return ok(HealthResponse(data=HealthStatus(status="ready")))
+    @bp.get("/readyz", responses={200: HealthResponse, **error_responses(503)})
+    def readyz():
+        """The database answers; take the instance out of rotation when not."""
+        if not db.ping():
+            return error_response(503, "database_unavailable", "The database is not reachable", headers={"Retry-After": "5"})
+        return ok(HealthResponse(data=HealthStatus(status="ready")))
+
+    return bp

@@ -1,4 +1,7 @@
-"""Rate limits on sign-in and on chat turns (flask-limiter).
+"""Rate limits on sign-in, chat turns and session writes (flask-limiter).
+
+A route opts in with a decorator that names its limit, `@rate_limited(CHAT)`;
+init_rate_limits applies the configured limit to every route so marked.
 
 Counters live in memory by default, which is per process: with several
 gunicorn workers or hosts each has its own. Point RATE_LIMIT_STORAGE_URL at
@@ -12,6 +15,8 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from flask import Flask
 from flask_limiter import Limiter, RequestLimit
@@ -25,10 +30,24 @@ from backend.errors import error_response
 
 log = logging.getLogger(__name__)
 
-SESSION_WRITES = (
-    "sessions.create_session", "sessions.update_session", "sessions.delete_session", "sessions.bulk_delete_sessions",
-    "sessions.restore_session", "sessions.mark_session_read", "chat.import_session",
-)
+# The limits a route can name.
+LOGIN = "login"  # per client address: sign-in guessing comes before anyone is signed in
+CHAT = "chat"  # per user: chat turns
+SESSION_WRITES = "session_writes"  # per user: one budget shared by every way of writing sessions
+
+View = TypeVar("View", bound=Callable)
+
+
+def rate_limited(limit: str) -> Callable[[View], View]:
+    """Put the route under one of the app's rate limits (LOGIN, CHAT or SESSION_WRITES)."""
+    if limit not in (LOGIN, CHAT, SESSION_WRITES):
+        raise ValueError(f"unknown rate limit {limit!r}")
+
+    def mark(view: View) -> View:
+        view.rate_limit = limit  # flask-openapi3's wrapper copies it (functools.wraps)
+        return view
+
+    return mark
 
 
 def _multi_process() -> bool:
@@ -84,14 +103,17 @@ def init_rate_limits(app: Flask, settings: Settings) -> Limiter:
 
     # The limits are checked by the decorator's wrapper, so the registered
     # views themselves are wrapped (this limiter belongs to this app only).
+    limits = {
+        LOGIN: limiter.limit(settings.login_rate_limit, key_func=get_remote_address),
+        CHAT: limiter.limit(settings.chat_rate_limit, key_func=caller_key),
+        SESSION_WRITES: limiter.shared_limit(settings.session_write_rate_limit, scope="session-writes",
+                                             key_func=caller_key),
+    }
     views = app.view_functions
-    # By address: sign-in guessing comes before anyone is signed in.
-    views["auth.login"] = limiter.limit(settings.login_rate_limit, key_func=get_remote_address)(views["auth.login"])
-    views["chat.query_stream"] = limiter.limit(settings.chat_rate_limit, key_func=caller_key)(views["chat.query_stream"])
-    # Session writes, per user: one shared budget over every way of writing.
-    session_writes = limiter.shared_limit(settings.session_write_rate_limit, scope="session-writes", key_func=caller_key)
-    for endpoint in SESSION_WRITES:
-        views[endpoint] = session_writes(views[endpoint])
+    for endpoint, view in list(views.items()):
+        limit = getattr(view, "rate_limit", None)
+        if limit is not None:
+            views[endpoint] = limits[limit](view)
     # The wrappers hold the limiter only weakly: the app must keep it alive.
     app.extensions["rate_limiter"] = limiter
     return limiter

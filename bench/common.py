@@ -7,19 +7,20 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import jwt
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
+
+from support import identity
+from support.databases import scratch_database  # noqa: F401 - the harness's scratch databases
+from support.net import free_port, wait_http
+from support.server import ProductionServer
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -103,20 +104,6 @@ def server_url() -> tuple[str, str]:
     return start_embedded_postgres(data), f"embedded PostgreSQL (pgserver) in {data.relative_to(ROOT)}"
 
 
-@contextmanager
-def scratch_database(url: str, name: str):
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f'drop database if exists "{name}" with (force)')
-        conn.execute(f'create database "{name}"')
-    params = conninfo_to_dict(url)
-    params["dbname"] = name
-    try:
-        yield make_conninfo(**params)
-    finally:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(f'drop database if exists "{name}" with (force)')
-
-
 def connect(url: str, **kwargs) -> psycopg.Connection:
     return psycopg.connect(url, autocommit=True, row_factory=dict_row, **kwargs)
 
@@ -125,41 +112,15 @@ def connect(url: str, **kwargs) -> psycopg.Connection:
 
 
 def make_token(user_id: str, business_id: str = BUSINESS) -> str:
-    payload = {"sub": user_id, "aud": "authenticated", "exp": int(time.time()) + 6 * 3600, "role": "authenticated",
-               "app_metadata": {"business_id": business_id}}
-    return jwt.encode(payload, JWT_SECRET, algorithm="HS256")
+    return identity.make_token(user_id, JWT_SECRET, business_id=business_id, lifetime_seconds=6 * 3600)
 
 
 def thread_id(user_id: str, session_id: str, business_id: str = BUSINESS) -> str:
-    return f"user_{user_id}_business_{business_id}_session_{session_id}"
+    return identity.thread_id(user_id, business_id, session_id)
 
 
 def new_user() -> str:
     return str(uuid.uuid4())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(port: int, path: str, timeout: float, proc: subprocess.Popen | None = None) -> bool:
-    import http.client
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            return False
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", path)
-            if conn.getresponse().status == 200:
-                return True
-        except OSError:
-            pass
-        time.sleep(0.2)
-    return False
 
 
 # --- processes: memory --------------------------------------------------------------------
@@ -189,10 +150,6 @@ def cpu_by_pid(pids: list[int]) -> dict[int, float]:
         except (OSError, IndexError, ValueError):
             continue
     return out
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    return sum(cpu_by_pid(pids).values())
 
 
 def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
@@ -233,15 +190,12 @@ def rss_bytes(pids: list[int]) -> int:
 # --- the servers ------------------------------------------------------------------------------
 
 
-class AppServer:
-    """`gunicorn --config gunicorn.conf.py 'backend:create_app()'`, as production runs it."""
+class AppServer(ProductionServer):
+    """`make serve`'s command with its shipped defaults (support.server), on the bench's database and upstream."""
 
     def __init__(self, name: str, database_url: str, upstream_url: str, env: dict[str, str], logdir: Path) -> None:
         self.name = name
-        self.port = free_port()
-        self.log_path = logdir / f"server-{name}.log"
-        self.env = {
-            **os.environ,
+        super().__init__({
             "APP_ENV": "test",
             "DATABASE_URL": database_url,
             "SECRET_KEY": SECRET_KEY,
@@ -254,24 +208,13 @@ class AppServer:
             "RATE_LIMITS_ENABLED": "false",
             "LOG_LEVEL": "INFO",
             "LOG_FORMAT": "json",
-            "BIND": f"127.0.0.1:{self.port}",
             "WEB_CONCURRENCY": "2",
             "DB_POOL_MAX_SIZE": "10",
             **env,
-        }
-        self.proc: subprocess.Popen | None = None
-        self._log = None
+        }, logdir / f"server-{name}.log")
 
     def start(self) -> AppServer:
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - the server's stdout/stderr for its whole life
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "backend:create_app()"],
-            cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        if not wait_http(self.port, "/readyz", 90, self.proc):
-            self.stop()
-            raise RuntimeError(f"server {self.name} did not start; see {self.log_path}:\n"
-                               + self.log_path.read_text()[-3000:])
+        super().start()
         # Both workers must be up before timing starts (gunicorn boots them in turn).
         deadline = time.monotonic() + 60
         workers = int(self.env["WEB_CONCURRENCY"])
@@ -291,18 +234,6 @@ class AppServer:
 
     def rss(self) -> int:
         return rss_bytes(self.pids())
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        if self._log:
-            self._log.close()
-            self._log = None
 
     def request_log(self) -> dict[str, dict]:
         """request_id -> the server's own `request finished` record (duration_ms measured inside)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import psycopg
 
-from backend.sessions.store import CHECKPOINT_TABLES
+from backend.sessions.thread_store import CHECKPOINT_TABLES
 
 SESSION_COPY_COLUMNS = ("business_id", "session_name", "is_archived", "message_count", "created_at",
                         "last_message_at", "name_source")

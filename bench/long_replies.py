@@ -12,34 +12,19 @@ import asyncio
 import time
 
 from bench.common import (
-    BUSINESS,
     AppServer,
     Results,
     connect,
     cpu_by_pid,
     cpu_delta,
-    new_user,
     own_cpu_seconds,
     postgres_pids,
     say,
     stats,
-    thread_id,
 )
-from bench.scenarios import RssSampler, _burst, _stream_direct, _stream_ours, chat_query
+from bench.scenarios import RssSampler, _burst, _stream_direct, _stream_ours, chat_query, sessions_for_users
 
 TOKENS, INTERVAL_MS, FIRST_MS = 40, 125, 200  # ~5.1 s a reply
-
-
-def sessions_for_users(db_url: str, n: int, prefix: str) -> list[tuple[str, str]]:
-    """n (user, session) pairs, named (no naming call), made in SQL."""
-    pairs = [(new_user(), f"{prefix}-{i}") for i in range(n)]
-    with connect(db_url) as conn, conn.cursor() as cur:
-        cur.executemany(
-            "insert into chat_sessions (user_id, business_id, session_id, thread_id, session_name, name_source) "
-            "values (%s, %s, %s, %s, 'Long reply bench', 'user')",
-            [(user, BUSINESS, sid, thread_id(user, sid)) for user, sid in pairs],
-        )
-    return pairs
 
 
 def _summary(out: list[dict], wall: float) -> dict:

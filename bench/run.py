@@ -2,7 +2,8 @@
 
 Builds its own data in a scratch database, starts the servers the way
 production does (gunicorn with gunicorn.conf.py), runs the six scenarios,
-prints a table and writes bench/results/latest.json. Exits 0 whether or not
+prints a table and writes bench/results/latest.json (a quick run: quick.json;
+a partial one: partial.json). Exits 0 whether or not
 targets are met (their rows say meets: false); non-zero only if the harness
 itself could not run.
 """
@@ -268,8 +269,9 @@ def run(quick: bool, only: set[str] | None = None) -> int:
             "database": description}
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = {"quick": quick, "scenarios": sorted(only), "machine": machine, **meta, "results": results.rows, "details": results.details}
-    # A partial run (--only) does not replace the complete results.
-    name = "latest.json" if only == set(SCENARIOS) else "partial.json"
+    # Only a complete full-size run replaces the committed results (the ones the
+    # README quotes); a quick or partial run writes a file of its own (not committed).
+    name = "quick.json" if quick else "latest.json" if only == set(SCENARIOS) else "partial.json"
     (RESULTS / name).write_text(json.dumps(out, indent=2, default=str))
     print()
     print(markdown(results, machine, meta))

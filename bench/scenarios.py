@@ -14,7 +14,9 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from backend.sessions.service import encode_cursor
-from backend.sessions.store import CHECKPOINT_TABLES, SessionStore
+from backend.chat.run_store import RunStore
+from backend.sessions.store import SessionStore
+from backend.sessions.thread_store import CHECKPOINT_TABLES
 from bench import data
 from bench.aioclient import Connection
 from bench.common import (
@@ -167,13 +169,14 @@ def growth_targets(results: Results, sizes: Sizes) -> None:
 def floor_delete(conn, user_id: str, session_id: str) -> tuple[float, dict]:
     """The bare SQL of a delete, in one transaction: the store's own statements, nothing else.
 
-    Whatever statements backend/sessions/store.py uses for a delete (a lock, then one
-    statement for every row of the thread, the session and the audit; or, in older
-    versions, one statement per table), run straight through psycopg.
+    Whatever statements the delete uses (a lock, the check for a reply being written,
+    then one statement for every row of the thread, the session and the audit; or, in
+    older versions, one statement per table), run straight through psycopg.
     """
     started = time.perf_counter()
     with conn.transaction():
         row = SessionStore.lock_for_delete(conn, user_id, session_id)
+        RunStore.live_on(conn, user_id, session_id)
         if hasattr(SessionStore, "delete_thread_and_row"):
             deleted = SessionStore.delete_thread_and_row(
                 conn, thread_id=row["thread_id"], row_id=row["id"], user_id=user_id, business_id=row["business_id"],
@@ -583,6 +586,19 @@ def precreate_sessions(db_url: str, user_id: str, prefix: str, n: int) -> list[s
     return sids
 
 
+def sessions_for_users(db_url: str, n: int, prefix: str) -> list[tuple[str, str]]:
+    """n (user, session) pairs, one session per user, named (no naming call), made in SQL: streams
+    at once come from different users, as real ones do (one user may have only a few replies at once)."""
+    pairs = [(new_user(), f"{prefix}-{i}") for i in range(n)]
+    with connect(db_url) as conn, conn.cursor() as cur:
+        cur.executemany(
+            "insert into chat_sessions (user_id, business_id, session_id, thread_id, session_name, name_source) "
+            "values (%s, %s, %s, %s, 'Stream bench', 'user')",
+            [(user, BUSINESS, sid, thread_id(user, sid)) for user, sid in pairs],
+        )
+    return pairs
+
+
 def streaming(server: AppServer, upstream, db_url: str, sizes: Sizes, results: Results,
               templates: dict[tuple[str, int], str] | None = None) -> None:
     upstream_port = upstream.port
@@ -665,18 +681,18 @@ def streaming(server: AppServer, upstream, db_url: str, sizes: Sizes, results: R
         results.target(f"streaming: added time to first token, p50, in a {history}-turn session", hist["added_ttft_p50_ms"],
                        "ms", "<= 5 ms", hist["added_ttft_p50_ms"] <= 5 and not hist["failures"])
 
-    # Concurrency: C streams at once, each in its own session.
+    # Concurrency: C streams at once, each in its own session of its own user.
     conc_tokens, conc_interval = 20, 50
     rest = server.rss()
     results.detail("streaming", "rss_at_rest_mb", round(rest / 2**20, 1))
     for c in sizes.stream_concurrency:
-        sids = precreate_sessions(db_url, user, f"c{c}", c)
+        pairs = sessions_for_users(db_url, c, f"c{c}")
         q = chat_query(0, conc_tokens, conc_interval)
 
         direct_out, direct_wall = asyncio.run(_burst([_stream_direct(upstream_port, q, 120) for _ in range(c)]))
         before = server.rss()
         with RssSampler(server) as rss:
-            ours_out, wall = asyncio.run(_burst([_stream_ours(server.port, user, sid, q, 300) for sid in sids]))
+            ours_out, wall = asyncio.run(_burst([_stream_ours(server.port, u, sid, q, 300) for u, sid in pairs]))
         ok = [o for o in ours_out if o["ok"]]
         errs = [o["error"] for o in ours_out if not o["ok"]]
         res = {
@@ -709,7 +725,6 @@ def counting(db_url: str, sizes: Sizes, results: Results) -> None:
                      " values (%s, %s, %s, %s, 'Counter', 'user')", (user, BUSINESS, sid, thread_id(user, sid)))
     pool = ConnectionPool(db_url, min_size=writers, max_size=writers, kwargs=app_conn_kwargs(), timeout=60, open=True)
     pool.wait()
-    store = SessionStore(pool)
     barrier = threading.Barrier(writers + 1)
     failures: list[str] = []
 
@@ -717,7 +732,8 @@ def counting(db_url: str, sizes: Sizes, results: Results) -> None:
         barrier.wait()
         for _ in range(increments):
             try:
-                store.increment_message_count(user, sid, 1)
+                with pool.connection() as conn:
+                    SessionStore.increment_message_count(conn, user, sid, 1)
             except Exception as exc:  # noqa: BLE001
                 failures.append(repr(exc))
 

@@ -23,6 +23,7 @@ import time
 import warnings
 from pathlib import Path
 
+from backend.services import services_of
 from bench.common import (
     BUSINESS,
     JWT_SECRET,
@@ -75,7 +76,7 @@ def main() -> int:
             checkpoint_history=args.history,
         )
         app = create_app(settings)
-        state = app.extensions["chat_backend"]
+        state = services_of(app)
         chat = state.chat
         sessions = state.sessions
         for name in ("get_or_create", "create"):

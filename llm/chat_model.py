@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import socket
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import openai
@@ -17,10 +16,21 @@ class ReplyCancelled(Exception):
     """The reply was stopped (client gone, or a forced delete) before it finished."""
 
 
+class CancelSignal(Protocol):
+    """How the caller stops a reply (backend.chat.runs.CancelToken is one): polled between
+    pieces, and a hook to break a read that is blocked on a quiet upstream."""
+
+    def is_set(self) -> bool: ...
+
+    def on_cancel(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Run `callback` (which must not block) once cancelled; returns a function that unregisters it."""
+        ...
+
+
 class ChatModel(Protocol):
     name: str
 
-    def stream(self, messages: list[dict[str, Any]], cancel: threading.Event) -> Iterator[str]:
+    def stream(self, messages: list[dict[str, Any]], cancel: CancelSignal) -> Iterator[str]:
         """Yield the reply's text in pieces; raise ReplyCancelled once `cancel` is set."""
         ...
 
@@ -31,7 +41,7 @@ class OpenAIChatModel:
         self.name = model
         self._max_tokens = max_tokens  # the most a reply may cost upstream
 
-    def stream(self, messages: list[dict[str, Any]], cancel: threading.Event) -> Iterator[str]:
+    def stream(self, messages: list[dict[str, Any]], cancel: CancelSignal) -> Iterator[str]:
         if cancel.is_set():
             raise ReplyCancelled()
         # The SDK's low-level post, not chat.completions.create: create() walks
@@ -57,9 +67,7 @@ class OpenAIChatModel:
         # down (closing the response from another thread waits for the read).
         # Leaving the `with` closes the response in any case, so a stopped
         # reply stops costing tokens upstream at once.
-        stop_watching = (
-            cancel.on_cancel(lambda: _shut_down_socket(response)) if hasattr(cancel, "on_cancel") else (lambda: None)
-        )
+        stop_watching = cancel.on_cancel(lambda: _shut_down_socket(response))
         try:
             with response:
                 for chunk in response:
@@ -101,7 +109,7 @@ class OfflineChatModel:
 
     name = OFFLINE_MODEL_NAME
 
-    def stream(self, messages: list[dict[str, Any]], cancel: threading.Event) -> Iterator[str]:
+    def stream(self, messages: list[dict[str, Any]], cancel: CancelSignal) -> Iterator[str]:
         question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         turns = sum(1 for m in messages if m["role"] == "user")
         preview = " ".join(question.split())[:200]

@@ -13,7 +13,6 @@ or from LangChain chat models streaming (LangGraph's "messages" mode).
 from __future__ import annotations
 
 import importlib
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypedDict
@@ -23,16 +22,14 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.runtime import Runtime
 
-from llm.chat_model import ChatModel
+from llm.chat_model import CancelSignal, ChatModel
 from llm.messages import assistant_message, to_openai_messages, trim_to_budget
-
-DEFAULT_GRAPH_FACTORY = "llm.graph:build_chat_graph"
 
 
 @dataclass
 class ChatContext:
     model: ChatModel
-    cancel: threading.Event
+    cancel: CancelSignal
     system_prompt: str | None = None
     # The most (estimated) tokens of history sent upstream; older messages are
     # left out of the request (never out of the stored history).

@@ -93,7 +93,7 @@ async def generate_session_name(
                 timeout_seconds,
             )
             raw = response.choices[0].message.content if response.choices else None
-            name = clean_session_name(raw or "")
+            name = title_from_answer(raw or "")
             if name:
                 logger.debug("Session named by model on attempt %d/%d", attempt, attempts)
                 return name
@@ -109,7 +109,7 @@ async def generate_session_name(
     return heuristic_session_name(message)
 
 
-def clean_session_name(raw: str) -> str | None:
+def title_from_answer(raw: str) -> str | None:
     """Normalise a model's answer into a title, or None if nothing usable remains."""
     if not isinstance(raw, str):
         return None

@@ -18,8 +18,6 @@ import http.client
 import json
 import os
 import random
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -27,13 +25,13 @@ import time
 import uuid
 from pathlib import Path
 
-import jwt
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import wait_http  # noqa: E402
-from tests.fake_openai import FakeOpenAI
+from support.identity import make_token  # noqa: E402
+from support.server import ProductionServer  # noqa: E402
+from tests.fake_openai import FakeOpenAI  # noqa: E402
 
 JWT_SECRET = "soak-jwt-secret-" + "s" * 32
 SECRET_KEY = "soak-secret-key-" + "k" * 32
@@ -41,16 +39,8 @@ SECRET_KEY = "soak-secret-key-" + "k" * 32
 OPERATIONS = {"create": 12, "list": 22, "get": 18, "get_messages": 6, "rename": 10, "chat": 20, "delete": 12}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def token_for(user_id: str) -> str:
-    claims = {"sub": user_id, "aud": "authenticated", "role": "authenticated",
-              "exp": int(time.time()) + 24 * 3600, "app_metadata": {"business_id": "soak"}}
-    return jwt.encode(claims, JWT_SECRET, algorithm="HS256")
+    return make_token(user_id, JWT_SECRET, business_id="soak", lifetime_seconds=24 * 3600)
 
 
 # --- the server's memory -------------------------------------------------------------------
@@ -178,10 +168,6 @@ def percentile(values: list[float], p: float) -> float:
 
 # --- the run ---------------------------------------------------------------------------------------
 
-def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 60) -> bool:
-    return wait_http(port, "/readyz", timeout, proc)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=16)
@@ -203,33 +189,26 @@ def main() -> int:
             pg_server = pgserver.get_server(Path(tmp) / "pg", cleanup_mode=None)
             database_url = pg_server.get_uri()
         fake = FakeOpenAI(token_delay=args.token_delay).start()
-        port = free_port()
-        env = {
-            **os.environ, "APP_ENV": "production", "DATABASE_URL": database_url, "SECRET_KEY": SECRET_KEY,
+        server = ProductionServer({
+            "APP_ENV": "production", "DATABASE_URL": database_url, "SECRET_KEY": SECRET_KEY,
             "SUPABASE_JWT_SECRET": JWT_SECRET, "OPENAI_BASE_URL": fake.base_url, "OPENAI_API_KEY": "soak-key",
-            "RATE_LIMITS_ENABLED": "false", "LOG_LEVEL": "WARNING", "BIND": f"127.0.0.1:{port}",
-            "WEB_CONCURRENCY": str(args.workers),
-        }
-        log_path = Path(tmp) / "server.log"
-        with open(log_path, "w+") as log:
-            server = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "backend:create_app()"],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-            )
+            "RATE_LIMITS_ENABLED": "false", "LOG_LEVEL": "WARNING", "WEB_CONCURRENCY": str(args.workers),
+            "TRUSTED_PROXIES": "0",  # clients connect directly
+        }, Path(tmp) / "server.log", ready_timeout=60)
+        try:
             try:
-                if not wait_ready(port, server):
-                    log.seek(0)
-                    print("server did not start:\n" + log.read()[-3000:])
-                    return 1
-                return drive(args, duration, warmup, port, server.pid, log_path)
-            finally:
-                server.terminate()
-                server.wait(30)
-                fake.stop()
-                if pg_server is not None:
-                    from pgserver._commands import pg_ctl
+                server.start()
+            except RuntimeError as exc:
+                print(exc)
+                return 1
+            return drive(args, duration, warmup, server.port, server.proc.pid, server.log_path)
+        finally:
+            server.stop()
+            fake.stop()
+            if pg_server is not None:
+                from pgserver._commands import pg_ctl
 
-                    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pg_server.pgdata, user=pg_server.system_user)
+                pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pg_server.pgdata, user=pg_server.system_user)
 
 
 def drive(args, duration: float, warmup: float, port: int, server_pid: int, log_path: Path) -> int:

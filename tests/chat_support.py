@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from backend.services import services_of
 from tests.fake_openai import FakeOpenAI, echo_reply
 
 NAMING_ANSWER = "Highland Property Valuation"
@@ -61,12 +62,12 @@ def model_reply(body: dict) -> str:
 
 
 def state_of(app):
-    return app.extensions["chat_backend"]
+    return services_of(app)
 
 
 def named_session(client, name: str = "Named by the user") -> str:
     """A session the user named, so it is never auto-named (the fake sees chat requests only)."""
-    from tests.conftest import unique_session_id
+    from tests.helpers import unique_session_id
 
     sid = unique_session_id()
     assert client.post("/api/llm/sessions", json={"session_id": sid, "session_name": name}).status_code == 201

@@ -9,7 +9,7 @@ from langgraph.checkpoint.postgres import PostgresSaver
 from langgraph.graph import START, StateGraph
 from langgraph.graph.message import add_messages
 
-from backend.sessions.store import CHECKPOINT_TABLES
+from backend.sessions.thread_store import CHECKPOINT_TABLES
 
 
 class _State(TypedDict):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tests.chat_support import named_session, parse_sse, send, turn
 from tests.checkpoints import rows_digest
-from tests.conftest import client_for
+from tests.helpers import client_for
 
 
 def test_replies_are_capped_upstream(chat, fake):
@@ -47,6 +47,35 @@ def test_a_full_session_takes_no_more_turns_and_nothing_is_written(make_app, fak
                             (sid,)).fetchone()["n"] == runs  # not even a run started
     # a brand-new session is unaffected
     assert send(client, named_session(client), "fresh").status_code == 200
+
+
+def test_a_session_holding_too_much_text_takes_no_more_turns(make_app, fake, alice, pool):
+    app = make_app(openai_base_url=fake.base_url, openai_api_key="k", chat_history_max_bytes=2410)
+    client = client_for(app, alice)
+    sid = named_session(client)
+    turn(client, sid, "é" * 600)  # 1,200 bytes, and "Echo: " and them again: 2,406 in all
+    assert turn(client, sid, "short")[-1].event == "done"  # still under 2,410 when it started
+    with pool.connection() as conn:
+        stored = conn.execute("select history_bytes, message_count from chat_sessions where session_id = %s"
+                              " and user_id = %s", (sid, alice.id)).fetchone()
+        before = rows_digest(conn, "select * from checkpoints where thread_id = %s", alice.thread_id(sid))
+    history = client.get(f"/api/llm/sessions/{sid}?include_messages=true").get_json()["messages"]
+    assert stored["history_bytes"] == sum(len(m["content"].encode()) for m in history) == 2422
+    r = send(client, sid, "one more")
+    assert r.status_code == 409 and r.get_json()["error"]["code"] == "session_full"
+    with pool.connection() as conn:
+        assert rows_digest(conn, "select * from checkpoints where thread_id = %s", alice.thread_id(sid)) == before
+        assert conn.execute("select message_count from chat_sessions where session_id = %s and user_id = %s",
+                            (sid, alice.id)).fetchone()["message_count"] == stored["message_count"]
+
+
+def test_an_import_counts_its_text(api, pool, alice):
+    body = {"format": "chat-session/v1", "messages": [{"role": "user", "content": "héllo"},
+                                                      {"role": "assistant", "content": "hi"}]}
+    sid = api.post("/api/llm/sessions/import", json=body).get_json()["data"]["session_id"]
+    with pool.connection() as conn:
+        assert conn.execute("select history_bytes from chat_sessions where session_id = %s and user_id = %s",
+                            (sid, alice.id)).fetchone()["history_bytes"] == len("héllo".encode()) + 2
 
 
 def test_messages_are_read_back_in_pages_newest_last(chat, fake):

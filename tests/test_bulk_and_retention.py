@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from backend.services import services_of
 from tests.chat_support import named_session, send, turn
 from tests.checkpoints import NO_ROWS, rows_digest, thread_row_counts
-from tests.conftest import client_for, unique_session_id
+from tests.helpers import client_for, unique_session_id
 
 
 def insert_sessions(pool, user, n: int, *, prefix: str, archived: bool = False, days_old: int = 0) -> list[str]:
@@ -134,7 +135,7 @@ def test_the_upkeep_applies_retention_to_sessions_and_audit_rows(make_app, alice
         conn.execute("insert into session_deletions (user_id, business_id, session_id, thread_id, had_session_row, "
                      "rows_deleted, deleted_at) values (%s, 'b', 'old-audit', 't', true, '{}', now() - interval '8 days')",
                      (alice.id,))
-    app.extensions["chat_backend"].maintenance.run_once(sweep=False)
+    services_of(app).maintenance.run_once(sweep=False)
     left = sessions_of(pool, alice)
     assert not set(stale) & left and set(keep) <= left
     with pool.connection() as conn:

@@ -6,8 +6,10 @@ import threading
 
 import pytest
 
+from backend.chat.run_store import RunStore
+from backend.services import services_of
 from tests.chat_support import named_session, parse_sse, reply_text, send, turn, wait_until
-from tests.conftest import client_for, unique_session_id
+from tests.helpers import client_for, unique_session_id
 
 
 def session_of(client, sid):
@@ -190,8 +192,8 @@ def test_client_disconnect_cancels_the_reply(chat_app, chat, fake, alice, pool):
         received += next(chunks).decode()
     response.close()  # the browser tab is gone
     assert fake.client_disconnected.wait(5), "upstream stream was not closed"
-    runs = chat_app.extensions["chat_backend"]
-    assert wait_until(lambda: not runs.chat._store.run_is_live(alice.id, sid))
+    runs = RunStore(services_of(chat_app).db.pool)
+    assert wait_until(lambda: not runs.run_is_live(alice.id, sid))
     body = session_of(chat, sid)
     assert [m["role"] for m in body["messages"]] == ["user"]
     assert body["data"]["message_count"] == 1

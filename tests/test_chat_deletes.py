@@ -10,9 +10,11 @@ import pytest
 from langgraph.checkpoint.base import empty_checkpoint
 
 from backend.chat.checkpointer import SessionCheckpointSaver, SessionGone
+from backend.chat.run_store import RunStore
+from backend.sessions.thread_store import ThreadStore
 from tests.chat_support import named_session, parse_sse, send, state_of, turn, wait_until
 from tests.checkpoints import NO_ROWS, seed_thread, session_row, thread_row_counts
-from tests.conftest import client_for, unique_session_id
+from tests.helpers import client_for, unique_session_id
 
 
 
@@ -167,7 +169,7 @@ def test_any_interleaving_of_sending_and_deleting_leaves_nothing(chat_app, fake,
 
 def test_expired_run_is_reconciled_and_frees_the_session(chat_app, chat, fake, alice, pool):
     sid = named_session(chat)
-    store = state_of(chat_app).chat._store
+    store = RunStore(pool)
     # A process took the session, wrote two turns of history, and died before counting.
     assert store.acquire_run(alice.id, sid, "dead-host:1", 60) is not None
     seed_thread(pool, alice.thread_id(sid), turns=2)
@@ -185,7 +187,7 @@ def test_expired_run_is_reconciled_and_frees_the_session(chat_app, chat, fake, a
 
 def test_new_turn_takes_over_an_expired_lease_and_counts_exactly(chat_app, chat, fake, alice, pool):
     sid = named_session(chat)
-    store = state_of(chat_app).chat._store
+    store = RunStore(pool)
     store.acquire_run(alice.id, sid, "dead-host:2", 60)
     seed_thread(pool, alice.thread_id(sid), turns=1)
     with pool.connection() as conn:
@@ -263,7 +265,7 @@ def test_a_thread_with_no_checkpoint_row_is_as_old_as_its_registration(chat_app,
 def test_orphan_sweep_spares_a_thread_whose_session_appears(chat_app, chat, fake, alice, pool):
     sid, thread_id = orphaned_thread(pool, chat, alice)
     before = thread_row_counts(pool, thread_id)
-    store = state_of(chat_app).chat._store
+    store = ThreadStore(pool)
     assert thread_id in store.orphan_threads(0, 10_000)
     # the user comes back to the localStorage-only chat: its session row appears
     client_for(chat_app, alice).post("/api/llm/sessions", json={"session_id": sid})

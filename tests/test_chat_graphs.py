@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from backend.services import services_of
 from tests.chat_support import reply_text, turn, wait_until
 from tests.checkpoints import NO_ROWS, seed_thread, thread_row_counts
-from tests.conftest import client_for, unique_session_id
+from tests.helpers import client_for, unique_session_id
 
 
 def test_custom_graph_with_extra_node(make_app, fake, alice):
@@ -54,7 +55,7 @@ def test_server_sweeps_orphans_periodically(make_app, alice, pool):
     try:
         assert wait_until(lambda: thread_row_counts(pool, orphan) == NO_ROWS)
     finally:
-        app.extensions["chat_backend"].maintenance.stop()  # a sweeper must not outlive its test
+        services_of(app).maintenance.stop()  # a sweeper must not outlive its test
 
 
 def _checkpoints_of(pool, thread_id):

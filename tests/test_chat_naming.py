@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from tests.chat_support import NAMING_ANSWER, model_reply, send, state_of, turn, wait_until
-from tests.conftest import client_for, unique_session_id
+from tests.helpers import client_for, unique_session_id
 
 
 def name_of(client, sid):

@@ -9,12 +9,15 @@ from psycopg_pool import ConnectionPool
 
 from backend.db import apply_migrations, connection_kwargs, migration_files, setup_checkpointer
 from backend.config import Settings
-from tests.conftest import scratch_database, unique_session_id
+from backend.sessions.store import SessionStore
+from backend.services import services_of
+from support.databases import scratch_database
+from tests.helpers import unique_session_id
 
 
 @pytest.fixture
 def fresh_database(server_url):
-    with scratch_database(server_url, "mig") as url:
+    with scratch_database(server_url, prefix="mig") as url:
         yield url
 
 
@@ -95,7 +98,7 @@ def test_pooler_mode_without_a_listen_capable_url_refuses_to_start_unless_events
 def test_pooler_mode_works_end_to_end(make_app, alice, database_url):
     # Without a real pgbouncer here, this shows the app runs with prepare_threshold=None throughout.
     app = make_app(db_transaction_pooler=True, database_direct_url=database_url)
-    from tests.conftest import client_for
+    from tests.helpers import client_for
 
     client = client_for(app, alice)
     sid = client.post("/api/llm/sessions", json={}).get_json()["session_id"]
@@ -114,7 +117,7 @@ def _count(pool, user_id, session_id):
 
 
 def test_increment_is_exact_under_concurrency(app, api, alice):
-    state = app.extensions["chat_backend"]
+    state = services_of(app)
     sid = api.post("/api/llm/sessions", json={"session_id": unique_session_id()}).get_json()["session_id"]
     writers, per_writer = 16, 25
     start = threading.Barrier(writers)
@@ -122,7 +125,8 @@ def test_increment_is_exact_under_concurrency(app, api, alice):
     def write():
         start.wait()
         for _ in range(per_writer):
-            state.sessions._store.increment_message_count(alice.id, sid, 1)
+            with state.db.pool.connection() as conn:
+                SessionStore.increment_message_count(conn, alice.id, sid, 1)
 
     threads = [threading.Thread(target=write) for _ in range(writers)]
     for t in threads:

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from tests.checkpoints import NO_ROWS, seed_thread, session_row, thread_row_counts
-from tests.conftest import client_for, failing_trigger, unique_session_id
+from tests.helpers import client_for, failing_trigger, unique_session_id
 
 
 

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from tests.conftest import failing_trigger, unique_session_id
+from tests.helpers import failing_trigger, unique_session_id
 
 
 @pytest.mark.parametrize("raw", ['{"session_name": ', "{'single': 'quotes'}", "nul\x00", "\xff\xfe"])
@@ -68,7 +68,7 @@ def test_database_unreachable_is_503_with_retry_after(make_app):
         db_pool_timeout_seconds=0.5,
     )
     client = app.test_client()
-    client.environ_base["HTTP_AUTHORIZATION"] = "Bearer " + __import__("tests.conftest", fromlist=["x"]).make_token("u")
+    client.environ_base["HTTP_AUTHORIZATION"] = "Bearer " + __import__("tests.helpers", fromlist=["x"]).make_token("u")
     r = client.get("/api/llm/sessions")
     assert r.status_code == 503
     assert r.headers["Retry-After"] == "5"
@@ -90,7 +90,7 @@ def test_request_id_is_echoed_or_made(anon):
 
 
 def test_logs_carry_no_tokens_or_passwords(app, alice, caplog):
-    from tests.conftest import client_for
+    from tests.helpers import client_for
 
     client = client_for(app, alice)
     client.post("/api/llm/sessions", json={"session_name": "Private thoughts about Highland"})

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from backend.services import services_of
 from tests.chat_support import named_session, turn
-from tests.conftest import User, client_for, failing_trigger, make_token, unique_session_id
+from tests.helpers import User, client_for, failing_trigger, make_token, unique_session_id
 from tests.test_server_model import production_server
 
 
@@ -352,10 +353,10 @@ def test_subscribers_ride_out_a_database_restart_and_miss_nothing(make_app, tmp_
         assert wait_until_created(local, "after-restart")
         wait_for_text("after-restart")  # caught up once the listener and the pool were back
     finally:
-        app.extensions["chat_backend"].event_hub.drain()  # ends the stream from inside, as a shutdown does
+        services_of(app).event_hub.drain()  # ends the stream from inside, as a shutdown does
         reader.join(10)
         stream.close()
-        app.extensions["chat_backend"].close()
+        services_of(app).close()
         with contextlib.suppress(subprocess.CalledProcessError):
             pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
 

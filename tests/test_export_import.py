@@ -8,7 +8,7 @@ import pytest
 
 from tests.chat_support import named_session, turn
 from tests.checkpoints import NO_ROWS, rows_digest, thread_row_counts
-from tests.conftest import client_for, installed_trigger, unique_session_id
+from tests.helpers import client_for, installed_trigger, unique_session_id
 
 
 def user_rows_digest(pool, user_id: str) -> dict:

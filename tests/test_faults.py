@@ -20,6 +20,7 @@ import psycopg
 import pytest
 
 from backend.sessions.store import SessionStore
+from backend.services import services_of
 from tests.chat_support import (
     named_session,
     parse_sse,
@@ -29,7 +30,7 @@ from tests.chat_support import (
     wait_until,
 )
 from tests.checkpoints import NO_ROWS, seed_thread, thread_row_counts
-from tests.conftest import client_for, installed_trigger
+from tests.helpers import client_for, installed_trigger
 
 GATE_KEY = 7_241_777  # advisory lock key the gates wait on; no app code uses it
 KILLS_PER_POINT = 25  # 5 points: 125 killed operations, plus a let-through control at each
@@ -166,10 +167,15 @@ def test_killed_create_leaves_no_row(app, api, alice, pool, holder):
 # --- count increment: unchanged or +n exactly -----------------------------------------------
 
 def test_killed_increment_changes_nothing(app, api, alice, pool, holder):
-    store = SessionStore(app.extensions["chat_backend"].db.pool)  # the app's own SQL, on its pool
+    app_pool = services_of(app).db.pool
+
+    def increment(n: int):  # the app's own SQL, on its pool
+        with app_pool.connection() as conn:
+            return SessionStore.increment_message_count(conn, alice.id, sid, n)
+
     sid = f"fault-{secrets.token_hex(6)}"
     assert api.post("/api/llm/sessions", json={"session_id": sid}).status_code == 201
-    store.increment_message_count(alice.id, sid, 2)
+    increment(2)
 
     def count():
         with pool.connection() as conn:
@@ -182,7 +188,7 @@ def test_killed_increment_changes_nothing(app, api, alice, pool, holder):
         for trial in range(KILLS_PER_POINT + 1):
             kill = trial < KILLS_PER_POINT
             before = count()
-            result = run_gated(holder, lambda: store.increment_message_count(alice.id, sid, 3), kill=kill)
+            result = run_gated(holder, lambda: increment(3), kill=kill)
             if kill:
                 assert isinstance(result.get("error"), psycopg.OperationalError), result
                 assert count() == before, f"trial {trial}"
@@ -195,7 +201,7 @@ def test_killed_count_at_the_end_of_a_turn_is_repaired_whole(make_app, fake, ali
     later levels the count with the history once the lease runs out."""
     app = make_app(openai_base_url=fake.base_url, openai_api_key="k", run_lease_seconds=0.5, run_renew_seconds=0.1)
     client = client_for(app, alice)
-    upkeep = app.extensions["chat_backend"].maintenance
+    upkeep = services_of(app).maintenance
 
     def runs(sid):
         with pool.connection() as conn:
@@ -227,7 +233,7 @@ def test_database_restart_under_load(make_app, tmp_path):
     import pgserver
     from pgserver._commands import pg_ctl
 
-    from tests.conftest import User
+    from tests.helpers import User
 
     # A private embedded server (what backend.db.start_embedded_postgres starts), stopped by this test
     # only: cleanup_mode=None, so pgserver does not try to stop it again at exit.
@@ -298,7 +304,7 @@ def test_database_restart_under_load(make_app, tmp_path):
         stop.set()
         for w in workers:
             w.join(30)
-        app.extensions["chat_backend"].close()
+        services_of(app).close()
         with contextlib.suppress(subprocess.CalledProcessError):  # already down if the test failed there
             pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
 

@@ -29,8 +29,8 @@ from hypothesis import strategies as st
 from schemathesis.engine import Status, events, from_schema
 from werkzeug.serving import make_server
 
-from backend.sessions.models import SESSION_NAME_PATTERN, clean_session_name
-from tests.conftest import User, client_for
+from backend.sessions.models import SESSION_NAME_PATTERN, validate_session_name
+from tests.helpers import User, client_for
 
 FUZZ_SEED = 20_241_122
 EXAMPLES_PER_OPERATION = 20
@@ -223,7 +223,7 @@ _EDGE_CHARS = " \t\n\x00\x1f\x7f\x85\x9f\xa0\u1680\u2000\u200a\u200f\u2028\u2029
 def test_session_name_pattern_matches_the_validator(name):
     def server_accepts(value):
         try:
-            clean_session_name(value)
+            validate_session_name(value)
             return True
         except ValueError:
             return False

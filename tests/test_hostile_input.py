@@ -17,7 +17,7 @@ import pytest
 from backend.http import ErrorResponse
 from tests.chat_support import turn
 from tests.checkpoints import rows_digest
-from tests.conftest import User, client_for, make_token
+from tests.helpers import User, client_for, make_token
 
 SECRET_QUERY = "my bank password is hunter2-and-more"
 PASSWORD = "correct horse battery staple"

@@ -14,7 +14,7 @@ import pytest
 
 from tests.chat_support import parse_sse, send, turn
 from tests.checkpoints import rows_digest, seed_thread, thread_row_counts
-from tests.conftest import User, client_for, make_token, unique_session_id
+from tests.helpers import User, client_for, make_token, unique_session_id
 
 
 def fingerprint(pool, user, session_id: str) -> dict:

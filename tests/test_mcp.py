@@ -27,7 +27,7 @@ from werkzeug.serving import make_server
 from backend.config import PROJECT_ROOT
 from tests.chat_support import named_session, send, turn
 from tests.checkpoints import NO_ROWS, thread_row_counts
-from tests.conftest import JWT_SECRET, SECRET_KEY, User, client_for, make_token, unique_session_id
+from tests.helpers import JWT_SECRET, SECRET_KEY, User, client_for, make_token, unique_session_id
 from tests.test_undo import everything_digest
 
 TOOLS = {"list_sessions", "get_session", "rename_session", "archive_session", "export_session", "delete_session",

@@ -12,7 +12,7 @@ from llm.naming import (
     DEFAULT_SESSION_NAME,
     MAX_INPUT_CHARS,
     MAX_NAME_CHARS,
-    clean_session_name,
+    title_from_answer,
     generate_session_name,
     heuristic_session_name,
 )
@@ -131,7 +131,7 @@ def test_cancellation_propagates(fake: FakeOpenAI) -> None:
     assert len(fake.chat_requests) == 1  # no retry after cancellation
 
 
-# -- clean_session_name ---------------------------------------------------------------
+# -- title_from_answer ---------------------------------------------------------------
 
 @pytest.mark.parametrize(("raw", "expected"), [
     ('"Highland Property Valuation."', "Highland Property Valuation"),
@@ -148,24 +148,24 @@ def test_cancellation_propagates(fake: FakeOpenAI) -> None:
     ("<think>short</think>Travel Plans", "Travel Plans"),
 ])
 def test_clean_session_name(raw: str, expected: str) -> None:
-    assert clean_session_name(raw) == expected
+    assert title_from_answer(raw) == expected
 
 
 def test_clean_session_name_limits_length_at_word_boundary() -> None:
     raw = "Extraordinarily Comprehensive Intercontinental Telecommunications Infrastructure"
-    name = clean_session_name(raw)
+    name = title_from_answer(raw)
     assert name is not None and len(name) <= MAX_NAME_CHARS
     assert raw.startswith(name) and raw[len(name)] == " "  # cut between words
-    assert len(clean_session_name("A" * 200) or "") == MAX_NAME_CHARS
+    assert len(title_from_answer("A" * 200) or "") == MAX_NAME_CHARS
 
 
 @pytest.mark.parametrize("raw", ["", "   ", "...", '""', "\x00\x01", "<think>unfinished reasoning"])
 def test_clean_session_name_rejects_unusable(raw: str) -> None:
-    assert clean_session_name(raw) is None
+    assert title_from_answer(raw) is None
 
 
 def test_clean_session_name_has_no_control_characters() -> None:
-    name = clean_session_name("Budget\tPlan\u200b\r\nsecond line")
+    name = title_from_answer("Budget\tPlan\u200b\r\nsecond line")
     assert name == "Budget Plan"
     assert all(ch.isprintable() for ch in name)
 

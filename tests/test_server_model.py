@@ -10,40 +10,21 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
+import uuid
 
 import pytest
 
-from backend.config import PROJECT_ROOT
+from support.server import ProductionServer
 from tests.chat_support import parse_sse, wait_until
-from tests.conftest import JWT_SECRET, SECRET_KEY, User, client_for, unique_session_id
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ready(port: int) -> bool:
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-        conn.request("GET", "/readyz")
-        return conn.getresponse().status == 200
-    except OSError:
-        return False
+from tests.helpers import JWT_SECRET, SECRET_KEY, User, client_for, unique_session_id
 
 
 @contextlib.contextmanager
 def production_server(database_url, fake_model, tmp_path, **env_overrides):
-    port = _free_port()
+    """`make serve`'s command on this run's database and fake model; yields (port, process, log path)."""
     env = {
-        **os.environ,
         "APP_ENV": "test",
         "DATABASE_URL": database_url,
         "SECRET_KEY": SECRET_KEY,
@@ -51,28 +32,18 @@ def production_server(database_url, fake_model, tmp_path, **env_overrides):
         "OPENAI_BASE_URL": fake_model.base_url,
         "OPENAI_API_KEY": "test-key",
         "LOG_LEVEL": "WARNING",
-        "BIND": f"127.0.0.1:{port}",
         "WEB_CONCURRENCY": "1",
-        **{k: str(v) for k, v in env_overrides.items()},
+        **env_overrides,
     }
-    for name in ("GUNICORN_WORKER_CLASS", "GUNICORN_THREADS", "MAX_CONNECTIONS_PER_WORKER"):
-        if name not in env_overrides:
-            env.pop(name, None)  # the shipped defaults, whatever this shell has set
-    log_path = tmp_path / f"server-{port}.log"
-    with open(log_path, "w+") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "backend:create_app()"],
-            cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        try:
-            if not wait_until(lambda: _ready(port) or proc.poll() is not None, timeout=60, interval=0.1) \
-                    or proc.poll() is not None:
-                pytest.fail("server did not start:\n" + log_path.read_text()[-3000:])
-            yield port, proc, log_path
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(30)
+    server = ProductionServer(env, tmp_path / f"server-{uuid.uuid4().hex[:8]}.log", ready_timeout=60)
+    try:
+        server.start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield server.port, server.proc, server.log_path
+    finally:
+        server.stop()
 
 
 def _request(port, method, path, user=None, body=None, timeout=30):

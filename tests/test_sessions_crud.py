@@ -7,7 +7,7 @@ from datetime import datetime
 
 import pytest
 
-from tests.conftest import unique_session_id
+from tests.helpers import unique_session_id
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 SESSION_KEYS = {

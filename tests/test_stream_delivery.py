@@ -4,7 +4,7 @@ and requests past the per-process connection limit get a clean 503."""
 from __future__ import annotations
 
 from tests.chat_support import named_session, parse_sse, reply_text, send, wait_until
-from tests.conftest import client_for
+from tests.helpers import client_for
 
 
 def run_is_over(pool, session_id: str) -> bool:

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.conftest import scratch_database
+from support.databases import scratch_database
 
 SUPABASE_SETUP = """
 do $$
@@ -39,7 +39,7 @@ alter default privileges in schema public grant all on sequences to anon, authen
 
 @pytest.fixture(scope="module")
 def supabase_db(server_url, module_make_app):
-    with scratch_database(server_url, "supa") as url:
+    with scratch_database(server_url, prefix="supa") as url:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(SUPABASE_SETUP)
         app = module_make_app(database_url=url)  # LangGraph's setup, then every migration
@@ -65,12 +65,12 @@ def as_role(conn, role: str, sub: str | None):
 def test_data_api_roles_read_only_their_own_rows_and_change_nothing(supabase_db):
     url, app = supabase_db
     alice, bob = str(uuid.uuid4()), str(uuid.uuid4())
-    from tests.conftest import User, client_for
+    from tests.helpers import User, client_for
 
     for who in (alice, bob):
         user = User()
         user.id = who
-        from tests.conftest import make_token
+        from tests.helpers import make_token
         user.token = make_token(who)
         client = client_for(app, user)
         assert client.post("/api/llm/sessions", json={"session_id": "s1", "session_name": f"of {who}"}).status_code == 201

@@ -4,70 +4,21 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import socket
-import subprocess
-import sys
 
 import pytest
 
-from backend.config import PROJECT_ROOT
-from tests.chat_support import parse_sse, send, wait_until
+from tests.chat_support import parse_sse, send
 from tests.checkpoints import NO_ROWS, thread_row_counts
-from tests.conftest import JWT_SECRET, SECRET_KEY, client_for, unique_session_id
-
-
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import client_for, unique_session_id
+from tests.test_server_model import production_server
 
 
 @pytest.fixture(scope="module")
 def server(database_url, fake_model, tmp_path_factory):
-    """`gunicorn --config gunicorn.conf.py 'backend:create_app()'`, as production runs it."""
-    port = _free_port()
-    env = {
-        **os.environ,
-        "APP_ENV": "test",
-        "DATABASE_URL": database_url,
-        "SECRET_KEY": SECRET_KEY,
-        "SUPABASE_JWT_SECRET": JWT_SECRET,
-        "OPENAI_BASE_URL": fake_model.base_url,
-        "OPENAI_API_KEY": "test-key",
-        "RUN_LEASE_SECONDS": "3",
-        "RUN_RENEW_SECONDS": "0.1",
-        "MAINTENANCE_INTERVAL_SECONDS": "0",
-        "LOG_LEVEL": "WARNING",
-        "BIND": f"127.0.0.1:{port}",
-        "WEB_CONCURRENCY": "2",
-    }
-    log = open(tmp_path_factory.mktemp("gunicorn") / "server.log", "w+")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "backend:create_app()"],
-        cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        ready = wait_until(lambda: _ready(port) or proc.poll() is not None, timeout=60, interval=0.1)
-        if not ready or proc.poll() is not None:
-            log.seek(0)
-            pytest.fail("server did not start:\n" + log.read()[-3000:])
+    """`gunicorn --config gunicorn.conf.py 'backend:create_app()'`, as production runs it, with 2 workers."""
+    with production_server(database_url, fake_model, tmp_path_factory.mktemp("gunicorn"), WEB_CONCURRENCY=2,
+                           RUN_LEASE_SECONDS=3, RUN_RENEW_SECONDS=0.1, MAINTENANCE_INTERVAL_SECONDS=0) as (port, _, _):
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(15)
-        log.close()
-
-
-def _ready(port: int) -> bool:
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-        conn.request("GET", "/readyz")
-        return conn.getresponse().status == 200
-    except OSError:
-        return False
 
 
 def _request(port, method, path, user, body=None):

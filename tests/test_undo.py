@@ -7,9 +7,10 @@ import uuid
 import psycopg
 import pytest
 
+from backend.services import services_of
 from tests.chat_support import named_session, turn
 from tests.checkpoints import NO_ROWS, rows_digest, thread_row_counts
-from tests.conftest import client_for, installed_trigger
+from tests.helpers import client_for, installed_trigger
 
 THREAD_TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
 
@@ -126,7 +127,7 @@ def test_a_recovery_point_works_once_and_not_after_it_expires(chat, alice, pool)
         conn.execute("update session_backups set expires_at = now() - interval '1 second' where backup_id = %s",
                      (second,))
     assert chat.post("/api/llm/sessions/restore", json={"backup_id": second}).status_code == 404
-    state = chat.application.extensions["chat_backend"]
+    state = services_of(chat.application)
     assert state.sessions.purge_expired_recovery_points() >= 1
     with pool.connection() as conn:
         assert conn.execute("select count(*) as n from session_backup_rows where backup_id = %s",

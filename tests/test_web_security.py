@@ -6,8 +6,9 @@ import gc
 
 import pytest
 
+from backend.services import services_of
 from tests.chat_support import turn
-from tests.conftest import client_for, unique_session_id
+from tests.helpers import User, client_for, unique_session_id
 from tests.test_auth import BROWSER, signup
 
 
@@ -143,6 +144,28 @@ def test_session_writes_share_a_per_user_budget(make_app, alice, bob):
     assert client_for(app, bob).post("/api/llm/sessions", json={}).status_code == 201  # per user
 
 
+# Every way of writing sessions, each as the request it takes.
+SESSION_WRITES = {
+    "create": ("post", "/api/llm/sessions", {"session_id": "w2"}),
+    "update": ("put", "/api/llm/sessions/w2", {"session_name": "x"}),
+    "read": ("post", "/api/llm/sessions/w2/read", None),
+    "delete": ("delete", "/api/llm/sessions/w2", None),
+    "bulk-delete": ("post", "/api/llm/sessions/bulk-delete", {"session_ids": ["w2"]}),
+    "restore": ("post", "/api/llm/sessions/restore", {"backup_id": "00000000-0000-4000-8000-000000000000"}),
+    "import": ("post", "/api/llm/sessions/import", {"format": "chat-session/v1", "messages": []}),
+}
+
+
+def test_every_session_write_counts_against_the_budget(make_app):
+    """Each write operation is under the shared limit: once the budget is spent, every one is 429."""
+    app = make_app(rate_limits_enabled=True, session_write_rate_limit="1 per minute")
+    for name, (method, path, body) in SESSION_WRITES.items():
+        client = client_for(app, User())  # a fresh budget for each operation
+        assert client.post("/api/llm/sessions", json={}).status_code == 201, name
+        r = getattr(client, method)(path, json=body) if body is not None else getattr(client, method)(path)
+        assert r.status_code == 429, (name, r.status_code, r.get_json())
+
+
 def test_event_streams_per_user_are_capped(make_app, alice):
     app = make_app(events_max_streams_per_user=1, events_max_stream_seconds=5)
     client = client_for(app, alice)
@@ -150,6 +173,6 @@ def test_event_streams_per_user_are_capped(make_app, alice):
     assert first.status_code == 200
     second = client.get("/api/llm/events")
     assert second.status_code == 429 and second.get_json()["error"]["code"] == "too_many_streams"
-    app.extensions["chat_backend"].event_hub.drain()  # ends the first stream
+    services_of(app).event_hub.drain()  # ends the first stream
     first.get_data()
     first.close()

@@ -8,12 +8,13 @@ from flask import Flask, g, request, session
 from flask_login import LoginManager, current_user, login_user, logout_user
 from flask_openapi3 import APIBlueprint, Tag
 
-from backend.app_state import app_state
 from backend.auth.models import LoginBody, LogoutAllResponse, LogoutResponse, UserOut, UserResponse
-from backend.auth.service import AuthUser
+from backend.auth.service import AuthService, AuthUser
 from backend.auth.tokens import AuthUnavailable, InvalidToken
+from backend.csrf import csrf_checked_without_cookie
 from backend.errors import error_response
 from backend.http import error_responses, ok
+from backend.rate_limits import LOGIN, rate_limited
 
 log = logging.getLogger(__name__)
 
@@ -24,56 +25,57 @@ SECURITY_SCHEMES = {
     "cookieAuth": {"type": "apiKey", "in": "cookie", "name": "session"},
 }
 
-bp = APIBlueprint("auth", __name__, url_prefix="/api/auth", abp_tags=[Tag(name="auth")])
-
 
 def user_out(user: AuthUser) -> UserOut:
     return UserOut(user_id=user.id, business_id=user.business_id, email=user.email, auth_method=user.via)
 
 
-@bp.post("/login", responses={200: UserResponse, **error_responses(400, 401, 403, 413, 429, 500, 503)})
-def login(body: LoginBody):
-    """Sign in with email and password; sets an HttpOnly session cookie."""
-    auth = app_state().auth
-    user = auth.open_session(auth.login(body.email, body.password))
-    login_user(user)
-    session["sid"] = user.session_id  # the sign-in the server can end (sign-out, lifetime, idle)
-    log.info("login", extra={"user_id": user.id})
-    return ok(UserResponse(data=user_out(user)))
+def auth_api(auth: AuthService) -> APIBlueprint:
+    bp = APIBlueprint("auth", __name__, url_prefix="/api/auth", abp_tags=[Tag(name="auth")])
 
+    @bp.post("/login", responses={200: UserResponse, **error_responses(400, 401, 403, 413, 429, 500, 503)})
+    @rate_limited(LOGIN)
+    @csrf_checked_without_cookie
+    def login(body: LoginBody):
+        """Sign in with email and password; sets an HttpOnly session cookie."""
+        user = auth.open_session(auth.login(body.email, body.password))
+        login_user(user)
+        session["sid"] = user.session_id  # the sign-in the server can end (sign-out, lifetime, idle)
+        log.info("login", extra={"user_id": user.id})
+        return ok(UserResponse(data=user_out(user)))
 
-@bp.post("/logout", responses={200: LogoutResponse, **error_responses(403, 413, 500)})
-def logout():
-    """Sign out: ends this sign-in on the server (a copy of the cookie stops working) and clears the cookie."""
-    if current_user.is_authenticated and current_user.via == "cookie":
-        app_state().auth.sign_out(current_user)
-    logout_user()
-    session.pop("sid", None)
-    return ok(LogoutResponse())
-
-
-@bp.post(
-    "/logout-all", responses={200: LogoutAllResponse, **error_responses(401, 403, 413, 500, 503)}, security=SECURITY,
-)
-def logout_all():
-    """Sign out everywhere: end every cookie sign-in of the caller, on every device."""
-    if not current_user.is_authenticated:
-        return unauthorized()
-    revoked = app_state().auth.sign_out_everywhere(current_user)
-    if current_user.via == "cookie":
+    @bp.post("/logout", responses={200: LogoutResponse, **error_responses(403, 413, 500)})
+    def logout():
+        """Sign out: ends this sign-in on the server (a copy of the cookie stops working) and clears the cookie."""
+        if current_user.is_authenticated and current_user.via == "cookie":
+            auth.sign_out(current_user)
         logout_user()
         session.pop("sid", None)
-    log.info("logout everywhere", extra={"user_id": current_user.id if current_user.is_authenticated else None,
-                                         "revoked": revoked})
-    return ok(LogoutAllResponse(revoked=revoked))
+        return ok(LogoutResponse())
 
+    @bp.post(
+        "/logout-all", responses={200: LogoutAllResponse, **error_responses(401, 403, 413, 500, 503)}, security=SECURITY,
+    )
+    def logout_all():
+        """Sign out everywhere: end every cookie sign-in of the caller, on every device."""
+        if not current_user.is_authenticated:
+            return unauthorized()
+        revoked = auth.sign_out_everywhere(current_user)
+        if current_user.via == "cookie":
+            logout_user()
+            session.pop("sid", None)
+        log.info("logout everywhere", extra={"user_id": current_user.id if current_user.is_authenticated else None,
+                                             "revoked": revoked})
+        return ok(LogoutAllResponse(revoked=revoked))
 
-@bp.get("/me", responses={200: UserResponse, **error_responses(401, 500, 503)}, security=SECURITY)
-def me():
-    """Who the request is authenticated as."""
-    if not current_user.is_authenticated:
-        return unauthorized()
-    return ok(UserResponse(data=user_out(current_user)))
+    @bp.get("/me", responses={200: UserResponse, **error_responses(401, 500, 503)}, security=SECURITY)
+    def me():
+        """Who the request is authenticated as."""
+        if not current_user.is_authenticated:
+            return unauthorized()
+        return ok(UserResponse(data=user_out(current_user)))
+
+    return bp
 
 
 def unauthorized():
@@ -87,7 +89,7 @@ def unauthorized():
     return error_response(401, "unauthorized", "Sign in or send a valid access token", headers={"WWW-Authenticate": "Bearer"})
 
 
-def init_login(app: Flask) -> None:
+def init_login(app: Flask, auth: AuthService) -> None:
     manager = LoginManager()
     manager.init_app(app)
     # "basic" marks the session non-fresh when the client's IP/agent changes;
@@ -96,7 +98,7 @@ def init_login(app: Flask) -> None:
 
     @manager.user_loader
     def _load_from_cookie(user_id: str):
-        return app_state().auth.user_for_cookie(user_id, session.get("sid"))
+        return auth.user_for_cookie(user_id, session.get("sid"))
 
     @manager.request_loader
     def _load_from_token(req):
@@ -107,7 +109,7 @@ def init_login(app: Flask) -> None:
                 g.auth_error = "The Authorization header must be 'Bearer <access token>'"
             return None
         try:
-            return app_state().auth.user_for_token(token.strip())
+            return auth.user_for_token(token.strip())
         except InvalidToken as exc:
             g.auth_error = str(exc)
             log.info("token refused", extra={"reason": str(exc)})

@@ -21,6 +21,8 @@ from psycopg import Connection, Cursor
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
+from backend.sessions.store import SessionStore
+
 
 class SessionGone(Exception):
     """The session was deleted; its thread takes no more writes."""
@@ -36,8 +38,7 @@ class SessionCheckpointSaver(PostgresSaver):
     def _session_locked(self, config: RunnableConfig) -> Iterator[Connection]:
         thread_id = config["configurable"]["thread_id"]
         with self.conn.connection() as conn, conn.transaction():
-            row = conn.execute("select 1 from chat_sessions where thread_id = %s for key share", (thread_id,)).fetchone()
-            if row is None:
+            if not SessionStore.lock_for_checkpoint_write(conn, thread_id):
                 raise SessionGone(thread_id)
             yield conn
 

@@ -20,7 +20,8 @@ from psycopg_pool import ConnectionPool
 from backend.auth.service import AuthUser
 from backend.errors import ApiError
 from backend.sessions.service import build_thread_id, new_session_id
-from backend.sessions.store import SessionStore, increment_message_count
+from backend.sessions.store import SessionStore
+from backend.sessions.thread_store import history_bytes
 from llm.messages import assistant_message, user_message
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,8 @@ class SessionImporter:
                 graph = self._graph.copy(update={"checkpointer": saver})
                 graph.update_state({"configurable": {"thread_id": thread_id}}, {"messages": history},
                                    as_node=self._as_node)
-                increment_message_count(conn, user.id, session_id, len(history))
+                self._store.increment_message_count(conn, user.id, session_id, len(history))
+                self._store.set_history_bytes(conn, row["id"], history_bytes(messages))
                 row = self._store.get_on(conn, row["id"])
         except psycopg.errors.UniqueViolation:
             raise taken from None

@@ -20,11 +20,13 @@ import threading
 import time
 from collections.abc import Callable
 
+from backend.chat.counts import MessageCounts
 from backend.chat.namer import SessionNamer
-from backend.chat.store import ChatStore
+from backend.chat.run_store import RunStore
 from backend.sessions.cleanup import SessionCleanup
 from backend.sessions.service import SessionService
-from backend.sessions.store import CHECKPOINT_TABLES
+from backend.sessions.store import SessionStore
+from backend.sessions.thread_store import CHECKPOINT_TABLES, ThreadStore
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +37,14 @@ RETENTION_BATCH = 100
 class Maintenance:
     def __init__(
         self,
-        store: ChatStore,
+        *,
+        session_store: SessionStore,
+        runs: RunStore,
+        threads: ThreadStore,
+        counts: MessageCounts,
         namer: SessionNamer,
         sessions: SessionService,
         cleanup: SessionCleanup,
-        *,
         interval_seconds: float,
         sweep_interval_seconds: float,
         orphan_min_age_seconds: float,
@@ -49,7 +54,10 @@ class Maintenance:
         purge_events: Callable[[], int] | None = None,
         purge_sign_ins: Callable[[], int] | None = None,
     ) -> None:
-        self._store = store
+        self._session_store = session_store
+        self._runs = runs
+        self._threads = threads
+        self._counts = counts
         self._namer = namer
         self._sessions = sessions
         self._cleanup = cleanup
@@ -67,8 +75,8 @@ class Maintenance:
     def reconcile_runs(self) -> int:
         """Finish runs whose process died. Returns how many."""
         finished = 0
-        for run in self._store.expired_runs():
-            self._store.finish_run(run["user_id"], run["session_id"], None)
+        for run in self._runs.expired_runs():
+            self._counts.end_run_and_count_messages(run["user_id"], run["session_id"], None)
             finished += 1
         if finished:
             log.info("expired runs reconciled", extra={"runs": finished})
@@ -76,7 +84,7 @@ class Maintenance:
 
     def name_unnamed(self) -> int:
         """Queue naming for sessions whose naming was lost. Returns how many were queued."""
-        rows = self._store.unnamed_sessions()
+        rows = self._session_store.unnamed_sessions()
         for row in rows:
             self._namer.submit(row["user_id"], row["session_id"])
         return len(rows)
@@ -87,12 +95,12 @@ class Maintenance:
         report = {"threads": 0, "rows": {table: 0 for table in CHECKPOINT_TABLES}}
         seen: set[str] = set()
         while report["threads"] < max_threads:
-            batch = [t for t in self._store.orphan_threads(min_age, ORPHAN_BATCH) if t not in seen]
+            batch = [t for t in self._threads.orphan_threads(min_age, ORPHAN_BATCH) if t not in seen]
             if not batch:
                 break
             for thread_id in batch:
                 seen.add(thread_id)
-                counts = self._store.delete_orphan_thread(thread_id)
+                counts = self._threads.delete_orphan_thread(thread_id)
                 if any(counts.values()):
                     report["threads"] += 1
                     for table, n in counts.items():

@@ -16,7 +16,8 @@ import threading
 
 import openai
 
-from backend.chat.store import ChatStore
+from backend.sessions.store import SessionStore
+from backend.sessions.thread_store import ThreadStore
 from llm.naming import generate_session_name
 
 log = logging.getLogger(__name__)
@@ -24,9 +25,10 @@ log = logging.getLogger(__name__)
 
 class SessionNamer:
     def __init__(
-        self, store: ChatStore, client_factory, *, model: str, timeout_seconds: float
+        self, sessions: SessionStore, threads: ThreadStore, client_factory, *, model: str, timeout_seconds: float
     ) -> None:
-        self._store = store
+        self._sessions = sessions
+        self._threads = threads
         self._client_factory = client_factory  # () -> AsyncOpenAI | None (None: offline)
         self._model = model
         self._timeout = timeout_seconds
@@ -52,17 +54,17 @@ class SessionNamer:
 
     async def _name(self, user_id: str, session_id: str, first_message: str | None) -> str | None:
         try:
-            claimed = await asyncio.to_thread(self._store.claim_naming, user_id, session_id)
+            claimed = await asyncio.to_thread(self._sessions.claim_naming, user_id, session_id)
             if claimed is None:
                 return None  # named already, or another process is on it
             if first_message is None:
-                first_message = await asyncio.to_thread(self._store.first_user_message, claimed["thread_id"])
+                first_message = await asyncio.to_thread(self._threads.first_user_message, claimed["thread_id"])
             if not first_message:
                 return None
             name = await generate_session_name(
                 first_message, client=self._async_client(), model=self._model, timeout_seconds=self._timeout
             )
-            applied = await asyncio.to_thread(self._store.apply_auto_name, user_id, session_id, name)
+            applied = await asyncio.to_thread(self._sessions.apply_auto_name, user_id, session_id, name)
             log.info("session named", extra={"user_id": user_id, "session_id": session_id, "applied": applied})
             return name if applied else None
         except Exception:  # noqa: BLE001 - naming must never hurt anything else

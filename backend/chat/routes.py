@@ -1,4 +1,4 @@
-"""/api/llm/query/stream: one chat turn, streamed as Server-Sent Events."""
+"""/api/llm/query/stream: one chat turn, streamed as Server-Sent Events; and the import of a session."""
 
 from __future__ import annotations
 
@@ -6,47 +6,52 @@ from flask import Response
 from flask_login import current_user
 from flask_openapi3 import APIBlueprint, Tag
 
-from backend.app_state import app_state
 from backend.auth.routes import SECURITY, require_user
+from backend.chat.importer import SessionImporter
 from backend.chat.models import STREAM_DESCRIPTION, STREAM_RESPONSE, QueryBody
+from backend.chat.service import ChatService
 from backend.http import error_responses, ok
+from backend.rate_limits import CHAT, SESSION_WRITES, rate_limited
 from backend.sessions.models import ImportSessionBody, SessionResponse
 from backend.sessions.routes import session_out
 
-bp = APIBlueprint("chat", __name__, url_prefix="/api/llm", abp_tags=[Tag(name="chat")], abp_security=SECURITY)
-bp.before_request(require_user)
 
+def chat_api(chat: ChatService, importer: SessionImporter) -> APIBlueprint:
+    bp = APIBlueprint("chat", __name__, url_prefix="/api/llm", abp_tags=[Tag(name="chat")], abp_security=SECURITY)
+    bp.before_request(require_user)
 
-@bp.post(
-    "/query/stream",
-    responses={200: STREAM_RESPONSE, **error_responses(400, 401, 403, 404, 409, 413, 429, 500, 503)},
-    description=STREAM_DESCRIPTION,
-)
-def query_stream(body: QueryBody):
-    """Send a message and stream the reply. The session is created on first use."""
-    chat = app_state().chat
-    turn = chat.start_turn(current_user._get_current_object(), body.session_id, body.query)
-    # No stream_with_context: the stream needs nothing from the request, and
-    # keeping its context pushed would let it leak into other requests (and
-    # their flask-login user) in the same thread.
-    return Response(
-        chat.stream(turn),
-        mimetype="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    @bp.post(
+        "/query/stream",
+        responses={200: STREAM_RESPONSE, **error_responses(400, 401, 403, 404, 409, 413, 429, 500, 503)},
+        description=STREAM_DESCRIPTION,
     )
+    @rate_limited(CHAT)
+    def query_stream(body: QueryBody):
+        """Send a message and stream the reply. The session is created on first use."""
+        turn = chat.start_turn(current_user._get_current_object(), body.session_id, body.query)
+        # No stream_with_context: the stream needs nothing from the request, and
+        # keeping its context pushed would let it leak into other requests (and
+        # their flask-login user) in the same thread.
+        return Response(
+            chat.stream(turn),
+            mimetype="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
-
-@bp.post(
-    "/sessions/import",
-    responses={201: SessionResponse, **error_responses(400, 401, 403, 409, 413, 429, 500, 503)},
-)
-def import_session(body: ImportSessionBody):
-    """A new session from an export document (chat-session/v1); the next turn continues its memory."""
-    row = app_state().importer.import_session(
-        current_user._get_current_object(),
-        session_id=body.session_id or body.session.session_id,
-        session_name=body.session.session_name,
-        is_archived=body.session.is_archived,
-        messages=[m.model_dump() for m in body.messages],
+    @bp.post(
+        "/sessions/import",
+        responses={201: SessionResponse, **error_responses(400, 401, 403, 409, 413, 429, 500, 503)},
     )
-    return ok(SessionResponse(data=session_out(row)), 201)
+    @rate_limited(SESSION_WRITES)
+    def import_session(body: ImportSessionBody):
+        """A new session from an export document (chat-session/v1); the next turn continues its memory."""
+        row = importer.import_session(
+            current_user._get_current_object(),
+            session_id=body.session_id or body.session.session_id,
+            session_name=body.session.session_name,
+            is_archived=body.session.is_archived,
+            messages=[m.model_dump() for m in body.messages],
+        )
+        return ok(SessionResponse(data=session_out(row)), 201)
+
+    return bp

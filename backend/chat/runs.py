@@ -19,9 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psycopg
+from psycopg import Connection
 from psycopg_pool import PoolTimeout
 
-from backend.chat.store import ChatStore
+from backend.chat.run_store import RunStore
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class ActiveRun:
 
 class RunLeases:
     def __init__(
-        self, store: ChatStore, *, lease_seconds: float, renew_seconds: float, turn_max_seconds: float = float("inf"),
+        self, store: RunStore, *, lease_seconds: float, renew_seconds: float, turn_max_seconds: float = float("inf"),
     ) -> None:
         self._turn_max = turn_max_seconds
         self._store = store
@@ -102,11 +103,12 @@ class RunLeases:
         return None if run_id is None else self.track(run_id, user_id, session_id)
 
     def start_in_session(
-        self, user_id: str, session_id: str, max_messages: int, max_runs: int
+        self, user_id: str, session_id: str, *, max_messages: int, max_bytes: int, max_runs: int
     ) -> tuple[dict | None, ActiveRun | None]:
-        """Read the session and take its lease in one round trip (see ChatStore.start_run_in_session)."""
+        """Read the session and take its lease in one round trip (see RunStore.start_run_in_session)."""
         session, run_id = self._store.start_run_in_session(
-            user_id, session_id, self.owner, self._lease_seconds, max_messages, max_runs
+            user_id, session_id, self.owner, self._lease_seconds, max_messages=max_messages, max_bytes=max_bytes,
+            max_runs=max_runs,
         )
         return session, None if run_id is None else self.track(run_id, user_id, session_id)
 
@@ -162,3 +164,23 @@ class RunLeases:
                 log.warning("lease renewal failed", extra={"error_class": type(exc).__name__})
             except Exception:  # noqa: BLE001 - the keeper must outlive any one bad pass
                 log.exception("lease renewal crashed")
+
+
+class ReplyControl:
+    """The replies a session delete must respect (sessions.service.Replies), from the runs table:
+    so a delete sees and stops replies written by any process."""
+
+    def __init__(self, store: RunStore, *, stop_wait_seconds: float) -> None:
+        self._store = store
+        self._stop_wait = stop_wait_seconds
+
+    def is_writing(self, conn: Connection, user_id: str, session_id: str) -> bool:
+        return self._store.live_on(conn, user_id, session_id)
+
+    def stop(self, user_id: str, session_id: str) -> None:
+        """Ask the reply's process to stop, and wait (FORCE_DELETE_WAIT_SECONDS at most) until it has."""
+        if not self._store.request_cancel(user_id, session_id):
+            return
+        deadline = time.monotonic() + self._stop_wait
+        while self._store.run_is_live(user_id, session_id) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the owner notices within RUN_RENEW_SECONDS, then ends the run

@@ -7,7 +7,8 @@ the reply without waiting for it. Tokens that queued up while the previous
 event was being written go out as one event (a lone token is never held back),
 and a client that stops reading can hold at most STREAM_BUFFER_CHARS of reply
 before the reply is stopped. Whatever happens, the worker ends the run with
-`finish_run`, which makes message_count equal to the history the turn left behind.
+MessageCounts.end_run_and_count_messages, which makes message_count equal to
+the history the turn left behind.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from langgraph.graph.state import CompiledStateGraph
 
 from backend.auth.service import AuthUser
 from backend.chat.checkpointer import SessionGone
+from backend.chat.counts import MessageCounts
 from backend.chat.namer import SessionNamer
+from backend.chat.run_store import RunStore
 from backend.chat.runs import ActiveRun, RunLeases
-from backend.chat.store import ChatStore
 from backend.errors import ApiError, NotFound
 from backend.sessions.service import SessionService
 from llm.chat_model import ChatModel, ReplyCancelled
@@ -70,7 +72,8 @@ class ChatService:
         self,
         *,
         sessions: SessionService,
-        store: ChatStore,
+        runs: RunStore,
+        counts: MessageCounts,
         leases: RunLeases,
         namer: SessionNamer,
         graph: CompiledStateGraph,
@@ -81,10 +84,12 @@ class ChatService:
         stream_buffer_chars: int = 65_536,
         max_context_tokens: int | None = None,
         max_history_messages: int | None = None,
+        max_history_bytes: int | None = None,
         max_replies_per_user: int | None = None,
     ) -> None:
         self._sessions = sessions
-        self._store = store
+        self._runs = runs
+        self._counts = counts
         self._leases = leases
         self._namer = namer
         self._graph = graph
@@ -95,17 +100,20 @@ class ChatService:
         self._buffer_limit = stream_buffer_chars
         self._max_context_tokens = max_context_tokens
         self._max_history = max_history_messages or 2**31 - 1
+        self._max_bytes = max_history_bytes or 2**62
         self._max_runs = max_replies_per_user or 2**31 - 1
 
     def start_turn(self, user: AuthUser, session_id: str, query: str) -> Turn:
         """Everything that can fail with a status code, before any byte is streamed."""
         try:
             # The common case, a session that exists, in one round trip.
-            session, run = self._leases.start_in_session(user.id, session_id, self._max_history, self._max_runs)
+            session, run = self._leases.start_in_session(
+                user.id, session_id, max_messages=self._max_history, max_bytes=self._max_bytes,
+                max_runs=self._max_runs,
+            )
             if session is None:  # ids are made by the frontend: created on first use
                 session = self._sessions.get_or_create(user, session_id)
-                startable = not session["is_archived"] and session["message_count"] < self._max_history
-                run = self._leases.start(user.id, session_id, self._max_runs) if startable else None
+                run = self._leases.start(user.id, session_id, self._max_runs) if self._startable(session) else None
         except psycopg.errors.ForeignKeyViolation:
             raise NotFound("The session was deleted") from None
         if session["is_archived"]:
@@ -113,7 +121,10 @@ class ChatService:
         if session["message_count"] >= self._max_history:
             raise ApiError(409, "session_full", f"This conversation has reached {self._max_history} messages; "
                            "start a new session to go on")
-        if run is None and self._store.live_runs(user.id) >= self._max_runs:
+        if session["history_bytes"] >= self._max_bytes:
+            raise ApiError(409, "session_full", "This conversation has reached the most text a session may hold; "
+                           "start a new session to go on")
+        if run is None and self._runs.live_runs(user.id) >= self._max_runs:
             raise ApiError(
                 429, "too_many_streams",
                 f"You have {self._max_runs} replies being written already; wait for one to finish",
@@ -133,9 +144,14 @@ class ChatService:
             threading.Thread(target=self._run_turn, args=(turn,), name="chat-turn", daemon=True).start()
         except RuntimeError:  # no thread to be had: free the session again
             self._leases.forget(run)
-            self._store.finish_run(user.id, session_id, run.run_id)
+            self._counts.end_run_and_count_messages(user.id, session_id, run.run_id)
             raise ApiError(503, "overloaded", "The server is too busy; try again shortly", headers={"Retry-After": "5"}) from None
         return turn
+
+    def _startable(self, session: dict) -> bool:
+        """Not archived and not full: what START_RUN_IN_SESSION_SQL checks, for a session just made."""
+        return (not session["is_archived"] and session["message_count"] < self._max_history
+                and session["history_bytes"] < self._max_bytes)
 
     def stream(self, turn: Turn) -> Iterator[str]:
         """The SSE body: tokens, then `done` or `error`; heartbeats while the model is quiet."""
@@ -199,7 +215,7 @@ class ChatService:
                 self._prune(turn)
             outcome = "done" if error is None else ("cancelled" if run.cancel.is_set() else "error")
             try:
-                session = self._store.finish_run(run.user_id, run.session_id, run.run_id, outcome)
+                session = self._counts.end_run_and_count_messages(run.user_id, run.session_id, run.run_id, outcome)
             except Exception:  # noqa: BLE001 - a later reconcile repairs the count
                 log.exception("finishing a run failed", extra={"session_id": run.session_id})
                 session = None

@@ -74,10 +74,6 @@ class EventHub:
         with self._lock:
             return len(self._subscribers.get(user_id, ()))
 
-    def subscriber_count(self) -> int:
-        with self._lock:
-            return sum(len(s) for s in self._subscribers.values())
-
     def drain(self) -> None:
         """End every stream of this process (it is shutting down): each client
         reconnects, to another process, from its cursor, missing nothing."""

@@ -9,22 +9,19 @@ from flask import Response, request
 from flask_login import current_user
 from flask_openapi3 import APIBlueprint, Tag
 
-from backend.app_state import app_state
 from backend.auth.routes import SECURITY, require_user
+from backend.auth.service import AuthService
 from backend.errors import ApiError
 from backend.events.models import EVENTS_DESCRIPTION, EVENTS_RESPONSE, EventsQuery
+from backend.events.service import EventService
 from backend.http import error_responses
 
-bp = APIBlueprint("events", __name__, url_prefix="/api/llm", abp_tags=[Tag(name="events")], abp_security=SECURITY)
-bp.before_request(require_user)
 
-
-def _credentials_valid_until(user) -> Callable[[], float | None]:
+def _credentials_valid_until(auth: AuthService, user) -> Callable[[], float | None]:
     """Until when this request's credentials hold: a bearer token's `exp` (already
     verified), or a cookie sign-in's lifetime and idle limit, asked of the
     database again when it comes (a sign-out ends it)."""
     if user.via == "cookie":
-        auth = app_state().auth
         return lambda: auth.cookie_valid_until(user.id, user.session_id)
     _, _, token = request.headers.get("Authorization", "").partition(" ")
     exp = jwt.decode(token.strip(), options={"verify_signature": False}).get("exp")
@@ -32,20 +29,26 @@ def _credentials_valid_until(user) -> Callable[[], float | None]:
     return lambda: expires
 
 
-@bp.get("/events", responses={200: EVENTS_RESPONSE, **error_responses(400, 401, 429, 500, 503)},
-        description=EVENTS_DESCRIPTION)
-def events(query: EventsQuery):
-    """Live changes to the caller's sessions, resumable with Last-Event-ID."""
-    events_service = app_state().events
-    if events_service is None:
-        raise ApiError(503, "events_disabled", "Live events are turned off on this server (EVENTS_ENABLED=false)")
-    if not events_service.has_room_for(current_user.id):
-        raise ApiError(429, "too_many_streams", "Too many event streams are open for this account; close a tab",
-                       headers={"Retry-After": "30"})
-    last_event_id = request.headers.get("Last-Event-ID") or query.last_event_id
-    user = current_user._get_current_object()
-    return Response(
-        events_service.stream(user.id, last_event_id, _credentials_valid_until(user)),
-        mimetype="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+def events_api(events_service: EventService | None, auth: AuthService) -> APIBlueprint:
+    """`events_service` None: EVENTS_ENABLED=false, and the route says so (503)."""
+    bp = APIBlueprint("events", __name__, url_prefix="/api/llm", abp_tags=[Tag(name="events")], abp_security=SECURITY)
+    bp.before_request(require_user)
+
+    @bp.get("/events", responses={200: EVENTS_RESPONSE, **error_responses(400, 401, 429, 500, 503)},
+            description=EVENTS_DESCRIPTION)
+    def events(query: EventsQuery):
+        """Live changes to the caller's sessions, resumable with Last-Event-ID."""
+        if events_service is None:
+            raise ApiError(503, "events_disabled", "Live events are turned off on this server (EVENTS_ENABLED=false)")
+        if not events_service.has_room_for(current_user.id):
+            raise ApiError(429, "too_many_streams", "Too many event streams are open for this account; close a tab",
+                           headers={"Retry-After": "30"})
+        last_event_id = request.headers.get("Last-Event-ID") or query.last_event_id
+        user = current_user._get_current_object()
+        return Response(
+            events_service.stream(user.id, last_event_id, _credentials_valid_until(auth, user)),
+            mimetype="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    return bp

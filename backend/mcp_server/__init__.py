@@ -28,10 +28,9 @@ class McpServices:
 
 def services_for(app: Flask) -> McpServices:
     """The one place this package reaches into the app's state."""
-    from backend.app_state import app_state
+    from backend.services import services_of
 
-    with app.app_context():
-        state = app_state()
+    state = services_of(app)
     return McpServices(
         tools=SessionTools(sessions=state.sessions),
         auth=state.auth,

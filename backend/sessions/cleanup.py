@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from backend.auth.service import AuthUser
 from backend.errors import ApiError
 from backend.sessions.service import SessionService
-from backend.sessions.store import CHECKPOINT_TABLES, SessionStore
+from backend.sessions.store import SessionStore
+from backend.sessions.thread_store import CHECKPOINT_TABLES
 
 log = logging.getLogger(__name__)
 

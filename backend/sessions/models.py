@@ -41,7 +41,7 @@ SessionId = Annotated[
 ]
 
 
-def clean_session_name(value: str) -> str:
+def validate_session_name(value: str) -> str:
     value = value.strip()
     if not value:
         raise ValueError("must not be empty")
@@ -54,7 +54,7 @@ def clean_session_name(value: str) -> str:
     return value
 
 
-# The same rules as clean_session_name, as a JSON Schema pattern for the document
+# The same rules as validate_session_name, as a JSON Schema pattern for the document
 # (clients and schema fuzzers): whitespace that strip() removes (some of it
 # control characters), then 1-200 characters that start and end with something
 # else, with no control characters (Cc) or bidi controls, then whitespace again.
@@ -75,7 +75,7 @@ SessionName = Annotated[
         description="Trimmed; then 1-200 characters, no control or bidi override characters",
         json_schema_extra={"minLength": 1, "pattern": SESSION_NAME_PATTERN},
     ),
-    AfterValidator(clean_session_name),
+    AfterValidator(validate_session_name),
 ]
 
 

@@ -13,9 +13,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import psycopg
+from psycopg import Connection
 from psycopg_pool import ConnectionPool
 
 from backend.auth.service import AuthUser
@@ -25,8 +26,6 @@ from llm.messages import load_thread_messages, visible_messages
 
 if TYPE_CHECKING:
     from langgraph.checkpoint.base import BaseCheckpointSaver
-
-    from backend.chat.store import ChatStore
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +62,16 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
         raise ApiError(400, "validation_error", "Invalid cursor", {"cursor": "not a cursor this server issued"}) from None
 
 
+class Replies(Protocol):
+    """What a delete needs of the replies being written: the chat area provides it (create_app wires it in)."""
+
+    def is_writing(self, conn: Connection, user_id: str, session_id: str) -> bool:
+        """Whether a reply is being written in the session, in any process (on the delete's connection)."""
+
+    def stop(self, user_id: str, session_id: str) -> None:
+        """Ask the session's reply to stop and wait, bounded, until it has."""
+
+
 @dataclass
 class DeleteOutcome:
     deleted: dict[str, int]  # rows removed per table
@@ -85,17 +94,15 @@ class SessionService:
         pool: ConnectionPool,
         store: SessionStore,
         *,
-        runs: ChatStore,
+        replies: Replies,
         checkpointer: BaseCheckpointSaver,
-        force_delete_wait_seconds: float,
         backup_retention_seconds: float = 86_400,
         max_sessions_per_user: int = 10_000,
     ) -> None:
         self._pool = pool
         self._store = store
-        self._runs = runs
+        self._replies = replies
         self._checkpointer = checkpointer
-        self._force_wait = force_delete_wait_seconds
         self._backup_retention = backup_retention_seconds
         self._max_sessions = max_sessions_per_user
 
@@ -207,13 +214,14 @@ class SessionService:
         report = progress or (lambda phase, fraction: None)
         report("checking for a reply in progress", 0.1)
         if force:
-            self._stop_reply(user.id, session_id)
+            self._replies.stop(user.id, session_id)
         with self._pool.connection() as conn, conn.transaction():
             row = self._store.lock_for_delete(conn, user.id, session_id)
             thread_id = row["thread_id"] if row else build_thread_id(user.id, user.business_id, session_id)
             if row is None and self._store.thread_has_session(conn, thread_id):
                 raise NotFound()  # a thread with a session row is deleted through that row only
-            if row and row["run_live"] and not force:
+            # With the row locked no reply can start, so this answer holds until commit.
+            if row and not force and self._replies.is_writing(conn, user.id, session_id):
                 raise ApiError(
                     409, "session_busy",
                     "A reply is still being written in this session. Stop it first, "
@@ -275,23 +283,16 @@ class SessionService:
             log.info("expired recovery points purged", extra={"recovery_points": total})
         return total
 
-    def _stop_reply(self, user_id: str, session_id: str) -> None:
-        """Ask the reply's process to stop, and wait (bounded) until it has."""
-        if not self._runs.request_cancel(user_id, session_id):
-            return
-        deadline = time.monotonic() + self._force_wait
-        while self._runs.run_is_live(user_id, session_id) and time.monotonic() < deadline:
-            time.sleep(0.05)  # the owner notices within RUN_RENEW_SECONDS, then ends the run
-
     def delete_preview(self, user: AuthUser, session_id: str) -> dict:
         """A delete's dry run: what it would remove now (rows per table) and
         whether a reply is being written (it would need force). The same
         ownership rules as `delete`; nothing is locked or changed."""
-        preview = self._store.delete_preview(
-            user_id=user.id, session_id=session_id,
-            thread_id=build_thread_id(user.id, user.business_id, session_id),
-        )
-        run_live, thread_owned = preview.pop("run_live"), preview.pop("thread_owned")
-        if thread_owned or not any(preview.values()):
-            raise NotFound()
+        with self._pool.connection() as conn:
+            preview = self._store.delete_preview(
+                conn, user_id=user.id, session_id=session_id,
+                thread_id=build_thread_id(user.id, user.business_id, session_id),
+            )
+            if preview.pop("thread_owned") or not any(preview.values()):
+                raise NotFound()
+            run_live = bool(preview["chat_sessions"]) and self._replies.is_writing(conn, user.id, session_id)
         return {"deleted": preview, "run_live": run_live}

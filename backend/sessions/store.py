@@ -1,7 +1,10 @@
-"""All SQL for chat sessions, in one place.
+"""All SQL for chat sessions, in one place: every statement that writes or locks chat_sessions.
 
-Methods that take a `conn` run inside a transaction the service opened, so a
-delete's statements commit or roll back together.
+A session's delete and restore move its LangGraph thread rows and its
+recovery point in the same statement as its row, so those statements live
+here too; statements over threads alone are in ThreadStore. Methods that take
+a `conn` run inside a transaction the service opened, so their statements
+commit or roll back together.
 """
 
 from __future__ import annotations
@@ -13,269 +16,69 @@ from psycopg import Connection
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-
 SESSION_COLUMNS = (
     "id, user_id, business_id, session_id, thread_id, session_name, is_archived, "
-    "message_count, created_at, updated_at, last_message_at, last_activity_at, name_source, has_unread"
+    "message_count, created_at, updated_at, last_message_at, last_activity_at, name_source, has_unread, history_bytes"
 )
 
-# LangGraph's tables, each keyed by thread_id. Deleted in this order; the
-# counts are reported per table.
-CHECKPOINT_TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
+SELECT_SESSION_SQL = f"select {SESSION_COLUMNS} from chat_sessions where user_id = %s and session_id = %s"
 
+SELECT_SESSION_BY_ID_SQL = f"select {SESSION_COLUMNS} from chat_sessions where id = %s"
 
-class SessionQuotaExceeded(Exception):
-    """The user has as many sessions as they may."""
+UPDATE_SESSION_SQL = f"""
+update chat_sessions
+   set session_name = coalesce(%s, session_name),
+       -- a name the user chose is never replaced by auto-naming
+       name_source  = case when %s::text is null then name_source else 'user' end,
+       is_archived  = coalesce(%s, is_archived)
+ where user_id = %s and session_id = %s
+returning {SESSION_COLUMNS}
+"""
 
+# The RPC (sql/): one atomic UPDATE, so concurrent turns never lose a count.
+INCREMENT_MESSAGE_COUNT_SQL = "select * from increment_session_message_count(%s, %s, %s)"
 
-class SessionCreateRaced(Exception):
-    """The session was deleted by another request while this one created it."""
+# Only a custom graph that removes messages needs this: counts follow history.
+SET_MESSAGE_COUNT_SQL = "update chat_sessions set message_count = %s where id = %s"
 
+SET_HISTORY_BYTES_SQL = "update chat_sessions set history_bytes = %s where id = %s and history_bytes <> %s"
 
-class SessionStore:
-    def __init__(self, pool: ConnectionPool) -> None:
-        self._pool = pool
+# The end of a turn: locks the row (as FOR UPDATE would) for the count that follows.
+LOCK_AND_FLAG_UNREAD_SQL = f"""
+update chat_sessions set has_unread = has_unread or %s
+ where user_id = %s and session_id = %s
+returning {SESSION_COLUMNS}
+"""
 
-    # --- reads -----------------------------------------------------------
+# Taken by every checkpoint write (SessionCheckpointSaver): conflicts with a
+# delete's FOR UPDATE, so no write lands in a deleted session.
+LOCK_FOR_CHECKPOINT_WRITE_SQL = "select 1 from chat_sessions where thread_id = %s for key share"
 
-    def get(self, user_id: str, session_id: str) -> dict | None:
-        with self._pool.connection() as conn:
-            return conn.execute(
-                f"select {SESSION_COLUMNS} from chat_sessions where user_id = %s and session_id = %s",
-                (user_id, session_id),
-            ).fetchone()
+THREAD_HAS_SESSION_SQL = "select exists (select 1 from chat_sessions where thread_id = %s) as owned"
 
-    def list_page(
-        self,
-        user_id: str,
-        *,
-        include_archived: bool,
-        limit: int,
-        offset: int = 0,
-        after: tuple[datetime, int] | None = None,
-        unread: bool | None = None,
-        name_contains: str | None = None,
-    ) -> tuple[list[dict], int]:
-        """One page, newest activity first, and the total that match.
+# Naming: a claim lets one process name a session; retried after NAMING_CLAIM_MINUTES.
+NAMING_CLAIM_MINUTES = 5
+_NAMING_UNCLAIMED = f"""(naming_claimed_at is null
+        or naming_claimed_at < now() - make_interval(mins => {NAMING_CLAIM_MINUTES}))"""
 
-        `after` continues a keyset page from (last_activity_at, id), which
-        stays an index range scan at any depth; `offset` is for jumping.
-        `name_contains`: only names containing it, case-insensitively.
-        """
-        archived_filter = "" if include_archived else "and not is_archived"
-        if unread is not None:
-            archived_filter += " and has_unread" if unread else " and not has_unread"
-        name = (name_contains,) if name_contains else ()
-        if name:
-            archived_filter += " and strpos(lower(session_name), lower(%s)) > 0"
-        keyset = "and (last_activity_at, id) < (%s, %s)" if after else ""
-        params: list = [user_id, *name, *(after or ()), limit, offset]
-        with self._pool.connection() as conn:
-            rows = conn.execute(
-                f"""
-                select {SESSION_COLUMNS} from chat_sessions
-                where user_id = %s {archived_filter} {keyset}
-                order by last_activity_at desc, id desc
-                limit %s offset %s
-                """,
-                params,
-            ).fetchall()
-            total = conn.execute(
-                f"select count(*) as n from chat_sessions where user_id = %s {archived_filter}",
-                (user_id, *name),
-            ).fetchone()["n"]
-        return rows, total
+CLAIM_NAMING_SQL = f"""
+update chat_sessions set naming_claimed_at = now()
+ where user_id = %s and session_id = %s and name_source = 'default' and {_NAMING_UNCLAIMED}
+returning {SESSION_COLUMNS}
+"""
 
-    # --- writes ----------------------------------------------------------
+# Written only if nobody named the session meanwhile: a user's rename wins.
+APPLY_AUTO_NAME_SQL = """
+update chat_sessions set session_name = %s, name_source = 'auto'
+ where user_id = %s and session_id = %s and name_source = 'default'
+"""
 
-    def insert_if_absent(
-        self, *, user_id: str, business_id: str, session_id: str, thread_id: str, session_name: str | None,
-        max_sessions: int = 2**31 - 1,
-    ) -> tuple[dict, bool]:
-        """Create the session, or return the user's existing one unchanged.
-
-        Returns (row, created). Retried creates from the frontend land here.
-        Raises SessionQuotaExceeded when the user already has max_sessions.
-        """
-        with self._pool.connection() as conn:
-            row = conn.execute(INSERT_IF_ABSENT_SQL, {
-                "user_id": user_id, "business_id": business_id, "session_id": session_id, "thread_id": thread_id,
-                "session_name": session_name, "max_sessions": max_sessions,
-            }).fetchone()
-            if row is not None:
-                return row, True
-            existing = conn.execute(
-                f"select {SESSION_COLUMNS} from chat_sessions where user_id = %s and session_id = %s",
-                (user_id, session_id),
-            ).fetchone()
-            if existing is None:
-                if conn.execute(COUNT_UP_TO_SQL, (user_id, max_sessions)).fetchone()["n"] >= max_sessions:
-                    raise SessionQuotaExceeded(max_sessions)
-                raise SessionCreateRaced()  # deleted by a concurrent request between the two statements
-        return existing, False
-
-    @staticmethod
-    def insert_new(
-        conn: Connection, *, user_id: str, business_id: str, session_id: str, thread_id: str,
-        session_name: str | None, is_archived: bool,
-    ) -> dict | None:
-        """Create the session inside the caller's transaction; None if the user has one with this id."""
-        return conn.execute(INSERT_NEW_SQL, {
-            "user_id": user_id, "business_id": business_id, "session_id": session_id, "thread_id": thread_id,
-            "session_name": session_name, "is_archived": is_archived,
-        }).fetchone()
-
-    @staticmethod
-    def get_on(conn: Connection, row_id: int) -> dict:
-        return conn.execute(f"select {SESSION_COLUMNS} from chat_sessions where id = %s", (row_id,)).fetchone()
-
-    def update(
-        self, user_id: str, session_id: str, *, session_name: str | None, is_archived: bool | None
-    ) -> dict | None:
-        with self._pool.connection() as conn:
-            return conn.execute(
-                f"""
-                update chat_sessions
-                   set session_name = coalesce(%s, session_name),
-                       -- a name the user chose is never replaced by auto-naming
-                       name_source  = case when %s::text is null then name_source else 'user' end,
-                       is_archived  = coalesce(%s, is_archived)
-                 where user_id = %s and session_id = %s
-                returning {SESSION_COLUMNS}
-                """,
-                (session_name, session_name, is_archived, user_id, session_id),
-            ).fetchone()
-
-    def mark_read(self, user_id: str, session_id: str) -> dict | None:
-        """Clear the unread flag (a no-op write when already read); None if there is no such session."""
-        with self._pool.connection() as conn:
-            return conn.execute(MARK_READ_SQL, (user_id, session_id)).fetchone()
-
-    def increment_message_count(self, user_id: str, session_id: str, increment: int = 1) -> dict | None:
-        with self._pool.connection() as conn:
-            return increment_message_count(conn, user_id, session_id, increment)
-
-    # --- delete, inside the service's transaction ------------------------
-
-    @staticmethod
-    def lock_for_delete(conn: Connection, user_id: str, session_id: str) -> dict | None:
-        """Lock the session row (blocking checkpoint writes: see SessionCheckpointSaver)
-        and say whether a reply is being written in it (`run_live`)."""
-        return conn.execute(LOCK_FOR_DELETE_SQL, (user_id, session_id)).fetchone()
-
-    @staticmethod
-    def thread_has_session(conn: Connection, thread_id: str) -> bool:
-        return conn.execute("select exists (select 1 from chat_sessions where thread_id = %s) as owned",
-                            (thread_id,)).fetchone()["owned"]
-
-    @staticmethod
-    def delete_thread_and_row(
-        conn: Connection,
-        *,
-        thread_id: str,
-        row_id: int | None,
-        user_id: str,
-        business_id: str,
-        session_id: str,
-        forced: bool,
-        recovery_point: tuple[uuid.UUID, float] | None = None,
-    ) -> tuple[dict[str, int], dict | None]:
-        """Delete every LangGraph row of the thread and the session row, and write
-        the audit row, in one statement on the caller's (locked) connection.
-
-        Not PostgresSaver.delete_thread: on a pool it would take its own
-        connection and transaction, splitting the delete, and it reports no
-        counts. Run after lock_for_delete, as a statement of its own: its
-        snapshot then sees every checkpoint write that committed before the lock.
-
-        With `recovery_point` (backup id, retention seconds) the rows the
-        statement deletes are also kept, as they were, in a recovery point
-        (only when there was a session row to restore).
-        Returns (rows removed per table, {backup_id, expires_at} or None, the
-        audit row's id); the audit row is written only if any rows were removed.
-        """
-        backup_id, retention = recovery_point or (None, 0)
-        row = conn.execute(
-            DELETE_WITH_RECOVERY_POINT_SQL if recovery_point else DELETE_THREAD_AND_ROW_SQL,
-            {"thread_id": thread_id, "row_id": row_id, "user_id": user_id, "business_id": business_id,
-             "session_id": session_id, "forced": forced, "backup_id": backup_id, "retention_seconds": retention},
-        ).fetchone()
-        backup_id, expires_at = row.pop("backup_id", None), row.pop("expires_at", None)
-        audit_id = row.pop("audit_id", None)
-        return row, ({"backup_id": backup_id, "expires_at": expires_at} if backup_id else None), audit_id
-
-
-    # --- many at once: bulk deletes and retention ------------------------
-
-    def ids_matching(self, user_id: str, *, archived: bool | None, inactive_days: int | None, limit: int) -> list[str]:
-        """The user's session ids that match, oldest activity first."""
-        with self._pool.connection() as conn:
-            rows = conn.execute(
-                IDS_MATCHING_SQL,
-                {"user_id": user_id, "archived": archived, "inactive_days": inactive_days, "limit": limit},
-            ).fetchall()
-        return [r["session_id"] for r in rows]
-
-    def inactive_sessions(
-        self, *, inactive_days: int, archived_only: bool, user_id: str | None, limit: int, after_id: int = 0
-    ) -> list[dict]:
-        """Sessions (any user's, or one user's) with no activity for inactive_days, in id order from after_id."""
-        with self._pool.connection() as conn:
-            return conn.execute(
-                INACTIVE_SESSIONS_SQL,
-                {"inactive_days": inactive_days, "archived_only": archived_only, "user_id": user_id,
-                 "limit": limit, "after_id": after_id},
-            ).fetchall()
-
-    def purge_audit_rows(self, older_than_days: int, limit: int = 1000) -> int:
-        with self._pool.connection() as conn:
-            return conn.execute(PURGE_AUDIT_ROWS_SQL, (older_than_days, limit)).rowcount
-
-    # --- recovery points (undo), inside the service's transaction ----------
-
-    @staticmethod
-    def lock_recovery_point(conn: Connection, user_id: str, backup_id) -> dict | None:
-        """The caller's unexpired recovery point, locked against a second restore."""
-        return conn.execute(LOCK_RECOVERY_POINT_SQL, (backup_id, user_id)).fetchone()
-
-    @staticmethod
-    def session_or_thread_taken(conn: Connection, user_id: str, session_id: str, thread_id: str) -> bool:
-        """Whether restoring would collide: a session with this id or thread, or rows left in the thread."""
-        return conn.execute(
-            SESSION_OR_THREAD_TAKEN_SQL, {"user_id": user_id, "session_id": session_id, "thread_id": thread_id}
-        ).fetchone()["taken"]
-
-    @staticmethod
-    def restore_recovery_point(conn: Connection, backup: dict) -> dict:
-        """Put the session row and its thread's rows back, consume the recovery
-        point and write the audit row, in one statement. Returns the session
-        row with `restored`: rows put back per table."""
-        return conn.execute(
-            RESTORE_RECOVERY_POINT_SQL,
-            {"backup_id": backup["backup_id"], "session_row": Jsonb(backup["session_row"])},
-        ).fetchone()
-
-    def purge_expired_recovery_points(self, limit: int = 500) -> int:
-        """Delete recovery points past their expiry (a batch); returns how many."""
-        with self._pool.connection() as conn:
-            return conn.execute(PURGE_EXPIRED_RECOVERY_POINTS_SQL, (limit,)).rowcount
-
-    def delete_preview(self, *, user_id: str, session_id: str, thread_id: str) -> dict:
-        """What a delete would remove (rows per table), whether a reply is being
-        written, and whether the thread belongs to a session row of this id; reads only."""
-        with self._pool.connection() as conn:
-            return conn.execute(
-                DELETE_PREVIEW_SQL, {"user_id": user_id, "session_id": session_id, "thread_id": thread_id}
-            ).fetchone()
-
-
-def increment_message_count(conn: Connection, user_id: str, session_id: str, increment: int) -> dict | None:
-    """The RPC, on the caller's connection: one atomic UPDATE, so concurrent
-    turns never lose a count. The new (message_count, last_message_at), or None."""
-    return conn.execute(
-        "select * from increment_session_message_count(%s, %s, %s)", (user_id, session_id, increment)
-    ).fetchone()
-
+UNNAMED_SESSIONS_SQL = f"""
+select {SESSION_COLUMNS} from chat_sessions
+ where name_source = 'default' and message_count > 0 and {_NAMING_UNCLAIMED}
+ order by created_at
+ limit %s
+"""
 
 # Created only while the user has fewer than max_sessions (counted no further than that).
 INSERT_IF_ABSENT_SQL = f"""
@@ -304,15 +107,7 @@ on conflict (user_id, session_id) do nothing
 returning {SESSION_COLUMNS}
 """
 
-LOCK_FOR_DELETE_SQL = f"""
-select {SESSION_COLUMNS},
-       exists (select 1 from chat_session_runs r
-                where r.user_id = s.user_id and r.session_id = s.session_id
-                  and r.lease_expires_at > now()) as run_live
-  from chat_sessions s
- where s.user_id = %s and s.session_id = %s
-   for update of s
-"""
+LOCK_FOR_DELETE_SQL = f"{SELECT_SESSION_SQL} for update"
 
 _DELETE_THREAD_AND_ROW = """
 with c as (delete from checkpoints where thread_id = %(thread_id)s returning {returning}),
@@ -381,10 +176,12 @@ select exists (select 1 from chat_sessions
 RESTORE_RECOVERY_POINT_SQL = f"""
 with s as (
     insert into chat_sessions (id, user_id, business_id, session_id, thread_id, session_name, is_archived,
-                               message_count, created_at, updated_at, last_message_at, name_source, has_unread)
+                               message_count, created_at, updated_at, last_message_at, name_source, has_unread,
+                               history_bytes)
     overriding system value
     select id, user_id, business_id, session_id, thread_id, session_name, is_archived,
-           message_count, created_at, updated_at, last_message_at, name_source, has_unread
+           message_count, created_at, updated_at, last_message_at, name_source, has_unread,
+           coalesce(history_bytes, 0)  -- a point kept before history_bytes existed
       from jsonb_populate_record(null::chat_sessions, %(session_row)s)
     returning {SESSION_COLUMNS}
 ), c as (
@@ -448,15 +245,276 @@ delete from session_deletions
                where deleted_at < now() - make_interval(days => %s) order by id limit %s)
 """
 
+
+class SessionQuotaExceeded(Exception):
+    """The user has as many sessions as they may."""
+
+
+class SessionCreateRaced(Exception):
+    """The session was deleted by another request while this one created it."""
+
+
+class SessionStore:
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._pool = pool
+
+    # --- reads -----------------------------------------------------------
+
+    def get(self, user_id: str, session_id: str) -> dict | None:
+        with self._pool.connection() as conn:
+            return conn.execute(SELECT_SESSION_SQL, (user_id, session_id)).fetchone()
+
+    def list_page(
+        self,
+        user_id: str,
+        *,
+        include_archived: bool,
+        limit: int,
+        offset: int = 0,
+        after: tuple[datetime, int] | None = None,
+        unread: bool | None = None,
+        name_contains: str | None = None,
+    ) -> tuple[list[dict], int]:
+        """One page, newest activity first, and the total that match.
+
+        `after` continues a keyset page from (last_activity_at, id), which
+        stays an index range scan at any depth; `offset` is for jumping.
+        `name_contains`: only names containing it, case-insensitively.
+        """
+        archived_filter = "" if include_archived else "and not is_archived"
+        if unread is not None:
+            archived_filter += " and has_unread" if unread else " and not has_unread"
+        name = (name_contains,) if name_contains else ()
+        if name:
+            archived_filter += " and strpos(lower(session_name), lower(%s)) > 0"
+        keyset = "and (last_activity_at, id) < (%s, %s)" if after else ""
+        params: list = [user_id, *name, *(after or ()), limit, offset]
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                f"""
+                select {SESSION_COLUMNS} from chat_sessions
+                where user_id = %s {archived_filter} {keyset}
+                order by last_activity_at desc, id desc
+                limit %s offset %s
+                """,
+                params,
+            ).fetchall()
+            total = conn.execute(
+                f"select count(*) as n from chat_sessions where user_id = %s {archived_filter}",
+                (user_id, *name),
+            ).fetchone()["n"]
+        return rows, total
+
+    # --- writes ----------------------------------------------------------
+
+    def insert_if_absent(
+        self, *, user_id: str, business_id: str, session_id: str, thread_id: str, session_name: str | None,
+        max_sessions: int = 2**31 - 1,
+    ) -> tuple[dict, bool]:
+        """Create the session, or return the user's existing one unchanged.
+
+        Returns (row, created). Retried creates from the frontend land here.
+        Raises SessionQuotaExceeded when the user already has max_sessions.
+        """
+        with self._pool.connection() as conn:
+            row = conn.execute(INSERT_IF_ABSENT_SQL, {
+                "user_id": user_id, "business_id": business_id, "session_id": session_id, "thread_id": thread_id,
+                "session_name": session_name, "max_sessions": max_sessions,
+            }).fetchone()
+            if row is not None:
+                return row, True
+            existing = conn.execute(SELECT_SESSION_SQL, (user_id, session_id)).fetchone()
+            if existing is None:
+                if conn.execute(COUNT_UP_TO_SQL, (user_id, max_sessions)).fetchone()["n"] >= max_sessions:
+                    raise SessionQuotaExceeded(max_sessions)
+                raise SessionCreateRaced()  # deleted by a concurrent request between the two statements
+        return existing, False
+
+    @staticmethod
+    def insert_new(
+        conn: Connection, *, user_id: str, business_id: str, session_id: str, thread_id: str,
+        session_name: str | None, is_archived: bool,
+    ) -> dict | None:
+        """Create the session inside the caller's transaction; None if the user has one with this id."""
+        return conn.execute(INSERT_NEW_SQL, {
+            "user_id": user_id, "business_id": business_id, "session_id": session_id, "thread_id": thread_id,
+            "session_name": session_name, "is_archived": is_archived,
+        }).fetchone()
+
+    @staticmethod
+    def get_on(conn: Connection, row_id: int) -> dict:
+        return conn.execute(SELECT_SESSION_BY_ID_SQL, (row_id,)).fetchone()
+
+    def update(
+        self, user_id: str, session_id: str, *, session_name: str | None, is_archived: bool | None
+    ) -> dict | None:
+        with self._pool.connection() as conn:
+            return conn.execute(
+                UPDATE_SESSION_SQL, (session_name, session_name, is_archived, user_id, session_id)
+            ).fetchone()
+
+    def mark_read(self, user_id: str, session_id: str) -> dict | None:
+        """Clear the unread flag (a no-op write when already read); None if there is no such session."""
+        with self._pool.connection() as conn:
+            return conn.execute(MARK_READ_SQL, (user_id, session_id)).fetchone()
+
+    # --- the count and the end of a turn, inside the service's transaction ---
+
+    @staticmethod
+    def increment_message_count(conn: Connection, user_id: str, session_id: str, increment: int) -> dict | None:
+        """The RPC, on the caller's connection: the new (message_count, last_message_at), or None."""
+        return conn.execute(INCREMENT_MESSAGE_COUNT_SQL, (user_id, session_id, increment)).fetchone()
+
+    @staticmethod
+    def set_message_count(conn: Connection, row_id: int, count: int) -> None:
+        conn.execute(SET_MESSAGE_COUNT_SQL, (count, row_id))
+
+    @staticmethod
+    def set_history_bytes(conn: Connection, row_id: int, size: int) -> None:
+        conn.execute(SET_HISTORY_BYTES_SQL, (size, row_id, size))
+
+    @staticmethod
+    def lock_and_flag_unread(conn: Connection, user_id: str, session_id: str, unread: bool) -> dict | None:
+        """Lock the row for the rest of the transaction, marking it unread if `unread`; None if it is gone."""
+        return conn.execute(LOCK_AND_FLAG_UNREAD_SQL, (unread, user_id, session_id)).fetchone()
+
+    @staticmethod
+    def lock_for_checkpoint_write(conn: Connection, thread_id: str) -> bool:
+        """Hold the session of this thread against a delete until the transaction ends; False if it has none."""
+        return conn.execute(LOCK_FOR_CHECKPOINT_WRITE_SQL, (thread_id,)).fetchone() is not None
+
+    # --- naming --------------------------------------------------------------
+
+    def claim_naming(self, user_id: str, session_id: str) -> dict | None:
+        """Claim a still-default name for naming; one process at a time, retried after a while."""
+        with self._pool.connection() as conn:
+            return conn.execute(CLAIM_NAMING_SQL, (user_id, session_id)).fetchone()
+
+    def apply_auto_name(self, user_id: str, session_id: str, name: str) -> bool:
+        """Write the generated name only if nobody named the session meanwhile."""
+        with self._pool.connection() as conn:
+            return conn.execute(APPLY_AUTO_NAME_SQL, (name, user_id, session_id)).rowcount == 1
+
+    def unnamed_sessions(self, limit: int = 50) -> list[dict]:
+        """Sessions with messages but no name: their naming was lost (crash, restart)."""
+        with self._pool.connection() as conn:
+            return conn.execute(UNNAMED_SESSIONS_SQL, (limit,)).fetchall()
+
+    # --- delete, inside the service's transaction ------------------------
+
+    @staticmethod
+    def lock_for_delete(conn: Connection, user_id: str, session_id: str) -> dict | None:
+        """Lock the session row: no checkpoint write and no new reply can start in it until commit."""
+        return conn.execute(LOCK_FOR_DELETE_SQL, (user_id, session_id)).fetchone()
+
+    @staticmethod
+    def thread_has_session(conn: Connection, thread_id: str) -> bool:
+        return conn.execute(THREAD_HAS_SESSION_SQL, (thread_id,)).fetchone()["owned"]
+
+    @staticmethod
+    def delete_thread_and_row(
+        conn: Connection,
+        *,
+        thread_id: str,
+        row_id: int | None,
+        user_id: str,
+        business_id: str,
+        session_id: str,
+        forced: bool,
+        recovery_point: tuple[uuid.UUID, float] | None = None,
+    ) -> tuple[dict[str, int], dict | None]:
+        """Delete every LangGraph row of the thread and the session row, and write
+        the audit row, in one statement on the caller's (locked) connection.
+
+        Not PostgresSaver.delete_thread: on a pool it would take its own
+        connection and transaction, splitting the delete, and it reports no
+        counts. Run after lock_for_delete, as a statement of its own: its
+        snapshot then sees every checkpoint write that committed before the lock.
+
+        With `recovery_point` (backup id, retention seconds) the rows the
+        statement deletes are also kept, as they were, in a recovery point
+        (only when there was a session row to restore).
+        Returns (rows removed per table, {backup_id, expires_at} or None); the
+        audit row is written only if any rows were removed.
+        """
+        backup_id, retention = recovery_point or (None, 0)
+        row = conn.execute(
+            DELETE_WITH_RECOVERY_POINT_SQL if recovery_point else DELETE_THREAD_AND_ROW_SQL,
+            {"thread_id": thread_id, "row_id": row_id, "user_id": user_id, "business_id": business_id,
+             "session_id": session_id, "forced": forced, "backup_id": backup_id, "retention_seconds": retention},
+        ).fetchone()
+        backup_id, expires_at = row.pop("backup_id", None), row.pop("expires_at", None)
+        audit_id = row.pop("audit_id", None)
+        return row, ({"backup_id": backup_id, "expires_at": expires_at} if backup_id else None), audit_id
+
+    # --- many at once: bulk deletes and retention ------------------------
+
+    def ids_matching(self, user_id: str, *, archived: bool | None, inactive_days: int | None, limit: int) -> list[str]:
+        """The user's session ids that match, oldest activity first."""
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                IDS_MATCHING_SQL,
+                {"user_id": user_id, "archived": archived, "inactive_days": inactive_days, "limit": limit},
+            ).fetchall()
+        return [r["session_id"] for r in rows]
+
+    def inactive_sessions(
+        self, *, inactive_days: int, archived_only: bool, user_id: str | None, limit: int, after_id: int = 0
+    ) -> list[dict]:
+        """Sessions (any user's, or one user's) with no activity for inactive_days, in id order from after_id."""
+        with self._pool.connection() as conn:
+            return conn.execute(
+                INACTIVE_SESSIONS_SQL,
+                {"inactive_days": inactive_days, "archived_only": archived_only, "user_id": user_id,
+                 "limit": limit, "after_id": after_id},
+            ).fetchall()
+
+    def purge_audit_rows(self, older_than_days: int, limit: int = 1000) -> int:
+        with self._pool.connection() as conn:
+            return conn.execute(PURGE_AUDIT_ROWS_SQL, (older_than_days, limit)).rowcount
+
+    # --- recovery points (undo), inside the service's transaction ----------
+
+    @staticmethod
+    def lock_recovery_point(conn: Connection, user_id: str, backup_id) -> dict | None:
+        """The caller's unexpired recovery point, locked against a second restore."""
+        return conn.execute(LOCK_RECOVERY_POINT_SQL, (backup_id, user_id)).fetchone()
+
+    @staticmethod
+    def session_or_thread_taken(conn: Connection, user_id: str, session_id: str, thread_id: str) -> bool:
+        """Whether restoring would collide: a session with this id or thread, or rows left in the thread."""
+        return conn.execute(
+            SESSION_OR_THREAD_TAKEN_SQL, {"user_id": user_id, "session_id": session_id, "thread_id": thread_id}
+        ).fetchone()["taken"]
+
+    @staticmethod
+    def restore_recovery_point(conn: Connection, backup: dict) -> dict:
+        """Put the session row and its thread's rows back, consume the recovery
+        point and write the audit row, in one statement. Returns the session
+        row with `restored`: rows put back per table."""
+        return conn.execute(
+            RESTORE_RECOVERY_POINT_SQL,
+            {"backup_id": backup["backup_id"], "session_row": Jsonb(backup["session_row"])},
+        ).fetchone()
+
+    def purge_expired_recovery_points(self, limit: int = 500) -> int:
+        """Delete recovery points past their expiry (a batch); returns how many."""
+        with self._pool.connection() as conn:
+            return conn.execute(PURGE_EXPIRED_RECOVERY_POINTS_SQL, (limit,)).rowcount
+
+    @staticmethod
+    def delete_preview(conn: Connection, *, user_id: str, session_id: str, thread_id: str) -> dict:
+        """What a delete would remove (rows per table), and whether the thread belongs
+        to a session row of another id (`thread_owned`); reads only."""
+        return conn.execute(
+            DELETE_PREVIEW_SQL, {"user_id": user_id, "session_id": session_id, "thread_id": thread_id}
+        ).fetchone()
+
+
 # A delete's dry run: the same row and thread lookups as the delete, counted, nothing locked or changed.
 DELETE_PREVIEW_SQL = """
 with s as (
-    select s.id, s.thread_id,
-           exists (select 1 from chat_session_runs r
-                    where r.user_id = s.user_id and r.session_id = s.session_id
-                      and r.lease_expires_at > now()) as run_live
-      from chat_sessions s
-     where s.user_id = %(user_id)s and s.session_id = %(session_id)s
+    select id, thread_id from chat_sessions where user_id = %(user_id)s and session_id = %(session_id)s
 ), t as (
     select coalesce((select thread_id from s), %(thread_id)s) as thread_id
 )
@@ -464,7 +522,6 @@ select (select count(*) from checkpoints c, t where c.thread_id = t.thread_id)::
        (select count(*) from checkpoint_blobs b, t where b.thread_id = t.thread_id)::int as checkpoint_blobs,
        (select count(*) from checkpoint_writes w, t where w.thread_id = t.thread_id)::int as checkpoint_writes,
        (select count(*) from s)::int as chat_sessions,
-       coalesce((select run_live from s), false) as run_live,
        (not exists (select 1 from s)
         and exists (select 1 from chat_sessions o, t where o.thread_id = t.thread_id)) as thread_owned
 """

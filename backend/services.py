@@ -1,22 +1,23 @@
-"""What one app instance holds, built once in create_app: the database and the services on it."""
+"""The stores and services of one app, built once by create_app and handed to the blueprints that use them."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 
-from flask import current_app
+from flask import Flask
 
 from backend.auth.service import AuthService
 from backend.auth.store import UserStore
 from backend.auth.tokens import TokenVerifier
 from backend.chat.checkpointer import SessionCheckpointSaver
+from backend.chat.counts import MessageCounts
 from backend.chat.importer import SessionImporter
 from backend.chat.maintenance import Maintenance
 from backend.chat.namer import SessionNamer
-from backend.chat.runs import RunLeases
+from backend.chat.run_store import RunStore
+from backend.chat.runs import ReplyControl, RunLeases
 from backend.chat.service import ChatService
-from backend.chat.store import ChatStore
 from backend.config import Settings
 from backend.db import Database
 from backend.events.hub import EventHub
@@ -25,6 +26,7 @@ from backend.events.store import EventStore
 from backend.sessions.cleanup import SessionCleanup
 from backend.sessions.service import SessionService
 from backend.sessions.store import SessionStore
+from backend.sessions.thread_store import ThreadStore
 from llm.chat_model import ChatModel, OfflineChatModel, OpenAIChatModel
 from llm.client import ModelSettings, make_async_client, make_client
 from llm.graph import load_graph_factory
@@ -33,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class AppState:
+class Services:
     settings: Settings
     db: Database
     auth: AuthService
@@ -55,8 +57,9 @@ class AppState:
         self.db.close()
 
 
-def app_state() -> AppState:
-    return current_app.extensions["chat_backend"]
+def services_of(app: Flask) -> Services:
+    """What create_app built for this app: for the CLI, a worker's exit and tests (routes receive theirs)."""
+    return app.extensions["services"]
 
 
 def model_settings(settings: Settings) -> ModelSettings:
@@ -81,32 +84,33 @@ def build_chat_model(settings: Settings) -> ChatModel:
     return OpenAIChatModel(make_client(model_settings(settings)), settings.openai_model, settings.openai_max_tokens)
 
 
-def build_state(settings: Settings, db: Database) -> AppState:
+def build_services(settings: Settings, db: Database) -> Services:
     checkpointer = SessionCheckpointSaver(db.pool)
-    chat_store = ChatStore(db.pool)
-    leases = RunLeases(chat_store, lease_seconds=settings.run_lease_seconds, renew_seconds=settings.run_renew_seconds,
+    sessions_store, run_store, thread_store = SessionStore(db.pool), RunStore(db.pool), ThreadStore(db.pool)
+    counts = MessageCounts(db.pool, sessions_store, run_store, thread_store)
+    leases = RunLeases(run_store, lease_seconds=settings.run_lease_seconds, renew_seconds=settings.run_renew_seconds,
                        turn_max_seconds=settings.chat_turn_max_seconds)
     offline = settings.model_offline
     namer = SessionNamer(
-        chat_store,
+        sessions_store,
+        thread_store,
         lambda: None if offline else make_async_client(model_settings(settings)),
         model=settings.naming_model,
         timeout_seconds=settings.naming_timeout_seconds,
     )
-    sessions_store = SessionStore(db.pool)
     sessions = SessionService(
         db.pool,
         sessions_store,
-        runs=chat_store,
+        replies=ReplyControl(run_store, stop_wait_seconds=settings.force_delete_wait_seconds),
         checkpointer=checkpointer,
-        force_delete_wait_seconds=settings.force_delete_wait_seconds,
         backup_retention_seconds=settings.backup_retention_seconds,
         max_sessions_per_user=settings.max_sessions_per_user,
     )
     graph = load_graph_factory(settings.chat_graph_factory)().compile(checkpointer=checkpointer)
     chat = ChatService(
         sessions=sessions,
-        store=chat_store,
+        runs=run_store,
+        counts=counts,
         leases=leases,
         namer=namer,
         graph=graph,
@@ -116,6 +120,7 @@ def build_state(settings: Settings, db: Database) -> AppState:
         stream_buffer_chars=settings.stream_buffer_chars,
         max_context_tokens=settings.chat_context_max_tokens,
         max_history_messages=settings.chat_history_max_messages,
+        max_history_bytes=settings.chat_history_max_bytes,
         max_replies_per_user=settings.chat_max_concurrent_per_user,
         prune_history=settings.checkpoint_history == "latest",
     )
@@ -141,10 +146,13 @@ def build_state(settings: Settings, db: Database) -> AppState:
     )
     cleanup = SessionCleanup(sessions, sessions_store)
     maintenance = Maintenance(
-        chat_store,
-        namer,
-        sessions,
-        cleanup,
+        session_store=sessions_store,
+        runs=run_store,
+        threads=thread_store,
+        counts=counts,
+        namer=namer,
+        sessions=sessions,
+        cleanup=cleanup,
         interval_seconds=settings.maintenance_interval_seconds,
         sweep_interval_seconds=settings.orphan_sweep_interval_seconds,
         orphan_min_age_seconds=settings.orphan_min_age_seconds,
@@ -154,7 +162,7 @@ def build_state(settings: Settings, db: Database) -> AppState:
         purge_events=events.purge_expired if events else None,
         purge_sign_ins=auth.purge_ended_sign_ins,
     )
-    return AppState(
+    return Services(
         settings=settings,
         db=db,
         auth=auth,

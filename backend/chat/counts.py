@@ -1,0 +1,54 @@
+"""Where message_count moves: at the end of every run, level with the conversation.
+
+A turn's messages reach the thread through LangGraph's checkpoint writes; the
+count follows when the run ends, in one transaction with the run row's
+delete, so a crash leaves either both or neither (a later reconcile of the
+expired run repairs the rest).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from psycopg_pool import ConnectionPool
+
+from backend.chat.run_store import RunStore
+from backend.sessions.store import SessionStore
+from backend.sessions.thread_store import ThreadStore
+
+
+class MessageCounts:
+    def __init__(self, pool: ConnectionPool, sessions: SessionStore, runs: RunStore, threads: ThreadStore) -> None:
+        self._pool = pool
+        self._sessions = sessions
+        self._runs = runs
+        self._threads = threads
+
+    def end_run_and_count_messages(
+        self, user_id: str, session_id: str, run_id: uuid.UUID | None, outcome: str = "error"
+    ) -> dict | None:
+        """End the run and bring message_count (and history_bytes) level with the thread's history, atomically.
+
+        `run_id` None ends whichever run of the session expired (its process
+        died). `outcome` (done, error, cancelled) is what the run.finished
+        event says; a reply that finished marks the session unread.
+        Returns the session row, or None if the session is gone.
+        """
+        with self._pool.connection() as conn, conn.transaction():
+            # With the session row locked no checkpoint write can land
+            # (SessionCheckpointSaver), so the history read below is final.
+            row = self._sessions.lock_and_flag_unread(conn, user_id, session_id, unread=outcome == "done")
+            if row is None:
+                return None
+            if run_id is not None:
+                self._runs.end_run(conn, run_id, outcome)
+            elif not self._runs.end_expired_runs(conn, user_id, session_id, outcome):
+                return row  # a live run took over meanwhile; it will count
+            count, size = self._threads.history_size(conn, row["thread_id"])
+            delta = count - row["message_count"]
+            if delta > 0:
+                self._sessions.increment_message_count(conn, user_id, session_id, delta)
+            elif delta < 0:  # only a custom graph that removes messages gets here
+                self._sessions.set_message_count(conn, row["id"], count)
+            self._sessions.set_history_bytes(conn, row["id"], size)
+            return self._sessions.get_on(conn, row["id"])

@@ -1,0 +1,167 @@
+"""All SQL for chat_session_runs: the lease that says "a reply is being written in this session".
+
+One row per session with a reply in progress, renewed by the writing process
+(RunLeases); a row whose lease expired belongs to a dead process and is taken
+over or reconciled. Methods that take a `conn` run inside the caller's
+transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from psycopg import Connection
+from psycopg_pool import ConnectionPool
+
+from backend.sessions.store import SESSION_COLUMNS
+
+# The user's live replies, for the per-user cap (counted under LOCK_USER_RUNS_SQL).
+LIVE_RUNS_OF_USER = (
+    "(select count(*) from chat_session_runs where user_id = %(user_id)s and lease_expires_at > now())"
+)
+
+# The user's runs are counted under a lock of theirs, so a burst of starts
+# cannot pass the per-user cap together.
+LOCK_USER_RUNS_SQL = "select pg_advisory_xact_lock(hashtextextended('chat_session_runs:' || %s, 0))"
+
+# A new run takes the session's lease; a lease left by a dead process (expired) is taken over.
+_TAKE_LEASE = """
+    on conflict (user_id, session_id) do update
+       set run_id = excluded.run_id, owner = excluded.owner, started_at = now(),
+           lease_expires_at = excluded.lease_expires_at, cancel_requested_at = null
+     where chat_session_runs.lease_expires_at < now()
+    returning run_id
+"""
+
+ACQUIRE_RUN_SQL = f"""
+insert into chat_session_runs (user_id, session_id, run_id, owner, lease_expires_at)
+select %(user_id)s, %(session_id)s, %(run_id)s, %(owner)s, now() + make_interval(secs => %(lease_seconds)s)
+ where {LIVE_RUNS_OF_USER} < %(max_runs)s
+{_TAKE_LEASE}"""
+
+# The common start of a turn in one round trip: the session row (read only,
+# to say why a run could not start) and, unless it is archived or full, its lease.
+START_RUN_IN_SESSION_SQL = f"""
+with s as (
+    select {SESSION_COLUMNS} from chat_sessions where user_id = %(user_id)s and session_id = %(session_id)s
+), r as (
+    insert into chat_session_runs (user_id, session_id, run_id, owner, lease_expires_at)
+    select %(user_id)s, %(session_id)s, %(run_id)s, %(owner)s, now() + make_interval(secs => %(lease_seconds)s)
+      from s where not s.is_archived and s.message_count < %(max_messages)s and s.history_bytes < %(max_bytes)s
+                   and {LIVE_RUNS_OF_USER} < %(max_runs)s
+    {_TAKE_LEASE}
+)
+select s.*, (select run_id from r) as new_run_id from s
+"""
+
+RENEW_RUNS_SQL = """
+update chat_session_runs set lease_expires_at = now() + make_interval(secs => %s)
+ where run_id = any(%s)
+returning run_id, cancel_requested_at is not null as cancel
+"""
+
+REQUEST_CANCEL_SQL = """
+update chat_session_runs set cancel_requested_at = coalesce(cancel_requested_at, now())
+ where user_id = %s and session_id = %s and lease_expires_at > now()
+returning run_id
+"""
+
+RUN_IS_LIVE_SQL = "select 1 from chat_session_runs where user_id = %s and session_id = %s and lease_expires_at > now()"
+
+EXPIRED_RUNS_SQL = "select user_id, session_id, run_id from chat_session_runs where lease_expires_at < now() limit %s"
+
+# Read by the run.finished event trigger at commit (sql/009).
+SET_RUN_OUTCOME_SQL = "select set_config('chat.run_outcome', %s, true)"
+
+END_RUN_SQL = "delete from chat_session_runs where run_id = %s"
+
+END_EXPIRED_RUNS_SQL = (
+    "delete from chat_session_runs where user_id = %s and session_id = %s and lease_expires_at < now()"
+)
+
+
+class RunStore:
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._pool = pool
+
+    def live_runs(self, user_id: str) -> int:
+        with self._pool.connection() as conn:
+            return conn.execute(f"select {LIVE_RUNS_OF_USER} as n", {"user_id": user_id}).fetchone()["n"]
+
+    def acquire_run(
+        self, user_id: str, session_id: str, owner: str, lease_seconds: float, max_runs: int = 2**31 - 1
+    ) -> uuid.UUID | None:
+        """Take the session for a new reply; None while another live run holds it.
+
+        A lease left by a dead process (expired) is taken over. Raises
+        psycopg.errors.ForeignKeyViolation if the session is gone.
+        """
+        with self._pool.connection() as conn, conn.transaction(), conn.pipeline():
+            conn.execute(LOCK_USER_RUNS_SQL, (user_id,))
+            row = conn.execute(
+                ACQUIRE_RUN_SQL,
+                {"user_id": user_id, "session_id": session_id, "run_id": uuid.uuid4(), "owner": owner,
+                 "lease_seconds": lease_seconds, "max_runs": max_runs},
+            ).fetchone()
+        return row["run_id"] if row else None
+
+    def start_run_in_session(
+        self, user_id: str, session_id: str, owner: str, lease_seconds: float, *, max_messages: int,
+        max_bytes: int, max_runs: int,
+    ) -> tuple[dict | None, uuid.UUID | None]:
+        """Read the session and, unless it is archived or full, take its lease (as
+        acquire_run does), in one round trip (pipelined).
+
+        Returns (session row, run id): (None, None) when the user has no such
+        session; a row and None when it is archived, full or a live run holds it.
+        """
+        with self._pool.connection() as conn, conn.transaction(), conn.pipeline():
+            conn.execute(LOCK_USER_RUNS_SQL, (user_id,))
+            row = conn.execute(
+                START_RUN_IN_SESSION_SQL,
+                {"user_id": user_id, "session_id": session_id, "run_id": uuid.uuid4(), "owner": owner,
+                 "lease_seconds": lease_seconds, "max_messages": max_messages, "max_bytes": max_bytes,
+                 "max_runs": max_runs},
+            ).fetchone()
+        if row is None:
+            return None, None
+        return row, row.pop("new_run_id")
+
+    def renew_runs(self, run_ids: list[uuid.UUID], lease_seconds: float) -> dict[uuid.UUID, bool]:
+        """Extend these leases; return {run_id: cancel requested} for those still held."""
+        if not run_ids:
+            return {}
+        with self._pool.connection() as conn:
+            rows = conn.execute(RENEW_RUNS_SQL, (lease_seconds, run_ids)).fetchall()
+        return {r["run_id"]: r["cancel"] for r in rows}
+
+    def request_cancel(self, user_id: str, session_id: str) -> bool:
+        """Ask whichever process writes this session's reply to stop. True if one is live."""
+        with self._pool.connection() as conn:
+            return conn.execute(REQUEST_CANCEL_SQL, (user_id, session_id)).fetchone() is not None
+
+    def run_is_live(self, user_id: str, session_id: str) -> bool:
+        """Whether a reply is being written in the session, by any process."""
+        with self._pool.connection() as conn:
+            return self.live_on(conn, user_id, session_id)
+
+    @staticmethod
+    def live_on(conn: Connection, user_id: str, session_id: str) -> bool:
+        """run_is_live on the caller's connection (inside its transaction)."""
+        return conn.execute(RUN_IS_LIVE_SQL, (user_id, session_id)).fetchone() is not None
+
+    def expired_runs(self, limit: int = 100) -> list[dict]:
+        with self._pool.connection() as conn:
+            return conn.execute(EXPIRED_RUNS_SQL, (limit,)).fetchall()
+
+    @staticmethod
+    def end_run(conn: Connection, run_id: uuid.UUID, outcome: str) -> None:
+        """Remove the run row (`outcome`: done, error or cancelled, for the run.finished event)."""
+        conn.execute(SET_RUN_OUTCOME_SQL, (outcome,))
+        conn.execute(END_RUN_SQL, (run_id,))
+
+    @staticmethod
+    def end_expired_runs(conn: Connection, user_id: str, session_id: str, outcome: str) -> bool:
+        """Remove the session's run row if its lease expired (a dead process's); False if none was."""
+        conn.execute(SET_RUN_OUTCOME_SQL, (outcome,))
+        return conn.execute(END_EXPIRED_RUNS_SQL, (user_id, session_id)).rowcount > 0

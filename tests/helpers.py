@@ -1,0 +1,124 @@
+"""What the tests share besides fixtures: callers and clients, ids, injected database
+failures, and the check that every response is in the OpenAPI document."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import uuid
+from contextlib import contextmanager
+
+from flask.testing import FlaskClient
+
+from support import identity
+from support.identity import thread_id
+
+JWT_SECRET = "test-jwt-secret-" + "x" * 32
+SECRET_KEY = "test-secret-key-" + "y" * 32
+
+
+class ServerLikeClient(FlaskClient):
+    """Closes each response once read, as a real server does (the test client
+    leaves that to the test), so requests in flight are counted as in production
+    (backend/overload.py). Streams opened with buffered=False stay open until closed."""
+
+    def open(self, *args, buffered: bool = True, **kwargs):
+        return super().open(*args, buffered=buffered, **kwargs)
+
+
+def make_token(sub: str, *, business_id: str | None = "biz-1", secret: str = JWT_SECRET, **claims) -> str:
+    """A token this run's apps accept (unless the claims say otherwise)."""
+    return identity.make_token(sub, secret, business_id=business_id, **claims)
+
+
+class User:
+    """A caller with a fresh id, so tests never share rows."""
+
+    def __init__(self, business_id: str = "biz-1") -> None:
+        self.id = str(uuid.uuid4())
+        self.business_id = business_id
+        self.token = make_token(self.id, business_id=business_id)
+
+    def thread_id(self, session_id: str) -> str:
+        return thread_id(self.id, self.business_id, session_id)
+
+
+def client_for(app, user: User | None):
+    client = app.test_client()
+    if user is not None:
+        client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {user.token}"
+    return client
+
+
+def unique_session_id() -> str:
+    return f"chat-{secrets.token_hex(6)}"
+
+
+@contextmanager
+def installed_trigger(pool, name: str, table: str, event: str, when: str, then: str):
+    """A BEFORE `event` row trigger on `table` running `then` for rows where `when`
+    holds, while the block runs. In both, `row` is the row (OLD for deletes, NEW else)."""
+    row = "old" if event == "delete" else "new"
+    when, then = when.replace("row.", f"{row}."), then.replace("row.", f"{row}.")
+    with pool.connection() as conn:
+        conn.execute(f"""
+            create or replace function {name}() returns trigger language plpgsql as $$
+            begin
+                if {when} then {then}; end if;
+                return {row};
+            end $$;
+            create trigger {name} before {event} on {table} for each row execute function {name}();
+        """)
+    try:
+        yield
+    finally:
+        with pool.connection() as conn:
+            conn.execute(f"drop trigger {name} on {table}; drop function {name}();")
+
+
+@contextmanager
+def failing_trigger(pool, table: str, event: str, session_id_prefix: str):
+    """A real database failure: `event` ('delete', 'insert', 'update') on `table` raises
+    for rows whose session_id starts with the prefix, while the block runs."""
+    with installed_trigger(pool, f"test_fail_{table}_{event}", table, event,
+                           when=f"row.session_id like '{session_id_prefix}%'",
+                           then="raise exception 'injected failure'"):
+        yield
+
+
+# --- every response the suite sees must be in the OpenAPI document ------------
+
+undocumented: list[str] = []
+
+
+def install_contract_check(app) -> None:
+    """Record any response whose status (or shape) the OpenAPI document does not describe."""
+    from flask import request
+
+    from backend.http import ErrorResponse
+
+    spec = app.api_doc
+
+    @app.after_request
+    def _check(response):
+        rule = request.url_rule
+        if rule is None or request.method in ("OPTIONS", "HEAD") or rule.rule.startswith("/api/docs"):
+            return response
+        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+        operation = spec.get("paths", {}).get(path, {}).get(request.method.lower())
+        where = f"{request.method} {path} -> {response.status_code}"
+        if operation is None:
+            if path not in ("/api/openapi.json", "/mcp"):  # /mcp speaks MCP (tests/test_mcp.py), not this API
+                undocumented.append(f"{where}: operation not documented")
+            return response
+        documented = operation.get("responses", {}).get(str(response.status_code))
+        if documented is None:
+            undocumented.append(f"{where}: status not documented")
+        elif "application/json" in documented.get("content", {}) and response.mimetype != "application/json":
+            undocumented.append(f"{where}: documented as JSON, sent {response.mimetype}")
+        elif response.status_code >= 400 and response.mimetype == "application/json":
+            try:
+                ErrorResponse.model_validate(response.get_json())
+            except Exception as exc:  # noqa: BLE001 - any mismatch is a finding
+                undocumented.append(f"{where}: not the error shape ({exc})")
+        return response
