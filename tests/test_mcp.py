@@ -244,6 +244,40 @@ def test_http_delete_reports_progress_leaves_nothing_and_its_backup_restores_thr
     assert chat.get(f"/api/llm/sessions/{sid}?include_messages=true").get_json() == before
 
 
+async def delete_behind_a_lock(mcp: ClientSession, database_url: str, pool, user: User, sid: str):
+    """delete_session while this test holds the session row's lock, let go of only when the first progress
+    notification has arrived: were progress held back until the result, the call could never finish."""
+    import psycopg
+
+    seen: list[str] = []
+    with psycopg.connect(database_url) as blocker:
+        blocker.execute("select 1 from chat_sessions where user_id = %s and session_id = %s for update",
+                        (user.id, sid))
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            if not seen:
+                assert session_row(pool, user.id, sid) is not None  # the delete is still waiting
+                blocker.commit()  # lets the delete go on
+            seen.append(message)
+
+        with anyio.fail_after(30):
+            result = await mcp.call_tool("delete_session", {"session_id": sid}, progress_callback=on_progress)
+    return seen, result
+
+
+def test_http_progress_arrives_while_the_delete_is_still_running(mcp_url, database_url, api, alice, pool):
+    sid = named_session(api, "Locked for a moment")
+
+    async def main():
+        async with http_session(mcp_url, alice.token) as mcp:
+            return await delete_behind_a_lock(mcp, database_url, pool, alice, sid)
+
+    seen, result = run(main)
+    assert not result.is_error, result
+    assert seen == PHASES
+    assert session_row(pool, alice.id, sid) is None
+
+
 def test_http_restore_session_tool_and_a_used_backup(mcp_url, api, alice, pool):
     sid = named_session(api, "Undo me")
 
@@ -481,8 +515,7 @@ def test_http_transport_under_the_production_gevent_server(database_url, fake_mo
             async with http_session(url, alice.token) as mcp:
                 names = {t.name for t in (await mcp.list_tools()).tools}
                 listed = await mcp.call_tool("list_sessions", {})
-                progress = Progress()
-                deleted = await mcp.call_tool("delete_session", {"session_id": sid}, progress_callback=progress)
+                progress, deleted = await delete_behind_a_lock(mcp, database_url, pool, alice, sid)
                 restored = await mcp.call_tool("restore_session",
                                                {"backup_id": deleted.structured_content["backup_id"]})
                 return names, listed, progress, deleted, restored
@@ -505,7 +538,7 @@ def test_http_transport_under_the_production_gevent_server(database_url, fake_mo
         assert refused.status == 401
     assert names == TOOLS
     assert [s["session_id"] for s in listed.structured_content["sessions"]] == [sid]
-    assert [m for _, _, m in progress.seen] == PHASES
+    assert progress == PHASES  # streamed live, under gevent too
     assert deleted.structured_content["deleted"]["chat_sessions"] == 1
     assert restored.structured_content["session"]["session_name"] == "Served by gevent"
     assert [r.structured_content["session"]["session_id"] for r in parallel] == [sid] * 8

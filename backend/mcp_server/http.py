@@ -6,22 +6,21 @@ cannot run inside a request's greenlet: every greenlet shares one OS thread,
 and asyncio allows one running loop per OS thread (the session namer's loop
 already is one). So each process has one asyncio loop of its own, in a real
 OS thread started on first use (`McpLoop`). A request is handed to it as an
-ASGI request (body already read) and served whole by the SDK's
-`StreamableHTTPSessionManager` in stateless mode; meanwhile the request's
-own thread (or greenlet) waits and runs the synchronous service calls the
-tools send back to it (`RequestThreadCalls`), so the database is used
-exactly as by any other request, under gevent or threads alike. Stateless:
-nothing is kept between requests, and any worker of any process can answer.
+ASGI request (body already read) and served by the SDK's
+`StreamableHTTPSessionManager` in stateless mode. The request's own thread (or
+greenlet) streams the response out as the SDK writes it, progress
+notifications included, and runs the tools' synchronous service calls beside
+itself (`RequestThreadCalls`), so the database is used exactly as by any other
+request, under gevent or threads alike. Stateless: nothing is kept between
+requests, and any worker of any process can answer.
 
 Before the SDK sees anything, the request is authenticated with the API's own
 bearer tokens (AuthService): no token, a malformed header, a forged or an
 expired token is a 401 in the API's error shape, and no tool runs. The user is
 then the acting user of that request only.
 
-Limits: the response goes out when the call is over, so progress
-notifications (in its text/event-stream) arrive together with the result,
-not live; no server-initiated stream and no session (GET and DELETE answer 405),
-and no resumability.
+Limits: no server-initiated stream and no session (GET and DELETE answer
+405), so no resumability; a request idle for REQUEST_TIMEOUT_SECONDS is cancelled.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from flask import Flask, Response, request
@@ -66,13 +65,14 @@ def install_http(app: Flask, path: str = PATH) -> None:
         if isinstance(user_or_refusal, Response):
             return user_or_refusal
         body = request.get_data(cache=True)  # bounded by MAX_CONTENT_LENGTH (413 past it)
-        calls = RequestThreadCalls(loop.get())
-        outcome = calls.serve(_serve(server, _asgi_scope(path), body, user_or_refusal, calls))
-        if outcome is None:
+        exchange = RequestThreadCalls(loop.get())
+        started = exchange.start(_serve(server, _asgi_scope(path), body, user_or_refusal, exchange))
+        if started is None:
             log.warning("mcp request timed out", extra={"user_id": user_or_refusal.id})
             return error_response(504, "timeout", "The MCP request took too long")
-        status, headers, content = outcome
-        return Response(content, status=status, headers=headers)
+        status, headers = started
+        # The body streams as the SDK writes it (progress notifications as they happen).
+        return Response(exchange.body(), status=status, headers=headers, direct_passthrough=True)
 
     mcp_endpoint.__doc__ = "MCP over streamable HTTP (bearer token)."
     view = mcp_endpoint
@@ -178,44 +178,92 @@ _DONE = object()
 
 
 class RequestThreadCalls(SyncCalls):
-    """The tools' synchronous work, run back on the request's own thread (or greenlet).
+    """One request between its own thread (or greenlet) and the MCP loop.
 
-    The request's thread waits in `serve` for work from the loop; a tool
-    awaits `run`, which hands a function over and waits for its result.
+    The loop serves the request and hands back, through one queue, what
+    belongs to the request's side: the tools' synchronous service calls
+    (`run`), and the response, piece by piece (`send`). The request's thread
+    starts each call beside itself (a thread; a greenlet under gevent, like
+    any other request's database work) while it waits for the response to
+    start (`start`) and while it streams the body (`body`).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self._work: queue.Queue = queue.Queue()
+        self.disconnected = asyncio.Event()  # set on the loop: the response is complete or the client left
+        self._inbox: queue.Queue = queue.Queue()
+        self._future: Any = None
+
+    # --- on the loop ---------------------------------------------------------
 
     async def run(self, fn: Callable[[], Any]) -> Any:
         done = self.loop.create_future()
-        self._work.put((fn, done))
+        self._inbox.put(("call", fn, done))
         return await done
 
+    def send(self, message: dict) -> None:
+        if message["type"] == "http.response.start":
+            self._inbox.put(("start", message))
+        elif message["type"] == "http.response.body":
+            self._inbox.put(("body", message.get("body", b""), message.get("more_body", False)))
+
+    # --- on the request's thread ---------------------------------------------
+
     def call_async(self, fn: Callable[[], Awaitable[Any]]) -> Any:
-        # From the request's thread, during `run`: wait for the loop to do it.
+        # From a service call `run` handed over: wait for the loop to do it.
         return asyncio.run_coroutine_threadsafe(_awaited(fn), self.loop).result(timeout=30)
 
-    def serve(self, coroutine: Awaitable[Any]) -> Any:
-        """Run `coroutine` on the loop; do the work it sends until it ends. None if it timed out."""
-        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
-        future.add_done_callback(lambda _: self._work.put(_DONE))
+    def start(self, coroutine: Awaitable[Any]) -> tuple[int, list] | None:
+        """Run `coroutine` on the loop until the response starts: (status, headers); None if it timed out."""
+        self._future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        self._future.add_done_callback(lambda _: self._inbox.put((_DONE,)))
+        item = self._next()
+        if item is None:
+            return None
+        if item[0] is _DONE:
+            self._future.result()  # raises what ended it
+            raise RuntimeError("the MCP transport ended without a response")
+        message = item[1]
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in message.get("headers", [])]
+        return message["status"], headers
+
+    def body(self) -> Iterator[bytes]:
+        complete = False
+        try:
+            while not complete:
+                item = self._next()
+                if item is None or item[0] is _DONE:
+                    return
+                _, chunk, more = item
+                complete = not more
+                if chunk:
+                    yield chunk
+        finally:
+            if not complete:  # the client left (or a timeout): stop serving the request
+                self.loop.call_soon_threadsafe(self.disconnected.set)
+                self._future.cancel()
+
+    def _next(self) -> tuple | None:
+        """The next piece of the response, starting the service calls that come first; None after a timeout."""
         while True:
             try:
-                item = self._work.get(timeout=REQUEST_TIMEOUT_SECONDS)
+                item = self._inbox.get(timeout=REQUEST_TIMEOUT_SECONDS)
             except queue.Empty:
-                future.cancel()
+                self._future.cancel()
                 return None
-            if item is _DONE:
-                return future.result()
-            fn, done = item
-            try:
-                result = fn()
-            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting tool, which decides
-                self.loop.call_soon_threadsafe(_settle, done, None, exc)
-            else:
-                self.loop.call_soon_threadsafe(_settle, done, result, None)
+            if item[0] != "call":
+                return item
+            # Beside this thread (a greenlet of this worker under gevent), so that what the
+            # call sends meanwhile (progress) streams out while it runs.
+            threading.Thread(target=self._do, args=item[1:], name="mcp-call", daemon=True).start()
+
+    def _do(self, fn: Callable[[], Any], done: asyncio.Future) -> None:
+        try:
+            result = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting tool, which decides
+            self.loop.call_soon_threadsafe(_settle, done, None, exc)
+        else:
+            self.loop.call_soon_threadsafe(_settle, done, result, None)
 
 
 async def _awaited(fn: Callable[[], Awaitable[Any]]) -> Any:
@@ -231,14 +279,10 @@ def _settle(future: asyncio.Future, result: Any, exc: BaseException | None) -> N
         future.set_result(result)
 
 
-async def _serve(server: Server, scope: dict, body: bytes, user: AuthUser,
-                 calls: SyncCalls) -> tuple[int, list, bytes]:
-    """One request through the SDK's stateless streamable HTTP transport; the whole response."""
+async def _serve(server: Server, scope: dict, body: bytes, user: AuthUser, exchange: RequestThreadCalls) -> None:
+    """One request through the SDK's stateless streamable HTTP transport."""
     acting_user.set(user)
-    sync_calls.set(calls)
-    started: dict[str, Any] = {}
-    chunks: list[bytes] = []
-    finished = asyncio.Event()
+    sync_calls.set(exchange)
     delivered = False
 
     async def receive() -> dict:
@@ -246,20 +290,14 @@ async def _serve(server: Server, scope: dict, body: bytes, user: AuthUser,
         if not delivered:
             delivered = True
             return {"type": "http.request", "body": body, "more_body": False}
-        await finished.wait()  # the client stays connected until the response is complete
+        await exchange.disconnected.wait()
         return {"type": "http.disconnect"}
 
     async def send(message: dict) -> None:
-        if message["type"] == "http.response.start":
-            started.update(message)
-        elif message["type"] == "http.response.body":
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                finished.set()
+        exchange.send(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            exchange.disconnected.set()  # complete: nothing more will be read
 
     manager = StreamableHTTPSessionManager(app=server, stateless=True, json_response=False)
     async with manager.run():
         await manager.handle_request(scope, receive, send)
-    finished.set()
-    headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in started.get("headers", [])]
-    return started.get("status", 500), headers, b"".join(chunks)
