@@ -579,3 +579,24 @@ def test_write_tools_share_the_apis_session_write_rate_limit(make_app, alice):
     finally:
         server.shutdown()
         thread.join(10)
+
+
+def test_http_serves_a_client_of_the_newest_protocol_too(mcp_url, api, alice):
+    """The SDK's high-level Client (mode "auto": discovery, no initialize handshake) on the same endpoint."""
+    from mcp import Client
+
+    sid = named_session(api, "Newest protocol")
+
+    async def main():
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {alice.token}"}, timeout=60) as http, \
+                Client(streamable_http_client(mcp_url, http_client=http)) as client:
+            got = await client.call_tool("get_session", {"session_id": sid})
+            refused = await client.call_tool("get_session", {"session_id": "../x"})
+            return client.protocol_version, got, refused
+
+    from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+    version, got, refused = run(main)
+    assert version in MODERN_PROTOCOL_VERSIONS  # the per-request protocol, not the initialize handshake
+    assert got.structured_content["session"]["session_name"] == "Newest protocol"
+    assert error_of(refused)["code"] == "invalid_input"
