@@ -88,6 +88,10 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     init_login(app, services.auth)
     _register_blueprints(app, services)
     init_rate_limits(app, settings)  # applies each route's @rate_limited
+    if settings.mcp_http_enabled:
+        from backend.mcp_server.http import install_http
+
+        install_http(app)  # MCP over streamable HTTP at /mcp (bearer tokens)
 
     from backend.cli import register_cli
 

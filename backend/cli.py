@@ -71,6 +71,20 @@ def register_cli(app: Flask, services: Services) -> None:
         click.echo(f"deleted {report.sessions} session(s) ({rows}); skipped {report.busy} busy; "
                    f"{report.seconds:.1f} s")
 
+    @app.cli.command("mcp")
+    @click.option("--user-id", required=True, help="The user whose sessions the tools act on")
+    @click.option("--business-id", default=None, help="That user's business (default: DEFAULT_BUSINESS_ID)")
+    def mcp_stdio(user_id: str, business_id: str | None) -> None:
+        """Serve the session tools over MCP on stdin/stdout, as one user (for desktop MCP clients)."""
+        from flask import current_app
+
+        from backend.mcp_server.stdio import InvalidIdentity, serve_stdio
+
+        try:
+            serve_stdio(current_app, user_id=user_id, business_id=business_id)
+        except InvalidIdentity as exc:
+            raise click.UsageError(str(exc)) from None
+
     @app.cli.command("create-user")
     @click.option("--email", required=True)
     @click.option("--business-id", required=True)

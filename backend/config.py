@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     # reply is stopped and the stream ends with an error event.
     stream_buffer_chars: int = Field(default=65_536, ge=1024)
 
+    # MCP tools for AI agents over streamable HTTP at /mcp (bearer tokens); stdio is `flask mcp`.
+    mcp_http_enabled: bool = True
+
     # Live events (GET /api/llm/events): kept this long for clients that reconnect.
     events_enabled: bool = True
     events_retention_seconds: float = Field(default=3600, gt=0)

@@ -10,6 +10,7 @@ import secrets
 import string
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
@@ -75,6 +76,7 @@ class Replies(Protocol):
 class DeleteOutcome:
     deleted: dict[str, int]  # rows removed per table
     backup: dict | None = None  # {backup_id, expires_at} when a recovery point was kept
+    audit_id: int | None = None  # the session_deletions row written
 
 
 @dataclass
@@ -130,7 +132,7 @@ class SessionService:
 
     def list(
         self, user: AuthUser, *, include_archived: bool, limit: int, offset: int, cursor: str | None,
-        unread: bool | None = None,
+        unread: bool | None = None, query: str | None = None,
     ) -> SessionPage:
         if cursor and offset:
             raise ApiError(
@@ -139,7 +141,8 @@ class SessionService:
             )
         after = decode_cursor(cursor) if cursor else None
         rows, total = self._store.list_page(
-            user.id, include_archived=include_archived, limit=limit, offset=offset, after=after, unread=unread
+            user.id, include_archived=include_archived, limit=limit, offset=offset, after=after, unread=unread,
+            name_contains=query,
         )
         next_cursor = encode_cursor(rows[-1]) if len(rows) == limit else None
         return SessionPage(rows=rows, total=total, limit=limit, offset=offset, next_cursor=next_cursor)
@@ -183,7 +186,10 @@ class SessionService:
             raise NotFound()
         return row
 
-    def delete(self, user: AuthUser, session_id: str, *, force: bool = False, backup: bool = False) -> DeleteOutcome:
+    def delete(
+        self, user: AuthUser, session_id: str, *, force: bool = False, backup: bool = False,
+        progress: Callable[[str, float], None] | None = None,
+    ) -> DeleteOutcome:
         """Delete the session row and every checkpoint row of its thread, in one transaction.
 
         With `backup`, the same transaction first copies the session row and
@@ -200,7 +206,13 @@ class SessionService:
         FORCE_DELETE_WAIT_SECONDS to do so. If it still runs after that, the
         delete goes ahead anyway; its late checkpoint writes will find no
         session and fail (SessionCheckpointSaver), so nothing is left behind.
+
+        `progress(phase, fraction)` is told as each phase starts (the recovery
+        point, the checkpoints and the row go in one statement, so the last
+        phases are its start and its end); the caller reports completion.
         """
+        report = progress or (lambda phase, fraction: None)
+        report("checking for a reply in progress", 0.1)
         if force:
             self._replies.stop(user.id, session_id)
         with self._pool.connection() as conn, conn.transaction():
@@ -215,7 +227,10 @@ class SessionService:
                     "A reply is still being written in this session. Stop it first, "
                     "or delete with ?force=true to stop it and delete.",
                 )
-            counts, recovery = self._store.delete_thread_and_row(
+            if backup and row is not None:
+                report("creating the recovery point", 0.3)
+            report("deleting checkpoints", 0.5)
+            counts, recovery, audit_id = self._store.delete_thread_and_row(
                 conn,
                 thread_id=thread_id,
                 row_id=row["id"] if row else None,
@@ -227,12 +242,13 @@ class SessionService:
             )
             if not any(counts.values()):
                 raise NotFound()  # nothing was there under this id
+            report("deleting the session", 0.8)
         log.info(
             "session deleted",
             extra={"user_id": user.id, "session_id": session_id, "rows_deleted": counts, "forced": force,
                    "backup": recovery is not None},
         )
-        return DeleteOutcome(deleted=counts, backup=recovery)
+        return DeleteOutcome(deleted=counts, backup=recovery, audit_id=audit_id)
 
     def restore(self, user: AuthUser, backup_id: uuid.UUID) -> dict:
         """Put a deleted session back from its recovery point, whole or not at all.
@@ -266,3 +282,17 @@ class SessionService:
         if total:
             log.info("expired recovery points purged", extra={"recovery_points": total})
         return total
+
+    def delete_preview(self, user: AuthUser, session_id: str) -> dict:
+        """A delete's dry run: what it would remove now (rows per table) and
+        whether a reply is being written (it would need force). The same
+        ownership rules as `delete`; nothing is locked or changed."""
+        with self._pool.connection() as conn:
+            preview = self._store.delete_preview(
+                conn, user_id=user.id, session_id=session_id,
+                thread_id=build_thread_id(user.id, user.business_id, session_id),
+            )
+            if preview.pop("thread_owned") or not any(preview.values()):
+                raise NotFound()
+            run_live = bool(preview["chat_sessions"]) and self._replies.is_writing(conn, user.id, session_id)
+        return {"deleted": preview, "run_live": run_live}

@@ -128,8 +128,9 @@ with c as (delete from checkpoints where thread_id = %(thread_id)s returning {re
                 %(forced)s, to_jsonb(counts)
            from counts
           where checkpoints + checkpoint_blobs + checkpoint_writes + chat_sessions > 0
+         returning id
      ){recovery_point}
-select counts.*{recovery_columns} from counts
+select counts.*, (select id from audit) as audit_id{recovery_columns} from counts
 """
 DELETE_THREAD_AND_ROW_SQL = _DELETE_THREAD_AND_ROW.format(returning="1", recovery_point="", recovery_columns="")
 # The same delete, keeping what it deletes: the rows come from the deletes'
@@ -272,17 +273,22 @@ class SessionStore:
         offset: int = 0,
         after: tuple[datetime, int] | None = None,
         unread: bool | None = None,
+        name_contains: str | None = None,
     ) -> tuple[list[dict], int]:
         """One page, newest activity first, and the total that match.
 
         `after` continues a keyset page from (last_activity_at, id), which
         stays an index range scan at any depth; `offset` is for jumping.
+        `name_contains`: only names containing it, case-insensitively.
         """
         archived_filter = "" if include_archived else "and not is_archived"
         if unread is not None:
             archived_filter += " and has_unread" if unread else " and not has_unread"
+        name = (name_contains,) if name_contains else ()
+        if name:
+            archived_filter += " and strpos(lower(session_name), lower(%s)) > 0"
         keyset = "and (last_activity_at, id) < (%s, %s)" if after else ""
-        params: list = [user_id, *(after or ()), limit, offset]
+        params: list = [user_id, *name, *(after or ()), limit, offset]
         with self._pool.connection() as conn:
             rows = conn.execute(
                 f"""
@@ -295,7 +301,7 @@ class SessionStore:
             ).fetchall()
             total = conn.execute(
                 f"select count(*) as n from chat_sessions where user_id = %s {archived_filter}",
-                (user_id,),
+                (user_id, *name),
             ).fetchone()["n"]
         return rows, total
 
@@ -438,7 +444,8 @@ class SessionStore:
              "session_id": session_id, "forced": forced, "backup_id": backup_id, "retention_seconds": retention},
         ).fetchone()
         backup_id, expires_at = row.pop("backup_id", None), row.pop("expires_at", None)
-        return row, ({"backup_id": backup_id, "expires_at": expires_at} if backup_id else None)
+        audit_id = row.pop("audit_id", None)
+        return row, ({"backup_id": backup_id, "expires_at": expires_at} if backup_id else None), audit_id
 
     # --- many at once: bulk deletes and retention ------------------------
 
@@ -494,3 +501,27 @@ class SessionStore:
         """Delete recovery points past their expiry (a batch); returns how many."""
         with self._pool.connection() as conn:
             return conn.execute(PURGE_EXPIRED_RECOVERY_POINTS_SQL, (limit,)).rowcount
+
+    @staticmethod
+    def delete_preview(conn: Connection, *, user_id: str, session_id: str, thread_id: str) -> dict:
+        """What a delete would remove (rows per table), and whether the thread belongs
+        to a session row of another id (`thread_owned`); reads only."""
+        return conn.execute(
+            DELETE_PREVIEW_SQL, {"user_id": user_id, "session_id": session_id, "thread_id": thread_id}
+        ).fetchone()
+
+
+# A delete's dry run: the same row and thread lookups as the delete, counted, nothing locked or changed.
+DELETE_PREVIEW_SQL = """
+with s as (
+    select id, thread_id from chat_sessions where user_id = %(user_id)s and session_id = %(session_id)s
+), t as (
+    select coalesce((select thread_id from s), %(thread_id)s) as thread_id
+)
+select (select count(*) from checkpoints c, t where c.thread_id = t.thread_id)::int as checkpoints,
+       (select count(*) from checkpoint_blobs b, t where b.thread_id = t.thread_id)::int as checkpoint_blobs,
+       (select count(*) from checkpoint_writes w, t where w.thread_id = t.thread_id)::int as checkpoint_writes,
+       (select count(*) from s)::int as chat_sessions,
+       (not exists (select 1 from s)
+        and exists (select 1 from chat_sessions o, t where o.thread_id = t.thread_id)) as thread_owned
+"""

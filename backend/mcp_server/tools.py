@@ -1,0 +1,185 @@
+"""The session tools an agent may call, as plain functions of one user over the services.
+
+Each tool has an argument model (its JSON schema is what `tools/list`
+publishes, and it validates every call before anything else runs) and a
+result model. The work is the services' own: `SessionService` for reads,
+renames, archives, deletes (with their transaction, audit row, recovery point
+and events) and restores, so a tool can do nothing the HTTP API would refuse.
+Failures are `ApiError`s with the API's codes; `backend.mcp_server.server`
+turns them into MCP tool errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+
+from backend.auth.service import AuthUser
+from backend.sessions.models import (
+    MAX_SESSION_NAME,
+    ExportedSession,
+    MessageOut,
+    SessionExport,
+    SessionId,
+    SessionName,
+    SessionOut,
+)
+from backend.sessions.service import SessionService
+
+# The HTTP API's own limits (ListSessionsQuery, GetSessionQuery).
+MAX_PAGE = 200
+MAX_MESSAGES = 1000
+MAX_CURSOR = 512
+
+
+class ToolArgs(BaseModel):
+    # Unknown arguments (a user_id above all) are refused, not ignored.
+    model_config = ConfigDict(extra="forbid")
+
+
+class ListSessionsArgs(ToolArgs):
+    include_archived: StrictBool = Field(default=False, description="Include archived sessions")
+    limit: Annotated[StrictInt, Field(ge=1, le=MAX_PAGE)] = Field(default=50, description="Page size, 1-200")
+    cursor: Annotated[str, Field(min_length=1, max_length=MAX_CURSOR)] | None = Field(
+        default=None, description="next_cursor from the previous page"
+    )
+    query: Annotated[str, Field(min_length=1, max_length=MAX_SESSION_NAME)] | None = Field(
+        default=None, description="Only sessions whose name contains this text (case-insensitive)"
+    )
+
+
+class GetSessionArgs(ToolArgs):
+    session_id: SessionId
+    include_messages: StrictBool = Field(default=False, description="Include the conversation")
+    messages_limit: Annotated[StrictInt, Field(ge=1, le=MAX_MESSAGES)] = Field(
+        default=200, description="At most this many messages, the newest (1-1,000)"
+    )
+
+
+class RenameSessionArgs(ToolArgs):
+    session_id: SessionId
+    name: SessionName = Field(description="The new name: trimmed; 1-200 characters, no control characters")
+
+
+class ArchiveSessionArgs(ToolArgs):
+    session_id: SessionId
+    archived: StrictBool = Field(description="true to archive, false to unarchive")
+
+
+class ExportSessionArgs(ToolArgs):
+    session_id: SessionId
+
+
+class DeleteSessionArgs(ToolArgs):
+    session_id: SessionId
+    create_backup: StrictBool = Field(
+        default=True, description="Keep a recovery point that restore_session can put back (until it expires)"
+    )
+    force: StrictBool = Field(default=False, description="Stop a reply still being written, then delete")
+    dry_run: StrictBool = Field(default=False, description="Only report what would be deleted; change nothing")
+
+
+class RestoreSessionArgs(ToolArgs):
+    backup_id: UUID = Field(description="backup_id from delete_session")
+
+
+# --- results ---------------------------------------------------------------------
+
+
+class SessionList(BaseModel):
+    sessions: list[SessionOut]
+    count: int = Field(description="Sessions in this page")
+    total: int = Field(description="All sessions that match")
+    next_cursor: str | None = Field(description="Pass as cursor for the next page; null on the last page")
+
+
+class SessionDetail(BaseModel):
+    session: SessionOut
+    messages: list[MessageOut] | None = Field(default=None, description="With include_messages: newest last")
+    has_more_messages: bool | None = Field(default=None, description="Older messages exist before these")
+
+
+class SessionResult(BaseModel):
+    session: SessionOut
+
+
+class DeleteResult(BaseModel):
+    session_id: str
+    dry_run: bool
+    deleted: dict[str, int] = Field(description="Rows removed per table (on a dry run: rows that would be)")
+    reply_running: bool | None = Field(
+        default=None, description="Dry run only: a reply is being written (a delete would need force=true)"
+    )
+    backup_id: UUID | None = Field(default=None, description="Pass to restore_session to undo")
+    expires_at: datetime | None = Field(default=None, description="Until when the backup can be restored")
+    forced: bool
+    audit_id: int | None = Field(default=None, description="The audit row (session_deletions) of the delete")
+
+
+Progress = Callable[[str, float], None]
+
+
+@dataclass
+class SessionTools:
+    """The tools' work, on explicit services; every method acts as `user` only."""
+
+    sessions: SessionService
+
+    def list_sessions(self, user: AuthUser, args: ListSessionsArgs) -> SessionList:
+        page = self.sessions.list(
+            user, include_archived=args.include_archived, limit=args.limit, offset=0, cursor=args.cursor,
+            query=args.query,
+        )
+        return SessionList(
+            sessions=[SessionOut.model_validate(r) for r in page.rows], count=len(page.rows), total=page.total,
+            next_cursor=page.next_cursor,
+        )
+
+    def get_session(self, user: AuthUser, args: GetSessionArgs) -> SessionDetail:
+        row = self.sessions.get(user, args.session_id)
+        if not args.include_messages:
+            return SessionDetail(session=SessionOut.model_validate(row))
+        messages, start = self.sessions.messages_page(row, limit=args.messages_limit, before=None)
+        return SessionDetail(session=SessionOut.model_validate(row), messages=messages, has_more_messages=start > 0)
+
+    def rename_session(self, user: AuthUser, args: RenameSessionArgs) -> SessionResult:
+        row = self.sessions.update(user, args.session_id, session_name=args.name, is_archived=None)
+        return SessionResult(session=SessionOut.model_validate(row))
+
+    def archive_session(self, user: AuthUser, args: ArchiveSessionArgs) -> SessionResult:
+        row = self.sessions.update(user, args.session_id, session_name=None, is_archived=args.archived)
+        return SessionResult(session=SessionOut.model_validate(row))
+
+    def export_session(self, user: AuthUser, args: ExportSessionArgs) -> SessionExport:
+        exported = self.sessions.export(user, args.session_id)
+        return SessionExport(session=ExportedSession.model_validate(exported["session"]), messages=exported["messages"])
+
+    def delete_session(self, user: AuthUser, args: DeleteSessionArgs, progress: Progress | None = None) -> DeleteResult:
+        if args.dry_run:
+            preview = self.sessions.delete_preview(user, args.session_id)
+            return DeleteResult(session_id=args.session_id, dry_run=True, deleted=preview["deleted"],
+                                reply_running=preview["run_live"], forced=False)
+        outcome = self.sessions.delete(
+            user, args.session_id, force=args.force, backup=args.create_backup, progress=progress
+        )
+        backup = outcome.backup or {}
+        return DeleteResult(
+            session_id=args.session_id, dry_run=False, deleted=outcome.deleted, backup_id=backup.get("backup_id"),
+            expires_at=backup.get("expires_at"), forced=args.force, audit_id=outcome.audit_id,
+        )
+
+    def restore_session(self, user: AuthUser, args: RestoreSessionArgs) -> SessionResult:
+        return SessionResult(session=SessionOut.model_validate(self.sessions.restore(user, args.backup_id)))
+
+    def session_document(self, user: AuthUser, session_id: str) -> dict[str, Any]:
+        """The `session://{session_id}` resource: the session and its whole conversation."""
+        row = self.sessions.get(user, session_id)
+        return {
+            "session": SessionOut.model_validate(row).model_dump(mode="json"),
+            "messages": [MessageOut.model_validate(m).model_dump(mode="json") for m in self.sessions.messages(row)],
+        }
