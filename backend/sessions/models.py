@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from backend.http import ApiModel, QueryModel, SuccessModel, UtcDatetime
+from backend.http import ApiModel, DocumentedModel, QueryModel, SuccessModel, UtcDatetime
 
 # 1-128 of [A-Za-z0-9_.:-], but not "." or "..": URL clients (fetch, urllib3)
 # remove such path segments, so a session with that id could never be opened
@@ -235,7 +235,7 @@ class ExportedSession(BaseModel):
     last_message_at: UtcDatetime | None
 
 
-class SessionExport(BaseModel):
+class SessionExport(DocumentedModel):
     format: Literal["chat-session/v1"] = EXPORT_FORMAT
     session: ExportedSession
     messages: list[MessageOut]
