@@ -138,6 +138,18 @@ class ListSessionsQuery(QueryModel):
     limit: int = Field(default=50, ge=1, le=200)
     offset: int = Field(default=0, ge=0, le=10_000_000)
     cursor: str | None = Field(default=None, max_length=512, description="next_cursor from the previous page")
+    q: str | None = Field(
+        default=None, max_length=MAX_SESSION_NAME,
+        description="Only sessions whose name contains this text, case-insensitively (% and _ match themselves); "
+                    "at most 200 characters, no control characters; empty: no filter",
+    )
+
+    @field_validator("q")
+    @classmethod
+    def _searchable(cls, value: str | None) -> str | None:
+        if value is not None and any(unicodedata.category(ch) == "Cc" for ch in value):
+            raise ValueError("must not contain control characters")
+        return value or None
 
 
 class GetSessionQuery(QueryModel):
