@@ -160,3 +160,8 @@ def test_response_fields_always_sent_are_required_and_left_out_ones_optional(ano
     assert not {"deleted", "backup"} & set(schemas["BulkDeleteResult"]["required"])
     assert "fields" not in schemas["ErrorDetail"]["required"]
     assert schemas["SessionExport"]["required"] == ["format", "session", "messages"]
+
+
+def test_the_web_app_routes_are_not_api_operations(anon):
+    paths = anon.get("/api/openapi.json").get_json()["paths"]
+    assert "/" not in paths and not [p for p in paths if p.startswith("/assets")]

@@ -404,3 +404,20 @@ def test_stop_and_readable_errors(context, live, web_origin, fake):
         assert r.status_code == 200
     send_message(page, "One more")
     see(page.get_by_test_id("error-banner")).to_contain_text(re.compile(r"try again in \d+ s", re.I))
+
+
+@needs_browser
+def test_served_by_flask_at_the_root_same_origin(context, live, fake):
+    """`make web` then `make run`: the app at http://host:5000/ and the API under /api, one origin."""
+    app, api_url = live
+    assert app.test_client().get("/api/llm/sessions").status_code == 401  # the API is still the API
+    email, password = signup(app)
+    page = context.new_page()
+    page.goto(f"{api_url}/?api=")  # this origin
+    sign_in_with_password(page, email, password)
+    sid = new_chat(page)
+    send_message(page, "Same origin?")
+    expect()(page.get_by_test_id("assistant-message").last).to_have_text("Echo: Same origin?")
+    expect()(item(page, sid).get_by_test_id("session-name")).to_have_text("Highland Property Valuation")
+    asset = page.evaluate("() => document.querySelector('script[type=module]').src")
+    assert asset.startswith(f"{api_url}/assets/")
