@@ -233,6 +233,9 @@ def test_cookie_sign_in_chat_name_rename_archive_delete_undo_search_live_in_two_
     # The auto name arrives by the events stream, in both tabs, without a reload.
     for tab in (tab1, tab2):
         see(item(tab, sid).get_by_test_id("session-name")).to_have_text("Highland Property Valuation")
+    # The reply was read where it was written: no unread badge, in either tab, nor on the server.
+    see(item(tab2, sid).get_by_test_id("unread-badge")).to_have_count(0)
+    see(item(tab1, sid).get_by_test_id("unread-badge")).to_have_count(0)
 
     # Rename: the other tab follows.
     rename(tab1, sid, "Valuation notes")

@@ -140,6 +140,8 @@ class ListSessionsQuery(QueryModel):
     cursor: str | None = Field(default=None, max_length=512, description="next_cursor from the previous page")
     q: str | None = Field(
         default=None, max_length=MAX_SESSION_NAME,
+        # The validator below, for the document: no control characters (Cc).
+        json_schema_extra={"pattern": r"^[^\x00-\x1f\x7f-\x9f]*$"},
         description="Only sessions whose name contains this text, case-insensitively (% and _ match themselves); "
                     "at most 200 characters, no control characters; empty: no filter",
     )

@@ -90,6 +90,10 @@ function Chats({ api, config, user, onSignOut, onSignedOut }: ChatsProps) {
   const onEvent = useCallback((event: SessionEvent) => {
     if (event.type === "auth_expired") return onSignedOut();
     list.applyEvent(event);
+    // A reply finished in the chat on screen: it is read (in every tab).
+    if ("session" in event && event.session?.has_unread && event.session_id === activeId) {
+      void list.markRead(event.session_id).catch(() => undefined);
+    }
     if (event.type === "session.deleted" && event.session_id === activeId) {
       setActiveId(null);
       setNotice("This chat was deleted in another tab or device.");
@@ -122,9 +126,9 @@ function Chats({ api, config, user, onSignOut, onSignedOut }: ChatsProps) {
   async function send(text: string) {
     const id = activeId;
     if (!id) return;
-    const outcome = await chat.send(text);
-    if (outcome !== "error" || !chat.error) await list.refresh(id).catch(() => undefined);
-    if (list.find(id)?.has_unread) void list.markRead(id).catch(() => undefined);
+    await chat.send(text);
+    // The server's session after the turn (the first message made a local chat real), read.
+    await list.markRead(id).catch(() => list.refresh(id)).catch(() => undefined);
   }
 
   async function confirmDelete(ids: string[]) {
