@@ -300,10 +300,13 @@ class SessionStore:
                 limit %s offset %s
                 """,
                 params,
+                # A search is planned for its own text each time: a prepared statement's generic
+                # plan cannot know whether the trigram index or the activity order serves it best.
+                prepare=False if search else None,
             ).fetchall()
             total = conn.execute(
                 f"select count(*) as n from chat_sessions where user_id = %s {archived_filter}",
-                (user_id, *name_params),
+                (user_id, *name_params), prepare=False if search else None,
             ).fetchone()["n"]
         return rows, total
 
