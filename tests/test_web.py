@@ -424,3 +424,28 @@ def test_served_by_flask_at_the_root_same_origin(context, live, fake):
     expect()(item(page, sid).get_by_test_id("session-name")).to_have_text("Highland Property Valuation")
     asset = page.evaluate("() => document.querySelector('script[type=module]').src")
     assert asset.startswith(f"{api_url}/assets/")
+
+
+@needs_browser
+def test_infinite_scroll_pages_by_cursor_and_archived_filter(context, live, web_origin):
+    app, api_url = live
+    user = User()
+    api = client_for(app, user)
+    for i in range(40):
+        assert api.post("/api/llm/sessions", json={"session_name": f"Chat {i:02d}"}).status_code == 201
+    archived = api.post("/api/llm/sessions", json={"session_name": "Old archived"}).get_json()["session_id"]
+    assert api.put(f"/api/llm/sessions/{archived}", json={"is_archived": True}).status_code == 200
+    see = expect()
+    page = open_app(context, web_origin, api_url)
+    page.get_by_test_id("login-token").fill(user.token)
+    page.get_by_test_id("login-token-submit").click()
+    wait_live(page)
+    see(page.get_by_test_id("session-item")).to_have_count(30)  # the first page
+    see(page.get_by_test_id("session-name").first).to_have_text("Chat 39")  # newest activity first
+    page.get_by_test_id("session-item").last.scroll_into_view_if_needed()
+    see(page.get_by_test_id("session-item")).to_have_count(40)  # the next, by next_cursor, once in view
+    see(page.get_by_test_id("session-name").last).to_have_text("Chat 00")
+    see(item(page, archived)).to_have_count(0)
+    page.get_by_test_id("show-archived").check()
+    page.get_by_test_id("session-item").last.scroll_into_view_if_needed()
+    see(item(page, archived)).to_be_visible()

@@ -2,7 +2,7 @@
 // live events. The server wins for every session it knows (names, counts, flags). A session made
 // here lives only in this browser (no request at all) until its first message creates it on the
 // server; such local sessions stay listed across reloads and reconciliations.
-import { useCallback, useEffect, useMemo, useRef, useState } from "react";
+import { useCallback, useEffect, useRef, useState } from "react";
 import { ApiError, unwrap, type Api, type Session } from "../api/client";
 import type { SessionEvent } from "../api/sse";
 
@@ -83,7 +83,7 @@ export function useSessions(api: Api, userKey: string, filter: ListFilter) {
       if (mine !== generation.current) return;
       setSessions((current) => {
         const known = new Set(page.data.map((s) => s.session_id));
-        const localOnly = current.filter((s) => s.local && !known.has(s.session_id) && matches(s, filter));
+        const localOnly = current.filter((s) => s.local && !known.has(s.session_id) && matches(s, filterRef.current));
         return [...page.data, ...localOnly].sort(byActivity);
       });
       setNextCursor(page.next_cursor);
@@ -93,7 +93,7 @@ export function useSessions(api: Api, userKey: string, filter: ListFilter) {
     } finally {
       if (mine === generation.current) setLoading(false);
     }
-  }, [api, filter.includeArchived, filter.q]); // eslint-disable-line react-hooks/exhaustive-deps
+  }, [api, filter.includeArchived, filter.q]);
 
   useEffect(() => {
     if (!plainView) setSessions([]);
@@ -245,9 +245,8 @@ export function useSessions(api: Api, userKey: string, filter: ListFilter) {
     if (data) upsert(data.data);
   }, [api, upsert]);
 
-  const sorted = useMemo(() => sessions, [sessions]);
   return {
-    sessions: sorted, busy, loading, error, hasMore: nextCursor !== null,
+    sessions, busy, loading, error, hasMore: nextCursor !== null,
     reload, loadMore, applyEvent, createLocal, rename, setArchived, remove, removeMany, restore, markRead, refresh, find,
   };
 }
