@@ -314,6 +314,7 @@ def test_token_sign_in_local_sessions_reload_reconcile_and_bulk_delete(context, 
     item(page, local_b).locator("button.open").click()
     send_message(page, "Hello there")
     see(page.get_by_test_id("assistant-message").last).to_have_text("Echo: Hello there")
+    see(page.get_by_test_id("send")).to_be_visible()  # `done` came: the turn is committed
     see(item(page, local_b).get_by_test_id("session-name")).to_have_text("Highland Property Valuation")
     assert api.get(f"/api/llm/sessions/{local_b}").get_json()["data"]["message_count"] == 2
 
@@ -366,6 +367,7 @@ def test_stop_and_readable_errors(context, live, web_origin, fake):
         send_message(page, "Tell me a long story")
         see(page.get_by_test_id("assistant-message").last).to_have_text("Echo: ")
         assert gate.wait_for_held(1)
+        see(item(page, sid).get_by_test_id("busy-marker")).to_be_visible()  # run.started arrived
         page.get_by_test_id("stop").click()
         see(page.get_by_test_id("send")).to_be_visible()
         see(item(page, sid).get_by_test_id("busy-marker")).to_have_count(0)  # run.finished arrived
@@ -446,6 +448,5 @@ def test_infinite_scroll_pages_by_cursor_and_archived_filter(context, live, web_
     see(page.get_by_test_id("session-item")).to_have_count(40)  # the next, by next_cursor, once in view
     see(page.get_by_test_id("session-name").last).to_have_text("Chat 00")
     see(item(page, archived)).to_have_count(0)
-    page.get_by_test_id("show-archived").check()
-    page.get_by_test_id("session-item").last.scroll_into_view_if_needed()
-    see(item(page, archived)).to_be_visible()
+    page.get_by_test_id("show-archived").check()  # the newest of all: on the first page
+    see(item(page, archived)).to_contain_text("archived")
