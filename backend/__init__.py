@@ -23,6 +23,7 @@ from backend.overload import ConnectionLimit
 from backend.rate_limits import init_rate_limits
 from backend.services import Services, build_services
 from backend.sessions.routes import sessions_api
+from backend.web import install_web_app
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ def _register_blueprints(app: OpenAPI, services: Services) -> None:
     app.register_api(events_api(services.events, services.auth))
     # The OpenAPI document at /api/openapi.json, as the frontend's contract.
     app.add_url_rule("/api/openapi.json", "openapi_json", lambda: app.api_doc)
+    install_web_app(app)  # the React app at / when `make web` has built it
 
 
 def _development_secret(settings: Settings) -> str:

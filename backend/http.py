@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 
 from flask import Request, jsonify
 from pydantic import BaseModel, ConfigDict, PlainSerializer
+from pydantic.json_schema import GenerateJsonSchema
+from pydantic_core import core_schema
 
 from backend.errors import ApiError
 
@@ -44,11 +46,52 @@ def _utc_iso(value: datetime) -> str:
 UtcDatetime = Annotated[datetime, PlainSerializer(_utc_iso, return_type=str, when_used="json")]
 
 
-class ApiModel(BaseModel):
+class DocumentSchema(GenerateJsonSchema):
+    """The JSON schema the OpenAPI document (and the TypeScript types made from it) shows.
+
+    Two corrections to pydantic's defaults, so that generated clients get the
+    types right (openapi-typescript reads `required`, and a `default`):
+
+    - An optional field whose default is None (`session_name: SessionName = None`,
+      or `x: int | None = None`) has no `default` in the document. When the type
+      is not nullable, `default: null` would be invalid against the field's own
+      schema; when it is, absence already means null. Either way such a field is
+      simply not required; nullable ones stay nullable (anyOf with null).
+    - In responses (serialization mode) a field with a non-None default is always
+      sent, so it is required (`success`, `format`); one whose default is None may
+      be left out (the routes exclude such fields), so it is optional.
+    Request validation is unchanged: this only shapes the document.
+    """
+
+    def default_schema(self, schema: core_schema.WithDefaultSchema) -> dict:
+        json_schema = super().default_schema(schema)
+        if "default" in json_schema and json_schema["default"] is None:
+            json_schema = {k: v for k, v in json_schema.items() if k != "default"}
+        return json_schema
+
+    def field_is_required(self, field, total: bool) -> bool:
+        if self.mode == "serialization" and field["type"] != "typed-dict-field":
+            inner = field["schema"]
+            if inner["type"] == "default":
+                return "default_factory" in inner or inner.get("default") is not None
+        return super().field_is_required(field, total)
+
+
+class DocumentedModel(BaseModel):
+    """A model the OpenAPI document shows through DocumentSchema (flask-openapi3 asks each
+    top-level model for its schema; nested models are drawn by their parent's generator)."""
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, schema_generator: type[GenerateJsonSchema] = DocumentSchema,
+                          **kwargs: Any) -> dict[str, Any]:
+        return super().model_json_schema(*args, schema_generator=schema_generator, **kwargs)
+
+
+class ApiModel(DocumentedModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class QueryModel(BaseModel):
+class QueryModel(DocumentedModel):
     """Query-string parameters. Unknown ones (cache busters) are ignored.
 
     flask-openapi3 asks a query model for its JSON schema on every request (to
@@ -72,7 +115,7 @@ class QueryModel(BaseModel):
 _QUERY_SCHEMAS: dict[type, dict[str, Any]] = {}
 
 
-class SuccessModel(BaseModel):
+class SuccessModel(DocumentedModel):
     success: Literal[True] = True
 
 
@@ -82,7 +125,10 @@ class ErrorDetail(BaseModel):
     fields: dict[str, str] | None = None
 
 
-class ErrorResponse(BaseModel):
+class ErrorResponse(DocumentedModel):
+    # Documented as the validation-error model too (validation mode): `success` is always sent.
+    model_config = ConfigDict(json_schema_extra={"required": ["success", "error"]})
+
     success: Literal[False] = False
     error: ErrorDetail
 

@@ -350,12 +350,16 @@ def listing(server: AppServer, db_url: str, sizes: Sizes, results: Results, list
         f"offset {sizes.list_depth:,}": f"limit=50&offset={sizes.list_depth}",
         "cursor page 2": f"limit=50&cursor={c1}",
         f"cursor page after {sizes.list_depth:,}": f"limit=50&cursor={c2}",
+        # ?q=: names are 'Session <n>', so this matches 11 of the user's (and the trigram
+        # index's posting lists for 'ses', 'ion'... hold every row: its worst case).
+        "search q=Session 4242": "limit=50&q=Session%204242",
     }
     floor_args = {
         "first page": {"limit": 50},
         f"offset {sizes.list_depth:,}": {"limit": 50, "offset": sizes.list_depth},
         "cursor page 2": {"limit": 50, "after": (after_first["last_activity_at"], after_first["id"])},
         f"cursor page after {sizes.list_depth:,}": {"limit": 50, "after": (deep["last_activity_at"], deep["id"])},
+        "search q=Session 4242": {"limit": 50, "search": "Session 4242"},
     }
     raw = asyncio.run(_list_samples(server, list_user, cases, store, floor_args, sizes.list_samples))
     pool.close()

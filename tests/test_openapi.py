@@ -61,3 +61,107 @@ def test_stream_is_documented_as_server_sent_events(anon):
     body = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
     schema = anon.get("/api/openapi.json").get_json()["components"]["schemas"][body]
     assert schema["properties"]["query"]["maxLength"] == 32000
+
+
+# --- what generated clients (openapi-typescript) read: defaults, required, nullable ---
+
+_JSON_TYPES = {
+    "string": lambda v: isinstance(v, str),
+    "boolean": lambda v: isinstance(v, bool),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "array": lambda v: isinstance(v, list),
+    "object": lambda v: isinstance(v, dict),
+    "null": lambda v: v is None,
+}
+
+
+def _resolve(doc, schema):
+    while "$ref" in schema:
+        schema = doc["components"]["schemas"][schema["$ref"].split("/")[-1]]
+    return schema
+
+
+def _value_fits(doc, schema, value) -> bool:
+    """Enough of JSON Schema to judge a default: types, anyOf/oneOf/allOf, const, enum, bounds."""
+    schema = _resolve(doc, schema)
+    if "anyOf" in schema or "oneOf" in schema:
+        return any(_value_fits(doc, s, value) for s in schema.get("anyOf", schema.get("oneOf")))
+    if not all(_value_fits(doc, s, value) for s in schema.get("allOf", [])):
+        return False
+    if "const" in schema and value != schema["const"]:
+        return False
+    if "enum" in schema and value not in schema["enum"]:
+        return False
+    types = schema.get("type")
+    if types is not None:
+        types = [types] if isinstance(types, str) else types
+        if not any(_JSON_TYPES[t](value) for t in types):
+            return False
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if "minimum" in schema and value < schema["minimum"] or "maximum" in schema and value > schema["maximum"]:
+            return False
+    if isinstance(value, str) and len(value) < schema.get("minLength", 0):
+        return False
+    return True
+
+
+def _schemas_with_defaults(node, where=""):
+    """Every (location, schema) in the document that carries a default."""
+    if isinstance(node, dict):
+        if "default" in node and isinstance(node.get("default"), (str, int, float, bool, list, dict, type(None))) \
+                and not where.endswith("/properties"):  # a property *named* default would not count
+            yield where, node
+        for key, value in node.items():
+            yield from _schemas_with_defaults(value, f"{where}/{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _schemas_with_defaults(value, f"{where}/{i}")
+
+
+def test_every_default_is_valid_for_its_own_schema(anon):
+    doc = anon.get("/api/openapi.json").get_json()
+    seen = list(_schemas_with_defaults(doc))
+    assert seen, "the document has defaults (include_archived=false, limit=50...)"
+    bad = [where for where, schema in seen if not _value_fits(doc, {k: v for k, v in schema.items() if k != "default"},
+                                                              schema["default"])]
+    assert bad == []
+    # The shape the issue found: an optional string documented as `type: string, default: null`.
+    assert not [w for w, s in seen if s["default"] is None and s.get("type") not in (None, "null")]
+
+
+def test_optional_request_fields_are_not_required_and_nullable_ones_say_null(anon):
+    doc = anon.get("/api/openapi.json").get_json()
+    schemas = doc["components"]["schemas"]
+    for name in ("CreateSessionBody", "UpdateSessionBody"):
+        assert schemas[name].get("required", []) == [], name
+        for prop in schemas[name]["properties"].values():
+            assert "default" not in prop  # openapi-typescript would make a field with a default required
+    bulk = schemas["BulkDeleteBody"]
+    assert bulk.get("required", []) == [] and {"backup", "force"} <= set(bulk["properties"])
+    assert schemas["QueryBody"]["required"] == ["session_id", "query"]
+    # Nullable stays nullable: an imported message's time may be null, and is optional.
+    created = schemas["ImportedMessage"]["properties"]["created_at"]
+    assert {"type": "null"} in created["anyOf"] and "created_at" not in schemas["ImportedMessage"]["required"]
+
+
+def test_response_fields_always_sent_are_required_and_left_out_ones_optional(anon):
+    doc = anon.get("/api/openapi.json").get_json()
+    schemas = doc["components"]["schemas"]
+    for name in ("SessionCreatedResponse", "SessionListResponse", "SessionResponse", "SessionDetailResponse",
+                 "SessionDeletedResponse", "BulkDeleteResponse", "ErrorResponse"):
+        assert "success" in schemas[name]["required"], name
+    assert set(schemas["SessionOut"]["required"]) == set(schemas["SessionOut"]["properties"])
+    assert {"type": "null"} in schemas["SessionOut"]["properties"]["last_message_at"]["anyOf"]
+    assert "next_cursor" in schemas["SessionListResponse"]["required"]  # always sent, null on the last page
+    # Sent only when asked for: optional, so a client must check before use.
+    assert not {"messages", "messages_start", "has_more_messages"} & set(schemas["SessionDetailResponse"]["required"])
+    assert "backup" not in schemas["SessionDeletedResponse"]["required"]
+    assert not {"deleted", "backup"} & set(schemas["BulkDeleteResult"]["required"])
+    assert "fields" not in schemas["ErrorDetail"]["required"]
+    assert schemas["SessionExport"]["required"] == ["format", "session", "messages"]
+
+
+def test_the_web_app_routes_are_not_api_operations(anon):
+    paths = anon.get("/api/openapi.json").get_json()["paths"]
+    assert "/" not in paths and not [p for p in paths if p.startswith("/assets")]

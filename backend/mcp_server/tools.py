@@ -133,7 +133,7 @@ class SessionTools:
     def list_sessions(self, user: AuthUser, args: ListSessionsArgs) -> SessionList:
         page = self.sessions.list(
             user, include_archived=args.include_archived, limit=args.limit, offset=0, cursor=args.cursor,
-            query=args.query,
+            search=args.query,
         )
         return SessionList(
             sessions=[SessionOut.model_validate(r) for r in page.rows], count=len(page.rows), total=page.total,

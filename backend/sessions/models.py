@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from backend.http import ApiModel, QueryModel, SuccessModel, UtcDatetime
+from backend.http import ApiModel, DocumentedModel, QueryModel, SuccessModel, UtcDatetime
 
 # 1-128 of [A-Za-z0-9_.:-], but not "." or "..": URL clients (fetch, urllib3)
 # remove such path segments, so a session with that id could never be opened
@@ -138,6 +138,20 @@ class ListSessionsQuery(QueryModel):
     limit: int = Field(default=50, ge=1, le=200)
     offset: int = Field(default=0, ge=0, le=10_000_000)
     cursor: str | None = Field(default=None, max_length=512, description="next_cursor from the previous page")
+    q: str | None = Field(
+        default=None, max_length=MAX_SESSION_NAME,
+        # The validator below, for the document: no control characters (Cc).
+        json_schema_extra={"pattern": r"^[^\x00-\x1f\x7f-\x9f]*$"},
+        description="Only sessions whose name contains this text, case-insensitively (% and _ match themselves); "
+                    "at most 200 characters, no control characters; empty: no filter",
+    )
+
+    @field_validator("q")
+    @classmethod
+    def _searchable(cls, value: str | None) -> str | None:
+        if value is not None and any(unicodedata.category(ch) == "Cc" for ch in value):
+            raise ValueError("must not contain control characters")
+        return value or None
 
 
 class GetSessionQuery(QueryModel):
@@ -235,7 +249,7 @@ class ExportedSession(BaseModel):
     last_message_at: UtcDatetime | None
 
 
-class SessionExport(BaseModel):
+class SessionExport(DocumentedModel):
     format: Literal["chat-session/v1"] = EXPORT_FORMAT
     session: ExportedSession
     messages: list[MessageOut]

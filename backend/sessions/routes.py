@@ -55,7 +55,7 @@ def sessions_api(sessions: SessionService, cleanup: SessionCleanup) -> APIBluepr
 
     @bp.get("", responses={200: SessionListResponse, **error_responses(400, 401, 500, 503)})
     def list_sessions(query: ListSessionsQuery):
-        """The caller's sessions, newest activity first; archived ones only when asked."""
+        """The caller's sessions, newest activity first; archived ones only when asked; ?q= searches names."""
         page = sessions.list(
             current_user,
             include_archived=query.include_archived,
@@ -63,6 +63,7 @@ def sessions_api(sessions: SessionService, cleanup: SessionCleanup) -> APIBluepr
             offset=query.offset,
             cursor=query.cursor,
             unread=query.unread,
+            search=query.q,
         )
         return ok(
             SessionListResponse(

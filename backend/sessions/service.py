@@ -132,7 +132,7 @@ class SessionService:
 
     def list(
         self, user: AuthUser, *, include_archived: bool, limit: int, offset: int, cursor: str | None,
-        unread: bool | None = None, query: str | None = None,
+        unread: bool | None = None, search: str | None = None,
     ) -> SessionPage:
         if cursor and offset:
             raise ApiError(
@@ -142,7 +142,7 @@ class SessionService:
         after = decode_cursor(cursor) if cursor else None
         rows, total = self._store.list_page(
             user.id, include_archived=include_archived, limit=limit, offset=offset, after=after, unread=unread,
-            name_contains=query,
+            search=search,
         )
         next_cursor = encode_cursor(rows[-1]) if len(rows) == limit else None
         return SessionPage(rows=rows, total=total, limit=limit, offset=offset, next_cursor=next_cursor)

@@ -254,6 +254,12 @@ class SessionCreateRaced(Exception):
     """The session was deleted by another request while this one created it."""
 
 
+def like_pattern(text: str) -> str:
+    """An ILIKE pattern matching names that contain `text` literally (its % _ and \\ escaped)."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
 class SessionStore:
     def __init__(self, pool: ConnectionPool) -> None:
         self._pool = pool
@@ -273,22 +279,23 @@ class SessionStore:
         offset: int = 0,
         after: tuple[datetime, int] | None = None,
         unread: bool | None = None,
-        name_contains: str | None = None,
+        search: str | None = None,
     ) -> tuple[list[dict], int]:
         """One page, newest activity first, and the total that match.
 
         `after` continues a keyset page from (last_activity_at, id), which
         stays an index range scan at any depth; `offset` is for jumping.
-        `name_contains`: only names containing it, case-insensitively.
+        `search` keeps names containing it, case-insensitively, as literal text
+        (served by the trigram index of sql/012_session_name_search.sql).
         """
         archived_filter = "" if include_archived else "and not is_archived"
         if unread is not None:
             archived_filter += " and has_unread" if unread else " and not has_unread"
-        name = (name_contains,) if name_contains else ()
-        if name:
-            archived_filter += " and strpos(lower(session_name), lower(%s)) > 0"
+        name_params = [like_pattern(search)] if search else []
+        if search:
+            archived_filter += " and session_name ilike %s"
         keyset = "and (last_activity_at, id) < (%s, %s)" if after else ""
-        params: list = [user_id, *name, *(after or ()), limit, offset]
+        params: list = [user_id, *name_params, *(after or ()), limit, offset]
         with self._pool.connection() as conn:
             rows = conn.execute(
                 f"""
@@ -298,10 +305,13 @@ class SessionStore:
                 limit %s offset %s
                 """,
                 params,
+                # A search is planned for its own text each time: a prepared statement's generic
+                # plan cannot know whether the trigram index or the activity order serves it best.
+                prepare=False if search else None,
             ).fetchall()
             total = conn.execute(
                 f"select count(*) as n from chat_sessions where user_id = %s {archived_filter}",
-                (user_id, *name),
+                (user_id, *name_params), prepare=False if search else None,
             ).fetchone()["n"]
         return rows, total
 

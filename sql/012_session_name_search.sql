@@ -1,0 +1,35 @@
+-- Search by name: GET /api/llm/sessions?q=text is a case-insensitive substring
+-- match (session_name ILIKE '%text%', wildcards in the text escaped), served by
+-- a trigram index so a page stays fast however many sessions a user has.
+--
+-- pg_trgm goes into schema `extensions`, as Supabase installs every extension
+-- (its dashboard does the same): its ~40 functions then stay out of `public`,
+-- which Supabase's Data API exposes as RPC to the anon and authenticated roles.
+-- On other PostgreSQL servers the schema is created, for the same layout. If
+-- pg_trgm is already installed (in any schema), that one is used. The index
+-- names the operator class with its schema, so nothing depends on search_path;
+-- ILIKE itself is built in, so queries need no qualification either.
+--
+-- Where pg_trgm is not available at all (the embedded PostgreSQL used for
+-- development ships without contrib), search still works, answered without
+-- the index; run this file's block again on a server that has it.
+do $$
+declare
+    trgm_schema text;
+begin
+    if not exists (select 1 from pg_available_extensions where name = 'pg_trgm') then
+        raise notice 'pg_trgm is not available on this server: session search runs without its index';
+        return;
+    end if;
+    if not exists (select 1 from pg_extension where extname = 'pg_trgm') then
+        create schema if not exists extensions;
+        create extension pg_trgm with schema extensions;
+    end if;
+    select n.nspname into trgm_schema
+      from pg_extension e join pg_namespace n on n.oid = e.extnamespace
+     where e.extname = 'pg_trgm';
+    execute format(
+        'create index if not exists chat_sessions_name_trgm_idx on public.chat_sessions '
+        'using gin (session_name %I.gin_trgm_ops)', trgm_schema);
+end;
+$$;
