@@ -7,7 +7,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.conftest import unique_session_id
+from tests.helpers import unique_session_id
 
 
 def make(api, name: str, **extra) -> str:

@@ -12,13 +12,11 @@ skipped, saying so. CI (.ci/run) installs both. Screenshots of failed tests go t
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import subprocess
 import threading
-import urllib.request
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -26,7 +24,7 @@ from pathlib import Path
 import pytest
 from werkzeug.serving import make_server
 
-from tests.conftest import User, client_for, make_token
+from tests.helpers import User, client_for
 from tests.test_auth import signup
 
 ROOT = Path(__file__).resolve().parent.parent
