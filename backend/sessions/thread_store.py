@@ -14,6 +14,7 @@ from langgraph.checkpoint.postgres import PostgresSaver
 from psycopg import Connection
 from psycopg_pool import ConnectionPool
 
+from backend.sessions.store import SessionStore
 from llm.messages import load_thread_messages, visible_messages
 
 # LangGraph's tables, each keyed by thread_id. Deleted in this order; the
@@ -36,8 +37,6 @@ select t.thread_id from chat_threads t
 DELETE_THREAD_ROWS_SQL = {table: f"delete from {table} where thread_id = %s" for table in CHECKPOINT_TABLES}
 
 UNREGISTER_THREAD_SQL = "delete from chat_threads where thread_id = %s"
-
-THREAD_HAS_SESSION_SQL = "select 1 from chat_sessions where thread_id = %s"
 
 
 class ThreadStore:
@@ -78,7 +77,7 @@ class ThreadStore:
                     counts = {table: conn.execute(sql, (thread_id,)).rowcount
                               for table, sql in DELETE_THREAD_ROWS_SQL.items()}
                     conn.execute(UNREGISTER_THREAD_SQL, (thread_id,))
-                    if conn.execute(THREAD_HAS_SESSION_SQL, (thread_id,)).fetchone():
+                    if SessionStore.thread_has_session(conn, thread_id):
                         raise _ThreadClaimed()
             except _ThreadClaimed:
                 return {table: 0 for table in CHECKPOINT_TABLES}
