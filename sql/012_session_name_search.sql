@@ -21,6 +21,7 @@
 -- the index; run this file's block again on a server that has it.
 do $$
 declare
+    ext text;
     trgm_schema text;
     gin_schema text;
 begin
@@ -28,21 +29,18 @@ begin
         raise notice 'pg_trgm is not available on this server: session search runs without its index';
         return;
     end if;
-    if not exists (select 1 from pg_extension where extname = 'pg_trgm') then
-        create schema if not exists extensions;
-        create extension pg_trgm with schema extensions;
-    end if;
-    select n.nspname into trgm_schema
-      from pg_extension e join pg_namespace n on n.oid = e.extnamespace
-     where e.extname = 'pg_trgm';
-    if exists (select 1 from pg_available_extensions where name = 'btree_gin') then
-        if not exists (select 1 from pg_extension where extname = 'btree_gin') then
+    -- Each into `extensions` unless it is installed already (that one is used), btree_gin only if available.
+    foreach ext in array array['pg_trgm', 'btree_gin'] loop
+        if exists (select 1 from pg_available_extensions where name = ext)
+           and not exists (select 1 from pg_extension where extname = ext) then
             create schema if not exists extensions;
-            create extension btree_gin with schema extensions;
+            execute format('create extension %I with schema extensions', ext);
         end if;
-        select n.nspname into gin_schema
-          from pg_extension e join pg_namespace n on n.oid = e.extnamespace
-         where e.extname = 'btree_gin';
+    end loop;
+    select max(n.nspname) filter (where e.extname = 'pg_trgm'), max(n.nspname) filter (where e.extname = 'btree_gin')
+      into trgm_schema, gin_schema
+      from pg_extension e join pg_namespace n on n.oid = e.extnamespace;
+    if gin_schema is not null then
         execute format(
             'create index if not exists chat_sessions_name_trgm_idx on public.chat_sessions '
             'using gin (user_id %I.text_ops, session_name %I.gin_trgm_ops)', gin_schema, trgm_schema);

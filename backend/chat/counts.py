@@ -50,5 +50,4 @@ class MessageCounts:
                 self._sessions.increment_message_count(conn, user_id, session_id, delta)
             elif delta < 0:  # only a custom graph that removes messages gets here
                 self._sessions.set_message_count(conn, row["id"], count)
-            self._sessions.set_history_bytes(conn, row["id"], size)
-            return self._sessions.get_on(conn, row["id"])
+            return self._sessions.set_history_bytes(conn, row["id"], size)

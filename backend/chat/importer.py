@@ -79,8 +79,7 @@ class SessionImporter:
                 graph.update_state({"configurable": {"thread_id": thread_id}}, {"messages": history},
                                    as_node=self._as_node)
                 self._store.increment_message_count(conn, user.id, session_id, len(history))
-                self._store.set_history_bytes(conn, row["id"], history_bytes(messages))
-                row = self._store.get_on(conn, row["id"])
+                row = self._store.set_history_bytes(conn, row["id"], history_bytes(messages))
         except psycopg.errors.UniqueViolation:
             raise taken from None
         log.info("session imported", extra={"user_id": user.id, "session_id": session_id, "messages": len(history)})

@@ -41,7 +41,11 @@ INCREMENT_MESSAGE_COUNT_SQL = "select * from increment_session_message_count(%s,
 # Only a custom graph that removes messages needs this: counts follow history.
 SET_MESSAGE_COUNT_SQL = "update chat_sessions set message_count = %s where id = %s"
 
-SET_HISTORY_BYTES_SQL = "update chat_sessions set history_bytes = %s where id = %s and history_bytes <> %s"
+# Written only when it changed; returns the row then (else the caller reads it).
+SET_HISTORY_BYTES_SQL = f"""
+update chat_sessions set history_bytes = %s where id = %s and history_bytes <> %s
+returning {SESSION_COLUMNS}
+"""
 
 # The end of a turn: locks the row (as FOR UPDATE would) for the count that follows.
 LOCK_AND_FLAG_UNREAD_SQL = f"""
@@ -351,10 +355,6 @@ class SessionStore:
             "session_name": session_name, "is_archived": is_archived,
         }).fetchone()
 
-    @staticmethod
-    def get_on(conn: Connection, row_id: int) -> dict:
-        return conn.execute(SELECT_SESSION_BY_ID_SQL, (row_id,)).fetchone()
-
     def update(
         self, user_id: str, session_id: str, *, session_name: str | None, is_archived: bool | None
     ) -> dict | None:
@@ -380,8 +380,10 @@ class SessionStore:
         conn.execute(SET_MESSAGE_COUNT_SQL, (count, row_id))
 
     @staticmethod
-    def set_history_bytes(conn: Connection, row_id: int, size: int) -> None:
-        conn.execute(SET_HISTORY_BYTES_SQL, (size, row_id, size))
+    def set_history_bytes(conn: Connection, row_id: int, size: int) -> dict:
+        """Record the conversation's size; returns the row as it now is (one statement when the size changed)."""
+        return (conn.execute(SET_HISTORY_BYTES_SQL, (size, row_id, size)).fetchone()
+                or conn.execute(SELECT_SESSION_BY_ID_SQL, (row_id,)).fetchone())
 
     @staticmethod
     def lock_and_flag_unread(conn: Connection, user_id: str, session_id: str, unread: bool) -> dict | None:
