@@ -326,7 +326,7 @@ async def _list_samples(server: AppServer, user_id: str, cases: dict[str, str], 
                 if r.status != 200:
                     raise RuntimeError(f"list failed: {r.status} {r.body[:300]!r}")
                 t = time.perf_counter()
-                rows, _total = store.list_page(user_id, include_archived=False, **floor_args[name])
+                rows, _total, _exact = store.list_page(user_id, include_archived=False, **floor_args[name])
                 floor_ms = (time.perf_counter() - t) * 1000
                 if i >= 3:  # the first rounds warm caches and prepare statements
                     out[name].append({"rid": rid, "client_ms": r.elapsed * 1000, "floor_ms": floor_ms,

@@ -84,6 +84,58 @@ def test_pages_by_cursor_and_offset_within_the_matches(api):
     assert names(api, "q=match&limit=3&offset=6") == ["Match 0"]
 
 
+def test_a_search_counts_its_matches_up_to_a_limit_and_says_so(api, monkeypatch):
+    # The limit is 100 in production; three keeps the test small. The count runs in SQL either way.
+    monkeypatch.setattr("backend.sessions.store.SEARCH_TOTAL_LIMIT", 3)
+    for i in range(4):
+        make(api, f"Many {i}")
+    for i in range(3):
+        make(api, f"Few {i}")
+    many = api.get("/api/llm/sessions?q=many&limit=2").get_json()
+    assert (many["total"], many["total_exact"], many["count"]) == (3, False, 2)
+    for page_size in (3, 50):  # within the limit (page and count in one statement) and past it (two)
+        few = api.get(f"/api/llm/sessions?q=few&limit={page_size}").get_json()
+        assert (few["total"], few["total_exact"], few["count"]) == (3, True, 3)
+    # Beyond the limit the pages still reach every match.
+    rest = api.get(f"/api/llm/sessions?q=many&limit=2&cursor={many['next_cursor']}").get_json()
+    assert [s["session_name"] for s in many["data"] + rest["data"]] == [f"Many {i}" for i in (3, 2, 1, 0)]
+    # A list without a search is always counted exactly.
+    everything = api.get("/api/llm/sessions").get_json()
+    assert (everything["total"], everything["total_exact"]) == (7, True)
+
+
+@pytest.mark.parametrize("newest_rows", [1, 2, 3, 1000])
+def test_matches_older_than_the_newest_sessions_are_found_and_counted(api, monkeypatch, newest_rows):
+    # A search first reads the newest sessions (2,000 in production), then all of them if those held
+    # too few matches: every split of this data between the two reads gives the same answer.
+    monkeypatch.setattr("backend.sessions.store.SEARCH_NEWEST_ROWS", newest_rows)
+    monkeypatch.setattr("backend.sessions.store.SEARCH_TOTAL_LIMIT", 4)
+    for i in range(3):
+        make(api, f"Old match {i}")
+    for i in range(3):
+        make(api, f"Newer {i}")
+    make(api, "Newest match")
+    first = api.get("/api/llm/sessions?q=match&limit=2").get_json()
+    assert [s["session_name"] for s in first["data"]] == ["Newest match", "Old match 2"]
+    assert (first["total"], first["total_exact"]) == (4, True)
+    rest = api.get(f"/api/llm/sessions?q=match&limit=2&cursor={first['next_cursor']}").get_json()
+    assert [s["session_name"] for s in rest["data"]] == ["Old match 1", "Old match 0"]
+    assert (rest["total"], rest["total_exact"]) == (4, True)
+    jumped = api.get("/api/llm/sessions?q=match&limit=2&offset=3").get_json()
+    assert [s["session_name"] for s in jumped["data"]] == ["Old match 0"]
+    make(api, "One more match")
+    assert api.get("/api/llm/sessions?q=match&limit=2").get_json()["total_exact"] is False
+
+
+def test_a_search_without_three_letters_in_a_row_finds_old_matches_too(api, monkeypatch):
+    # No trigram to look up ("q=ol"): the walk through the newest sessions is not bounded.
+    monkeypatch.setattr("backend.sessions.store.SEARCH_NEWEST_ROWS", 1)
+    make(api, "Old one")
+    make(api, "Newer")
+    assert names(api, "q=ol") == ["Old one"]
+    assert api.get("/api/llm/sessions?q=ol").get_json()["total"] == 1
+
+
 def test_only_the_callers_sessions(api, bob_api):
     make(api, "Shared word alpha")
     make(bob_api, "Shared word bravo")

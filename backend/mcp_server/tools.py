@@ -94,7 +94,8 @@ class RestoreSessionArgs(ToolArgs):
 class SessionList(BaseModel):
     sessions: list[SessionOut]
     count: int = Field(description="Sessions in this page")
-    total: int = Field(description="All sessions that match")
+    total: int = Field(description="Sessions that match; with a query, counted up to 100 (see total_exact)")
+    total_exact: bool = Field(description="False when a query matched more than total")
     next_cursor: str | None = Field(description="Pass as cursor for the next page; null on the last page")
 
 
@@ -137,7 +138,7 @@ class SessionTools:
         )
         return SessionList(
             sessions=[SessionOut.model_validate(r) for r in page.rows], count=len(page.rows), total=page.total,
-            next_cursor=page.next_cursor,
+            total_exact=page.total_exact, next_cursor=page.next_cursor,
         )
 
     def get_session(self, user: AuthUser, args: GetSessionArgs) -> SessionDetail:

@@ -200,7 +200,8 @@ class SessionCreatedResponse(SuccessModel):
 class SessionListResponse(SuccessModel):
     data: list[SessionOut]
     count: int = Field(description="Items in this page")
-    total: int = Field(description="All sessions that match the filter")
+    total: int = Field(description="Sessions that match the filter; with q, counted up to 100 (see total_exact)")
+    total_exact: bool = Field(description="False when a search matched more than `total`: show it as \"100+\"")
     limit: int
     offset: int
     next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page")

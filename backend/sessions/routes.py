@@ -70,6 +70,7 @@ def sessions_api(sessions: SessionService, cleanup: SessionCleanup) -> APIBluepr
                 data=[session_out(r) for r in page.rows],
                 count=len(page.rows),
                 total=page.total,
+                total_exact=page.total_exact,
                 limit=page.limit,
                 offset=page.offset,
                 next_cursor=page.next_cursor,

@@ -83,6 +83,7 @@ class DeleteOutcome:
 class SessionPage:
     rows: list[dict]
     total: int
+    total_exact: bool
     limit: int
     offset: int
     next_cursor: str | None
@@ -140,12 +141,12 @@ class SessionService:
                 {"cursor": "cannot be combined with offset"},
             )
         after = decode_cursor(cursor) if cursor else None
-        rows, total = self._store.list_page(
+        rows, total, total_exact = self._store.list_page(
             user.id, include_archived=include_archived, limit=limit, offset=offset, after=after, unread=unread,
             search=search,
         )
         next_cursor = encode_cursor(rows[-1]) if len(rows) == limit else None
-        return SessionPage(rows=rows, total=total, limit=limit, offset=offset, next_cursor=next_cursor)
+        return SessionPage(rows=rows, total=total, total_exact=total_exact, limit=limit, offset=offset, next_cursor=next_cursor)
 
     def get_or_create(self, user: AuthUser, session_id: str) -> dict:
         """For chat turns: the session usually exists, so one read is the common path."""

@@ -9,6 +9,7 @@ commit or roll back together.
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 
@@ -94,6 +95,56 @@ select %(user_id)s, %(business_id)s, %(session_id)s, %(thread_id)s, coalesce(%(s
 on conflict (user_id, session_id) do nothing
 returning {SESSION_COLUMNS}
 """
+
+# A search's total counts this many matches at most (then says it is not exact).
+SEARCH_TOTAL_LIMIT = 100
+# A search first looks among the user's newest sessions, this many at most (see search_sql).
+SEARCH_NEWEST_ROWS = 2_000
+
+# What pg_trgm can look up: three word characters in a row (a LIKE pattern's shorter runs give no trigram).
+TRIGRAM = re.compile(r"[^\W_]{3}")
+
+# list_page: {filters} are fixed SQL fragments chosen by list_page, never request text.
+COUNT_SQL = "select count(*) as n from chat_sessions where user_id = %(user_id)s {filters}"
+PAGE_SQL = f"""
+select {SESSION_COLUMNS} from chat_sessions where user_id = %(user_id)s {{filters}} {{keyset}}
+order by last_activity_at desc, id desc limit %(limit)s offset %(offset)s
+"""
+
+
+def search_sql(*, filters: str, keyset: str, indexed: bool) -> str:
+    """A search's first `want` matches in page order (more may exist), without the LIMIT trap.
+
+    Parameters: user_id, pattern, want, newest_rows, and after_at/after_id with a keyset.
+
+    With `order by ... limit`, the planner may walk the activity index expecting
+    matches early; for a rare phrase that walk reads every session of the user
+    (100 ms at 100,000). So the walk is bounded: the newest SEARCH_NEWEST_ROWS
+    sessions (after the keyset) are read first, which settles a common word;
+    only when they hold fewer than `want` matches are all matches read, planned
+    without a LIMIT (a materialized CTE), which the trigram index serves. A
+    one-time filter skips that second read entirely when the first was enough.
+    Without `indexed` (no three letters or digits in a row: no trigram for the
+    index to look up) nothing beats the walk, and it is not bounded.
+    """
+    # ilike folds the pattern's case once per row; this folds it once.
+    match = "lower(session_name) like lower(%(pattern)s)"
+    where = f"where user_id = %(user_id)s {filters} {keyset}"
+    order = "order by last_activity_at desc, id desc"
+    if not indexed:
+        return f"select {SESSION_COLUMNS} from chat_sessions {where} and {match} {order} limit %(want)s"
+    return f"""
+with newest as materialized (
+  select * from (select {SESSION_COLUMNS} from chat_sessions {where} {order} limit %(newest_rows)s) walked
+  where {match} {order} limit %(want)s),
+every_match as materialized (
+  select {SESSION_COLUMNS} from chat_sessions {where} and session_name ilike %(pattern)s
+   and (select count(*) from newest) < %(want)s)
+select * from newest where (select count(*) from newest) >= %(want)s
+union all
+select * from every_match
+"""
+
 
 COUNT_UP_TO_SQL = "select count(*) as n from (select 1 from chat_sessions where user_id = %s limit %s) mine"
 
@@ -284,40 +335,57 @@ class SessionStore:
         after: tuple[datetime, int] | None = None,
         unread: bool | None = None,
         search: str | None = None,
-    ) -> tuple[list[dict], int]:
-        """One page, newest activity first, and the total that match.
+    ) -> tuple[list[dict], int, bool]:
+        """One page, newest activity first, the number that match, and whether that number is exact.
 
         `after` continues a keyset page from (last_activity_at, id), which
         stays an index range scan at any depth; `offset` is for jumping.
         `search` keeps names containing it, case-insensitively, as literal text
-        (served by the trigram index of sql/012_session_name_search.sql).
+        (served by the trigram index of sql/012_session_name_search.sql). A
+        search counts its matches no further than SEARCH_TOTAL_LIMIT: an exact
+        count would read every match of a short or common word, where the page
+        itself stops at `limit`. Without a search the count is exact (an
+        index-only count of the user's rows, which max_sessions_per_user bounds).
         """
-        archived_filter = "" if include_archived else "and not is_archived"
+        filters = "" if include_archived else "and not is_archived"
         if unread is not None:
-            archived_filter += " and has_unread" if unread else " and not has_unread"
-        name_params = [like_pattern(search)] if search else []
-        if search:
-            archived_filter += " and session_name ilike %s"
-        keyset = "and (last_activity_at, id) < (%s, %s)" if after else ""
-        params: list = [user_id, *name_params, *(after or ()), limit, offset]
+            filters += " and has_unread" if unread else " and not has_unread"
+        keyset = "and (last_activity_at, id) < (%(after_at)s, %(after_id)s)" if after else ""
+        params = {"user_id": user_id, "limit": limit, "offset": offset,
+                  "after_at": after[0] if after else None, "after_id": after[1] if after else None}
         with self._pool.connection() as conn:
-            rows = conn.execute(
-                f"""
-                select {SESSION_COLUMNS} from chat_sessions
-                where user_id = %s {archived_filter} {keyset}
-                order by last_activity_at desc, id desc
-                limit %s offset %s
-                """,
-                params,
-                # A search is planned for its own text each time: a prepared statement's generic
-                # plan cannot know whether the trigram index or the activity order serves it best.
-                prepare=False if search else None,
-            ).fetchall()
-            total = conn.execute(
-                f"select count(*) as n from chat_sessions where user_id = %s {archived_filter}",
-                (user_id, *name_params), prepare=False if search else None,
-            ).fetchone()["n"]
-        return rows, total
+            if not search:
+                with conn.pipeline():  # page and count in one round trip
+                    page = conn.execute(PAGE_SQL.format(filters=filters, keyset=keyset), params)
+                    counted = conn.execute(COUNT_SQL.format(filters=filters), params)
+                    return page.fetchall(), counted.fetchone()["n"], True
+            # A search is planned for its own text each time (not prepared): a generic plan
+            # cannot know whether the trigram index or the activity order serves it best.
+            indexed = TRIGRAM.search(search) is not None
+            params |= {"pattern": like_pattern(search), "want": SEARCH_TOTAL_LIMIT + 1,
+                       "newest_rows": SEARCH_NEWEST_ROWS}
+            first_rows = search_sql(filters=filters, keyset="", indexed=indexed)
+            if not after and not offset and limit <= SEARCH_TOTAL_LIMIT:
+                # The first page and its count, from one read of the matches.
+                rows = conn.execute(
+                    f"select *, count(*) over () as matched from ({first_rows}) found "
+                    "order by last_activity_at desc, id desc limit %(limit)s", params, prepare=False,
+                ).fetchall()
+                total = rows[0]["matched"] if rows else 0
+                for row in rows:
+                    del row["matched"]
+            else:
+                with conn.pipeline():
+                    page = conn.execute(
+                        f"select * from ({search_sql(filters=filters, keyset=keyset, indexed=indexed)}) found "
+                        "order by last_activity_at desc, id desc limit %(limit)s offset %(offset)s",
+                        params | {"want": offset + limit}, prepare=False,
+                    )
+                    counted = conn.execute(f"select count(*) as n from ({first_rows}) found", params, prepare=False)
+                    rows, total = page.fetchall(), counted.fetchone()["n"]
+        if total > SEARCH_TOTAL_LIMIT:
+            return rows, SEARCH_TOTAL_LIMIT, False
+        return rows, total, True
 
     # --- writes ----------------------------------------------------------
 

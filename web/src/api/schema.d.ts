@@ -449,9 +449,14 @@ export interface components {
             count: number;
             /**
              * Total
-             * @description All sessions that match the filter
+             * @description Sessions that match the filter; with q, counted up to 200 (see total_exact)
              */
             total: number;
+            /**
+             * Total Exact
+             * @description False when a search matched more than `total`: show it as "200+"
+             */
+            total_exact: boolean;
             /** Limit */
             limit: number;
             /** Offset */
