@@ -449,12 +449,12 @@ export interface components {
             count: number;
             /**
              * Total
-             * @description Sessions that match the filter; with q, counted up to 200 (see total_exact)
+             * @description Sessions that match the filter; with q, counted up to 100 (see total_exact)
              */
             total: number;
             /**
              * Total Exact
-             * @description False when a search matched more than `total`: show it as "200+"
+             * @description False when a search matched more than `total`: show it as "100+"
              */
             total_exact: boolean;
             /** Limit */
