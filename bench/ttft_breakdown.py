@@ -83,6 +83,8 @@ def main() -> int:
             if hasattr(sessions, name):
                 setattr(sessions, name, timed(f"sessions.{name}", getattr(sessions, name)))
         state.leases.start = timed("leases.start (run lease)", state.leases.start)
+        state.leases.start_in_session = timed("leases.start_in_session (session and lease)", state.leases.start_in_session)
+        state.leases.track = timed("leases.track", state.leases.track)
         cp = chat._graph.checkpointer
         for name in ("get_tuple", "put", "put_writes"):
             setattr(cp, name, timed(f"checkpointer.{name}", getattr(cp, name)))
