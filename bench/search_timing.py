@@ -35,7 +35,8 @@ WORDS = ("property valuation highland tax return travel plan recipe ideas budget
 def broad_words(n: int = 5_000) -> list[str]:
     """n distinct pronounceable words; the 40 real ones spread over the ranks so the cases can name them."""
     rng = random.Random(11)
-    onsets, vowels, codas = "b c d f g h k l m n p r s t v w z br cl dr fl gr pl st tr".split(), "a e i o u ai ea ou".split(), "n r s t l m nd st rk".split()
+    onsets = "b c d f g h k l m n p r s t v w z br cl dr fl gr pl st tr".split()
+    vowels, codas = "a e i o u ai ea ou".split(), "n r s t l m nd st rk".split()
     made = {"".join(rng.choice(p) for p in (onsets, vowels, onsets, vowels, codas)) for _ in range(3 * n)}
     words = sorted(made - set(WORDS))[: n - len(WORDS)]
     rng.shuffle(words)

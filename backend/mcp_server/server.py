@@ -94,7 +94,8 @@ def _session_line(s) -> str:
 
 
 def _list_summary(r: t.SessionList) -> str:
-    lines = [f"{r.count} of {r.total}{'' if r.total_exact else '+'} session(s)" + (" (more: pass next_cursor)" if r.next_cursor else "")]
+    total = f"{r.total}" if r.total_exact else f"{r.total}+"
+    lines = [f"{r.count} of {total} session(s)" + (" (more: pass next_cursor)" if r.next_cursor else "")]
     return "\n".join(lines + [_session_line(s) for s in r.sessions])
 
 
