@@ -67,6 +67,9 @@ def post_worker_init(worker):
             threading.Thread(target=services.event_hub.drain, daemon=True).start()
 
     signal.signal(signal.SIGTERM, handle_exit)
+    services = _services(worker)
+    if services is not None and services.event_hub is not None:
+        services.event_hub.start()  # LISTEN before the first stream, not on its way
 
 
 def worker_exit(server, worker):

@@ -19,9 +19,11 @@ import uuid
 import time
 from dataclasses import dataclass
 
+import psycopg
 import pytest
 
 from backend.services import services_of
+from support.databases import scratch_database
 from tests.chat_support import named_session, turn
 from tests.helpers import User, client_for, failing_trigger, make_token, unique_session_id
 from tests.test_server_model import production_server
@@ -306,6 +308,18 @@ def test_a_stream_renews_itself_and_the_reconnect_misses_nothing(make_app, alice
 def test_events_can_be_turned_off(make_app, alice):
     r = client_for(make_app(events_enabled=False), alice).get("/api/llm/events")
     assert r.status_code == 503 and r.get_json()["error"]["code"] == "events_disabled"
+
+
+def test_each_worker_listens_from_its_start_before_any_stream(server_url, fake_model, tmp_path):
+    # A database of its own: no other test's server listens there.
+    with scratch_database(server_url, prefix="listen") as url, psycopg.connect(url, autocommit=True) as conn:
+        with production_server(url, fake_model, tmp_path, WEB_CONCURRENCY=2):
+            deadline, listening = time.monotonic() + 20, 0
+            while listening < 2 and time.monotonic() < deadline:
+                listening = conn.execute("select count(*) from pg_stat_activity where query = 'listen session_events' "
+                                         "and datname = current_database()").fetchone()[0]
+                time.sleep(0.05)  # polling the database: there is nothing to wait on
+            assert listening == 2  # one listener per worker, and no stream was ever opened
 
 
 def test_sigterm_ends_event_streams_at_once_so_shutdown_does_not_wait(database_url, fake_model, alice, tmp_path):

@@ -7,7 +7,8 @@ event, so a lost or doubled one costs nothing: after every (re)connect the
 listener wakes everyone, and whatever committed meanwhile is read then.
 
 The listener is a daemon thread (a greenlet under the gevent server), started
-by the first subscriber, so each gunicorn worker gets its own after fork.
+when the worker starts (gunicorn.conf.py) or by the first subscriber, so each gunicorn worker
+has its own after fork.
 Subscribers hold no thread and no connection: an Event each.
 """
 
@@ -53,14 +54,24 @@ class EventHub:
         self.reconnects = 0
         self.draining = False  # the process is stopping: streams end, clients reconnect elsewhere
 
+    def start(self) -> None:
+        """Listen from now on, not from the first subscriber: a gunicorn worker calls this
+        when it starts, so its first stream finds LISTEN in place."""
+        with self._lock:
+            self._ensure_listener()
+
     def subscribe(self, user_id: str) -> Subscriber:
         subscriber = Subscriber(user_id)
         with self._lock:
             self._subscribers[user_id].add(subscriber)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._listen, name="session-events", daemon=True)
-                self._thread.start()
+            self._ensure_listener()
         return subscriber
+
+    def _ensure_listener(self) -> None:
+        # A thread started before a fork does not run in the child: checked, not assumed.
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._listen, name="session-events", daemon=True)
+            self._thread.start()
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         with self._lock:
