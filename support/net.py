@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
+
+from werkzeug.serving import make_server
 
 
 def free_port() -> int:
@@ -30,3 +35,18 @@ def wait_http(port: int, path: str, timeout: float, proc: subprocess.Popen | Non
             pass
         time.sleep(0.1)  # polling a process we do not control: there is no event to wait on
     return False
+
+
+@contextlib.contextmanager
+def served_on_loopback(app) -> Iterator[int]:
+    """A WSGI app on a real HTTP server on 127.0.0.1 (werkzeug, a thread per request, so streams
+    stay open while others are served); yields its port, and stops the server afterwards."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_port
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import re
-import threading
 from dataclasses import dataclass
 
 import jsonschema_rs
@@ -27,9 +26,9 @@ import schemathesis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from schemathesis.engine import Status, events, from_schema
-from werkzeug.serving import make_server
 
 from backend.sessions.models import SESSION_NAME_PATTERN, validate_session_name
+from support.net import served_on_loopback
 from tests.helpers import User, client_for
 
 FUZZ_SEED = 20_241_122
@@ -101,14 +100,8 @@ def fuzz_app(module_make_app, fake_model):
 
 @pytest.fixture(scope="module")
 def live_url(fuzz_app):
-    server = make_server("127.0.0.1", 0, fuzz_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="fuzz-server", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join()
+    with served_on_loopback(fuzz_app) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")

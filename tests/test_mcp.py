@@ -12,7 +12,6 @@ import http.client
 import json
 import os
 import sys
-import threading
 import uuid
 from collections.abc import AsyncIterator
 
@@ -22,9 +21,9 @@ import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from werkzeug.serving import make_server
 
 from backend.config import PROJECT_ROOT
+from support.net import served_on_loopback
 from tests.chat_support import named_session, send, turn
 from tests.checkpoints import NO_ROWS, thread_row_counts
 from tests.helpers import JWT_SECRET, SECRET_KEY, User, client_for, make_token, unique_session_id
@@ -79,22 +78,14 @@ def run(fn, *args):
 @pytest.fixture(scope="module")
 def mcp_url(app) -> str:
     """The app on a real HTTP server on loopback (werkzeug, a thread per request)."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/mcp"
-    server.shutdown()
-    thread.join(10)
+    with served_on_loopback(app) as port:
+        yield f"http://127.0.0.1:{port}/mcp"
 
 
 @pytest.fixture(scope="module")
 def chat_mcp_url(chat_app) -> str:
-    server = make_server("127.0.0.1", 0, chat_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/mcp"
-    server.shutdown()
-    thread.join(10)
+    with served_on_loopback(chat_app) as port:
+        yield f"http://127.0.0.1:{port}/mcp"
 
 
 class Progress:
@@ -548,11 +539,8 @@ def test_http_transport_under_the_production_gevent_server(database_url, fake_mo
 def test_write_tools_share_the_apis_session_write_rate_limit(make_app, alice):
     """A second way to write counts against the same per-user budget (SESSION_WRITE_RATE_LIMIT); reads do not."""
     limited = make_app(rate_limits_enabled=True, session_write_rate_limit="3 per minute")
-    server = make_server("127.0.0.1", 0, limited, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.server_port}/mcp"
-    try:
+    with served_on_loopback(limited) as port:
+        url = f"http://127.0.0.1:{port}/mcp"
         api = client_for(limited, alice)
         sid = named_session(api, "Limited")  # 1st write, through the API
         auth = {"Authorization": f"Bearer {alice.token}"}
@@ -571,14 +559,10 @@ def test_write_tools_share_the_apis_session_write_rate_limit(make_app, alice):
         assert api.get(f"/api/llm/sessions/{sid}").get_json()["data"]["session_name"] == "one"
 
         # A body nested too deeply for a JSON parser is refused as a bad request, not a crash.
-        host, port = url.removeprefix("http://").split("/")[0].split(":")
-        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         conn.request("POST", "/mcp", body=b"[" * 50_000 + b"]" * 50_000, headers={
             **auth, "Content-Type": "application/json", "Accept": "application/json, text/event-stream"})
         assert 400 <= conn.getresponse().status < 500
-    finally:
-        server.shutdown()
-        thread.join(10)
 
 
 def test_http_serves_a_client_of_the_newest_protocol_too(mcp_url, api, alice):

@@ -22,8 +22,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from werkzeug.serving import make_server
 
+from support.net import served_on_loopback
 from tests.helpers import User, client_for
 from tests.test_auth import signup
 
@@ -44,12 +44,6 @@ needs_browser = pytest.mark.skipif(
 )
 
 
-def _serve(server) -> threading.Thread:
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    return thread
-
-
 class _Quiet(SimpleHTTPRequestHandler):
     def log_message(self, format, *args):  # noqa: A002 - the base class's name
         pass
@@ -59,7 +53,7 @@ class _Quiet(SimpleHTTPRequestHandler):
 def web_origin():
     """The built app, served as static files on an origin of its own."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(DIST)))
-    _serve(server)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://localhost:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
@@ -77,11 +71,8 @@ def live(module_make_app, fake_model, web_origin):
         rate_limits_enabled=True, chat_rate_limit="8 per minute", login_rate_limit="100 per minute",
         events_heartbeat_seconds=1, sse_heartbeat_seconds=1,
     )
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    _serve(server)
-    yield app, f"http://localhost:{server.server_port}"
-    server.shutdown()
-    server.server_close()
+    with served_on_loopback(app) as port:
+        yield app, f"http://localhost:{port}"
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +127,12 @@ def sign_in_with_password(page, email, password):
     page.get_by_test_id("login-email").fill(email)
     page.get_by_test_id("login-password").fill(password)
     page.get_by_test_id("login-submit").click()
+    wait_live(page)
+
+
+def sign_in_with_token(page, token):
+    page.get_by_test_id("login-token").fill(token)
+    page.get_by_test_id("login-token-submit").click()
     wait_live(page)
 
 
@@ -287,9 +284,7 @@ def test_token_sign_in_local_sessions_reload_reconcile_and_bulk_delete(context, 
     api = client_for(app, user)
     see = expect()
     page = open_app(context, web_origin, api_url)
-    page.get_by_test_id("login-token").fill(user.token)
-    page.get_by_test_id("login-token-submit").click()
-    wait_live(page)
+    sign_in_with_token(page, user.token)
 
     # Two chats that only ever live in localStorage: a reload keeps them.
     local_a, local_b = new_chat(page), new_chat(page)
@@ -352,9 +347,7 @@ def test_stop_and_readable_errors(context, live, web_origin, fake):
     api = client_for(app, user)
     see = expect()
     page = open_app(context, web_origin, api_url)
-    page.get_by_test_id("login-token").fill(user.token)
-    page.get_by_test_id("login-token-submit").click()
-    wait_live(page)
+    sign_in_with_token(page, user.token)
     sid = new_chat(page)
     rename(page, sid, "Errors")  # named by the user: no naming request to take a scripted fault
     see(item(page, sid).get_by_test_id("session-name")).to_have_text("Errors")
@@ -437,9 +430,7 @@ def test_infinite_scroll_pages_by_cursor_and_archived_filter(context, live, web_
     assert api.put(f"/api/llm/sessions/{archived}", json={"is_archived": True}).status_code == 200
     see = expect()
     page = open_app(context, web_origin, api_url)
-    page.get_by_test_id("login-token").fill(user.token)
-    page.get_by_test_id("login-token-submit").click()
-    wait_live(page)
+    sign_in_with_token(page, user.token)
     see(page.get_by_test_id("session-item")).to_have_count(30)  # the first page
     see(page.get_by_test_id("session-name").first).to_have_text("Chat 39")  # newest activity first
     page.get_by_test_id("session-item").last.scroll_into_view_if_needed()
