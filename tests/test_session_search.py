@@ -104,11 +104,14 @@ def test_a_search_counts_its_matches_up_to_a_limit_and_says_so(api, monkeypatch)
     assert (everything["total"], everything["total_exact"]) == (7, True)
 
 
-@pytest.mark.parametrize("newest_rows", [1, 2, 3, 1000])
-def test_matches_older_than_the_newest_sessions_are_found_and_counted(api, monkeypatch, newest_rows):
-    # A search first reads the newest sessions (2,000 in production), then all of them if those held
-    # too few matches: every split of this data between the two reads gives the same answer.
+@pytest.mark.parametrize(("newest_rows", "index_rows"), [(1, 500), (2, 500), (3, 500), (1000, 500),
+                                                        (1, 1), (1, 3), (2, 4), (3, 5)])
+def test_matches_older_than_the_newest_sessions_are_found_and_counted(api, monkeypatch, newest_rows, index_rows):
+    # A search first reads the newest sessions (2,000 in production), then what the index finds (500 at
+    # most), then walks them all if the index found that many: every split of this data between the
+    # three reads gives the same answer.
     monkeypatch.setattr("backend.sessions.store.SEARCH_NEWEST_ROWS", newest_rows)
+    monkeypatch.setattr("backend.sessions.store.SEARCH_INDEX_ROWS", index_rows)
     monkeypatch.setattr("backend.sessions.store.SEARCH_TOTAL_LIMIT", 4)
     for i in range(3):
         make(api, f"Old match {i}")
@@ -127,13 +130,32 @@ def test_matches_older_than_the_newest_sessions_are_found_and_counted(api, monke
     assert api.get("/api/llm/sessions?q=match&limit=2").get_json()["total_exact"] is False
 
 
-def test_a_search_without_three_letters_in_a_row_finds_old_matches_too(api, monkeypatch):
-    # No trigram to look up ("q=ol"): the walk through the newest sessions is not bounded.
+@pytest.mark.parametrize("index_rows", [500, 1])
+def test_a_search_of_two_characters_finds_old_matches_too(api, monkeypatch, index_rows):
+    # Two letters in a row ("q=ol") are looked up in the doubled-name index (sql/015) once the
+    # newest sessions hold too few; it drops nothing, and the plain test keeps it exact.
+    monkeypatch.setattr("backend.sessions.store.SEARCH_NEWEST_ROWS", 1)
+    monkeypatch.setattr("backend.sessions.store.SEARCH_INDEX_ROWS", index_rows)
+    for name in ("Old one", "ÄRGER", "ab% off", "abX off", "ab\\c", "abc", "oool", "Newer"):
+        make(api, name)
+    assert names(api, "q=ol") == ["oool", "Old one"]
+    assert api.get("/api/llm/sessions?q=ol").get_json()["total"] == 2
+    assert names(api, f"q={quote('är')}") == ["ÄRGER"]
+    assert names(api, f"q={quote('ab%')}") == ["ab% off"]
+    assert names(api, f"q={quote('ab_')}") == []
+    assert names(api, f"q={quote(chr(92) + chr(92))}") == []  # a doubled backslash matches only two of them
+    assert names(api, f"q={quote('ab' + chr(92))}") == ["ab\\c"]
+    assert names(api, "q=oo") == ["oool"]
+
+
+def test_a_search_without_two_letters_in_a_row_finds_old_matches_too(api, monkeypatch):
+    # Nothing any index can look up ("q=o"): the walk through the newest sessions is not bounded.
     monkeypatch.setattr("backend.sessions.store.SEARCH_NEWEST_ROWS", 1)
     make(api, "Old one")
     make(api, "Newer")
-    assert names(api, "q=ol") == ["Old one"]
-    assert api.get("/api/llm/sessions?q=ol").get_json()["total"] == 1
+    make(api, "Latest")
+    assert names(api, "q=o") == ["Old one"]
+    assert api.get("/api/llm/sessions?q=o").get_json()["total"] == 1
 
 
 def test_only_the_callers_sessions(api, bob_api):
@@ -183,3 +205,21 @@ def test_trigram_index_serves_search_where_pg_trgm_exists(pool):
             plan = "\n".join(r["QUERY PLAN"] for r in conn.execute(
                 "explain select id from chat_sessions where session_name ilike %s", ("%highland%",)))
         assert "chat_sessions_name_trgm_idx" in plan
+
+
+def test_two_character_index_serves_search_where_pg_trgm_exists(pool):
+    from backend.sessions.store import PAIR_PATTERN, PAIR_SEARCH_EXPRESSION
+
+    with pool.connection() as conn:
+        index = conn.execute("select indexdef from pg_indexes where tablename = 'chat_sessions' "
+                             "and indexname = 'chat_sessions_name_pairs_idx'").fetchone()
+        if not conn.execute("select 1 from pg_extension where extname = 'pg_trgm'").fetchone():
+            assert index is None
+            pytest.skip("this PostgreSQL has no pg_trgm (the embedded one ships without contrib)")
+        assert index is not None
+        with conn.transaction():
+            conn.execute("set local enable_seqscan = off")
+            plan = "\n".join(r["QUERY PLAN"] for r in conn.execute(
+                f"explain select id from chat_sessions where {PAIR_SEARCH_EXPRESSION} like {PAIR_PATTERN}",
+                {"search": "Tz"}, prepare=False))
+        assert "chat_sessions_name_pairs_idx" in plan and "ttzz" in plan

@@ -1,5 +1,5 @@
 """On a Supabase database, the Data API's roles (the anon and authenticated keys) read only the
-caller's own sessions and events, write nothing, and call none of the migrations' functions.
+caller's own sessions, session counts and events, write nothing, and call none of the migrations' functions.
 
 A scratch database gets Supabase's roles, an `auth.uid()` reading `request.jwt.claims`, and
 Supabase's default privileges (everything in `public` granted to anon, authenticated and
@@ -94,7 +94,7 @@ def test_data_api_roles_read_only_their_own_rows_and_change_nothing(supabase_db)
                     rows = []
                 conn.rollback()
             owners = {r[0].get("user_id") for r in rows}
-            if role == "authenticated" and table in ("chat_sessions", "session_events"):
+            if role == "authenticated" and table in ("chat_sessions", "chat_session_counts", "session_events"):
                 assert owners == {alice}, (table, owners)  # their own, and only their own
             else:
                 assert rows == [], (role, table)

@@ -85,69 +85,99 @@ select {SESSION_COLUMNS} from chat_sessions
  limit %s
 """
 
-# Created only while the user has fewer than max_sessions (counted no further than that).
+# The user's sessions, as kept by the triggers of sql/014_session_counts.sql.
+SESSIONS_OF_USER = "coalesce((select sessions from chat_session_counts where user_id = %(user_id)s), 0)"
+
+# Created only while the user has fewer than max_sessions.
 INSERT_IF_ABSENT_SQL = f"""
 insert into chat_sessions (user_id, business_id, session_id, thread_id, session_name, name_source)
 select %(user_id)s, %(business_id)s, %(session_id)s, %(thread_id)s, coalesce(%(session_name)s, 'New Chat'),
        case when %(session_name)s::text is null then 'default' else 'user' end
- where (select count(*) from (select 1 from chat_sessions where user_id = %(user_id)s
-                               limit %(max_sessions)s) mine) < %(max_sessions)s
+ where {SESSIONS_OF_USER} < %(max_sessions)s
 on conflict (user_id, session_id) do nothing
 returning {SESSION_COLUMNS}
 """
 
 # A search's total counts this many matches at most (then says it is not exact).
 SEARCH_TOTAL_LIMIT = 100
-# A search first looks among the user's newest sessions, this many at most (see search_sql).
+# A search first looks among the user's newest sessions, this many at most (see search_sql)...
 SEARCH_NEWEST_ROWS = 2_000
+# ...then at what the index finds, this many at most.
+SEARCH_INDEX_ROWS = 500
 
 # What pg_trgm can look up: three word characters in a row (a LIKE pattern's shorter runs give no trigram).
 TRIGRAM = re.compile(r"[^\W_]{3}")
+# Two in a row: the doubled-name index of sql/015 serves it (doubled, they hold a trigram).
+PAIR = re.compile(r"[^\W_]{2}")
+# Spelled exactly as the index expression in sql/015_session_name_pair_search.sql, and the LIKE
+# pattern for it: the search text lowered and doubled by the same functions, then escaped.
+PAIR_SEARCH_EXPRESSION = r"regexp_replace(lower(session_name), '(.)', '\1\1', 'g')"
+PAIR_PATTERN = (r"'%%' || regexp_replace(regexp_replace(lower(%(search)s), '(.)', '\1\1', 'g'),"
+                r" '([\\%%_])', '\\\1', 'g') || '%%'")
 
 # list_page: {filters} are fixed SQL fragments chosen by list_page, never request text.
 COUNT_SQL = "select count(*) as n from chat_sessions where user_id = %(user_id)s {filters}"
+# The unfiltered totals, kept by the triggers of sql/014_session_counts.sql.
+KEPT_COUNT_SQL = "select coalesce(max({column}), 0) as n from chat_session_counts where user_id = %(user_id)s"
 PAGE_SQL = f"""
 select {SESSION_COLUMNS} from chat_sessions where user_id = %(user_id)s {{filters}} {{keyset}}
 order by last_activity_at desc, id desc limit %(limit)s offset %(offset)s
 """
 
 
-def search_sql(*, filters: str, keyset: str, indexed: bool) -> str:
+def search_sql(*, filters: str, keyset: str, index: str | None) -> str:
     """A search's first `want` matches in page order (more may exist), without the LIMIT trap.
 
-    Parameters: user_id, pattern, want, newest_rows, and after_at/after_id with a keyset.
+    Parameters: user_id, search, pattern, want, newest_rows, index_rows, and
+    after_at/after_id with a keyset. `index`: "trigrams" (sql/012), "pairs"
+    (sql/015), or None where the text holds neither (TRIGRAM, PAIR).
 
     With `order by ... limit`, the planner may walk the activity index expecting
     matches early; for a rare phrase that walk reads every session of the user
-    (100 ms at 100,000). So the walk is bounded: the newest SEARCH_NEWEST_ROWS
-    sessions (after the keyset) are read first, which settles a common word;
-    only when they hold fewer than `want` matches are all matches read, planned
-    without a LIMIT (a materialized CTE), which the trigram index serves. A
-    one-time filter skips that second read entirely when the first was enough.
-    Without `indexed` (no three letters or digits in a row: no trigram for the
-    index to look up) nothing beats the walk, and it is not bounded.
+    (100 ms at 100,000). So the search goes in up to three steps, each skipped
+    by a one-time filter when the one before settled it:
+    1. the newest SEARCH_NEWEST_ROWS sessions (after the keyset), which settles
+       a common word;
+    2. the matches the index finds, planned without a LIMIT (a materialized
+       CTE) but read no further than SEARCH_INDEX_ROWS: fewer than that is all
+       of them, which settles a rare word;
+    3. else the matches are many but not among the newest (a two-letter search
+       matching a few percent of names, where step 2 would recheck thousands of
+       rows at 3 us each): the walk again, unbounded, which finds them soon.
+    Without an index nothing beats the walk, and it is not bounded.
     """
     # The walk's test: what ilike does, but ilike folds the pattern's case again for every row.
-    # The read of every match keeps ilike, the form the trigram index serves.
+    # The index steps keep ilike, the form the trigram index serves.
     match = "lower(session_name) like lower(%(pattern)s)"
     where = f"where user_id = %(user_id)s {filters} {keyset}"
     order = "order by last_activity_at desc, id desc"
-    if not indexed:
-        return f"select {SESSION_COLUMNS} from chat_sessions {where} and {match} {order} limit %(want)s"
+    # A walk down the activity order, through `rows` sessions at most. A LIMIT the planner cannot
+    # read, (select null) (none), keeps it a walk: with a LIMIT it can read, or none, it may
+    # instead sort every session of the user in parallel workers (5 ms to start them).
+    walk = (f"select * from (select {SESSION_COLUMNS} from chat_sessions {where} {order} limit {{rows}}) walked"
+            f" where {match} {{settled}} {order} limit %(want)s")
+    every_row = "(select null::bigint)"
+    if index is None:
+        return walk.format(rows=every_row, settled="")
+    indexed_match = ("session_name ilike %(pattern)s" if index == "trigrams"
+                     else f"{PAIR_SEARCH_EXPRESSION} like {PAIR_PATTERN} and {match}")
     return f"""
-with newest as materialized (
-  select * from (select {SESSION_COLUMNS} from chat_sessions {where} {order} limit %(newest_rows)s) walked
-  where {match} {order} limit %(want)s),
+with newest as materialized ({walk.format(rows="%(newest_rows)s", settled="")}),
 every_match as materialized (
-  select {SESSION_COLUMNS} from chat_sessions {where} and session_name ilike %(pattern)s
-   and (select count(*) from newest) < %(want)s)
+  select {SESSION_COLUMNS} from chat_sessions {where} and {indexed_match}
+   and (select count(*) from newest) < %(want)s),
+indexed as materialized (select * from every_match limit %(index_rows)s),
+walked as materialized (
+  {walk.format(rows=every_row, settled="and (select count(*) from indexed) >= %(index_rows)s")})
 select * from newest where (select count(*) from newest) >= %(want)s
 union all
-select * from every_match
+select * from indexed where (select count(*) from indexed) < %(index_rows)s
+union all
+select * from walked
 """
 
 
-COUNT_UP_TO_SQL = "select count(*) as n from (select 1 from chat_sessions where user_id = %s limit %s) mine"
+SESSIONS_OF_USER_SQL = f"select {SESSIONS_OF_USER} as n"
 
 MARK_READ_SQL = f"""
 update chat_sessions set has_unread = false
@@ -345,8 +375,9 @@ class SessionStore:
         (served by the trigram index of sql/012_session_name_search.sql). A
         search counts its matches no further than SEARCH_TOTAL_LIMIT: an exact
         count would read every match of a short or common word, where the page
-        itself stops at `limit`. Without a search the count is exact (an
-        index-only count of the user's rows, which max_sessions_per_user bounds).
+        itself stops at `limit`. Without a search the count is exact: kept per
+        user by triggers (sql/014), or, for an unread filter, an index-only count
+        of the user's rows, which max_sessions_per_user bounds.
         """
         filters = "" if include_archived else "and not is_archived"
         if unread is not None:
@@ -356,16 +387,20 @@ class SessionStore:
                   "after_at": after[0] if after else None, "after_id": after[1] if after else None}
         with self._pool.connection() as conn:
             if not search:
+                if unread is None:
+                    count_sql = KEPT_COUNT_SQL.format(column="sessions" if include_archived else "sessions - archived")
+                else:
+                    count_sql = COUNT_SQL.format(filters=filters)
                 with conn.pipeline():  # page and count in one round trip
                     page = conn.execute(PAGE_SQL.format(filters=filters, keyset=keyset), params)
-                    counted = conn.execute(COUNT_SQL.format(filters=filters), params)
+                    counted = conn.execute(count_sql, params)
                     return page.fetchall(), counted.fetchone()["n"], True
             # A search is planned for its own text each time (not prepared): a generic plan
             # cannot know whether the trigram index or the activity order serves it best.
-            indexed = TRIGRAM.search(search) is not None
-            params |= {"pattern": like_pattern(search), "want": SEARCH_TOTAL_LIMIT + 1,
-                       "newest_rows": SEARCH_NEWEST_ROWS}
-            first_rows = search_sql(filters=filters, keyset="", indexed=indexed)
+            index = "trigrams" if TRIGRAM.search(search) else "pairs" if PAIR.search(search) else None
+            params |= {"search": search, "pattern": like_pattern(search), "want": SEARCH_TOTAL_LIMIT + 1,
+                       "newest_rows": SEARCH_NEWEST_ROWS, "index_rows": SEARCH_INDEX_ROWS}
+            first_rows = search_sql(filters=filters, keyset="", index=index)
             if not after and not offset and limit <= SEARCH_TOTAL_LIMIT:
                 # The first page and its count, from one read of the matches.
                 rows = conn.execute(
@@ -378,7 +413,7 @@ class SessionStore:
             else:
                 with conn.pipeline():
                     page = conn.execute(
-                        f"select * from ({search_sql(filters=filters, keyset=keyset, indexed=indexed)}) found "
+                        f"select * from ({search_sql(filters=filters, keyset=keyset, index=index)}) found "
                         "order by last_activity_at desc, id desc limit %(limit)s offset %(offset)s",
                         params | {"want": offset + limit}, prepare=False,
                     )
@@ -408,7 +443,7 @@ class SessionStore:
                 return row, True
             existing = conn.execute(SELECT_SESSION_SQL, (user_id, session_id)).fetchone()
             if existing is None:
-                if conn.execute(COUNT_UP_TO_SQL, (user_id, max_sessions)).fetchone()["n"] >= max_sessions:
+                if conn.execute(SESSIONS_OF_USER_SQL, {"user_id": user_id}).fetchone()["n"] >= max_sessions:
                     raise SessionQuotaExceeded(max_sessions)
                 raise SessionCreateRaced()  # deleted by a concurrent request between the two statements
         return existing, False
