@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import psycopg
 import pytest
 
+from backend.events.hub import LISTENER_NAME
+from backend.events.store import LATEST_ID_SQL
 from backend.services import services_of
 from support.databases import scratch_database
 from tests.chat_support import named_session, turn
@@ -236,7 +238,7 @@ def test_subscribers_recover_after_the_listener_connection_dies(server, chat_app
         with pool.connection() as conn:
             killed = conn.execute(
                 "select count(pg_terminate_backend(pid)) as n from pg_stat_activity "
-                "where query = 'listen session_events' and datname = current_database()").fetchone()["n"]
+                "where application_name = %s and datname = current_database()", (LISTENER_NAME,)).fetchone()["n"]
         assert killed >= 1
         during = local.put(f"/api/llm/sessions/{sid}", json={"session_name": "while down"}).get_json()["data"]
         assert tab.next(timeout=20).data["session"] == during  # caught up after the listener reconnected
@@ -316,8 +318,10 @@ def test_each_worker_listens_from_its_start_before_any_stream(server_url, fake_m
         with production_server(url, fake_model, tmp_path, WEB_CONCURRENCY=2):
             deadline, listening = time.monotonic() + 20, 0
             while listening < 2 and time.monotonic() < deadline:
-                listening = conn.execute("select count(*) from pg_stat_activity where query = 'listen session_events' "
-                                         "and datname = current_database()").fetchone()[0]
+                # The listener's last statement, after LISTEN: the latest id (backend/events/hub.py).
+                listening = conn.execute("select count(*) from pg_stat_activity where application_name = %s "
+                                         "and query = %s and datname = current_database()",
+                                         (LISTENER_NAME, LATEST_ID_SQL)).fetchone()[0]
                 time.sleep(0.05)  # polling the database: there is nothing to wait on
             assert listening == 2  # one listener per worker, and no stream was ever opened
 
@@ -396,3 +400,36 @@ def test_a_bulk_insert_for_many_users_in_one_transaction_commits(pool):
         assert conn.execute("select count(*) as n from session_events where user_id like %s",
                             (prefix + "-%",)).fetchone()["n"] == 20000
         conn.execute("delete from chat_sessions where user_id like %s", (prefix + "-%",))
+
+
+def test_a_stream_starting_live_reads_nothing_until_woken_and_misses_nothing(chat_app, alice, monkeypatch):
+    # A new client (no Last-Event-ID) starts at the highest id the listener has heard of (sql/016 puts
+    # it in the wake-up), and an idle stream reads nothing at its heartbeats: a reconnect storm or
+    # thousands of idle tabs cost the database nothing. The next change still arrives, in full.
+    services = services_of(chat_app)
+    hub, store = services.event_hub, services.events._store
+    hub.start()
+    assert hub.connected.wait(10)
+    reads: list[str] = []
+    for name in ("read_after", "latest_id_for", "cursor_range"):
+        real = getattr(store, name)
+        monkeypatch.setattr(store, name, lambda *a, _real=real, _name=name, **k: (reads.append(_name), _real(*a, **k))[1])
+    local = client_for(chat_app, alice)
+    sid = unique_session_id()
+    assert local.post("/api/llm/sessions", json={"session_id": sid}).status_code == 201
+    deadline = time.monotonic() + 10
+    with services.db.pool.connection() as conn:
+        created = conn.execute("select max(id) as id from session_events where user_id = %s", (alice.id,)).fetchone()["id"]
+    while hub.latest_id < created and time.monotonic() < deadline:
+        time.sleep(0.01)  # the listener thread hears of it: nothing to wait on from here
+    assert hub.latest_id >= created
+
+    stream = services.events.stream(alice.id, None)
+    assert next(stream).startswith(b"retry:")
+    assert reads == []  # started without a query
+    renamed = local.put(f"/api/llm/sessions/{sid}", json={"session_name": "Heard"}).get_json()["data"]
+    event = next(stream).decode()
+    assert reads == ["read_after"]  # one read, after the wake-up
+    assert "event: session.updated" in event and json.loads(event.split("data: ", 1)[1])["session"] == renamed
+    assert hub.latest_id == int(event.split("\n", 1)[0].removeprefix("id: "))
+    stream.close()

@@ -10,6 +10,11 @@ The listener is a daemon thread (a greenlet under the gevent server), started
 when the worker starts (gunicorn.conf.py) or by the first subscriber, so each gunicorn worker
 has its own after fork.
 Subscribers hold no thread and no connection: an Event each.
+
+The payload is '<event id> <user id>' (sql/016); the hub keeps the highest id
+it has heard of (`latest_id`), read from the table at each (re)connect, after
+LISTEN, so a stream that starts live needs no query of its own (see
+EventService).
 """
 
 from __future__ import annotations
@@ -20,9 +25,12 @@ from collections import defaultdict
 
 import psycopg
 
+from backend.events.store import LATEST_ID_SQL
+
 log = logging.getLogger(__name__)
 
 CHANNEL = "session_events"
+LISTENER_NAME = "session-events listener"  # its application_name, as pg_stat_activity shows it
 
 
 class Subscriber:
@@ -51,6 +59,8 @@ class EventHub:
         self._stopped = threading.Event()
         self._conn: psycopg.Connection | None = None
         self.connected = threading.Event()  # set while LISTEN is in place
+        # The highest event id heard of; every event committed later has a higher one. Valid while connected.
+        self.latest_id = 0
         self.reconnects = 0
         self.draining = False  # the process is stopping: streams end, clients reconnect elsewhere
 
@@ -109,17 +119,28 @@ class EventHub:
         for subscriber in targets:
             subscriber.wake()
 
+    def _heard(self, event_id: int) -> None:
+        # Before the wake-up: a stream that starts once woken must not begin below this event.
+        if event_id > self.latest_id:
+            self.latest_id = event_id
+
     def _listen(self) -> None:
         while not self._stopped.is_set():
             try:
-                with psycopg.connect(self._conninfo, autocommit=True) as conn:
+                with psycopg.connect(self._conninfo, autocommit=True, application_name=LISTENER_NAME) as conn:
                     self._conn = conn
                     conn.execute(f"listen {CHANNEL}")
+                    self._heard(conn.execute(LATEST_ID_SQL).fetchone()[0])
                     self.connected.set()
                     self._wake(None)  # catch up on whatever committed while not listening
                     while not self._stopped.is_set():
                         for notify in conn.notifies(timeout=5.0):
-                            self._wake(notify.payload)
+                            event_id, _, user_id = notify.payload.partition(" ")
+                            if user_id and event_id.isdigit():
+                                self._heard(int(event_id))
+                                self._wake(user_id)
+                            else:  # the payload of servers before sql/016: the user id alone
+                                self._wake(notify.payload)
             except psycopg.Error as exc:
                 if self._stopped.is_set():
                     break

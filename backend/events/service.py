@@ -81,15 +81,23 @@ class EventService:
             yield b"retry: 2000\n: stream open\n\n"
             if reset:
                 yield f"id: {cursor}\nevent: reset\ndata: {json.dumps({'type': 'reset'})}\n\n".encode()
+            # Read only when there may be something new: at once for a client resuming from its
+            # cursor, then after each wake-up. A stream that starts live from the latest id has
+            # nothing to read until woken, and an idle stream none at its heartbeats (2,000
+            # streams would read 130 times a second for nothing). A missed wake-up cannot
+            # strand events: the listener wakes every stream whenever it (re)connects.
+            must_read = last_event_id is not None and last_event_id != "" and not reset
             woken = False
             while True:
-                try:
-                    rows = self._store.read_after(user_id, cursor, READ_BATCH)
-                except (psycopg.Error, PoolTimeout) as exc:
-                    # The database is away (a restart, a failover): keep the
-                    # stream and try again after the next wake-up or heartbeat.
-                    log.info("events read failed; retrying", extra={"error_class": type(exc).__name__})
-                    rows = []
+                rows = []
+                if must_read:
+                    try:
+                        rows = self._store.read_after(user_id, cursor, READ_BATCH)
+                        must_read = len(rows) == READ_BATCH
+                    except (psycopg.Error, PoolTimeout) as exc:
+                        # The database is away (a restart, a failover): keep the
+                        # stream and try again after the next wake-up or heartbeat.
+                        log.info("events read failed; retrying", extra={"error_class": type(exc).__name__})
                 for row in rows:
                     cursor = row["id"]
                     yield render_event(row).encode()
@@ -106,7 +114,9 @@ class EventService:
                 if expires_at is not None:
                     wait = min(wait, expires_at - time.time())
                 woken = subscriber.wait(wait)
-                if not woken:
+                if woken:
+                    must_read = True
+                else:
                     yield b": keep-alive\n\n"
                 if self._hub.draining:
                     return  # the client reconnects (retry:) to a process that is not stopping
@@ -122,11 +132,23 @@ class EventService:
     def _start(self, user_id: str, last_event_id: str | None) -> tuple[int, bool]:
         """Where the stream starts, and whether the client must reload (reset)."""
         if last_event_id is None or last_event_id == "":
-            return self._store.latest_id_for(user_id), False  # a new client: live from now
+            return self._live_from(user_id), False  # a new client: live from now
         if not last_event_id.isdigit() or len(last_event_id) > MAX_CURSOR_DIGITS:
-            return self._store.latest_id_for(user_id), True
+            return self._live_from(user_id), True
         cursor = int(last_event_id)
         purged_upto, latest = self._store.cursor_range()
         if cursor < purged_upto or cursor > latest:
-            return self._store.latest_id_for(user_id), True
+            return self._live_from(user_id), True
         return cursor, False
+
+    def _live_from(self, user_id: str) -> int:
+        """A cursor at or past every event of the user committed so far (called after subscribing).
+
+        The hub's latest id, with no query, while it listens: an event it has
+        not heard of yet has a higher id and will wake this stream, which then
+        sends it (a client may so see one change it already loaded: events
+        carry the final state, so that is harmless). Not listening: the table.
+        """
+        if self._hub.connected.is_set():
+            return self._hub.latest_id
+        return self._store.latest_id_for(user_id)

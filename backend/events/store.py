@@ -17,6 +17,9 @@ select id, session_id, type, payload, created_at from session_events
 
 LATEST_ID_FOR_USER_SQL = "select coalesce(max(id), 0) as id from session_events where user_id = %s"
 
+# The listener's starting point (EventHub), read on its own connection right after LISTEN.
+LATEST_ID_SQL = "select coalesce(max(id), 0) from session_events"
+
 CURSOR_RANGE_SQL = """
 select (select upto from session_events_purged) as purged_upto,
        (select coalesce(max(id), 0) from session_events) as latest
