@@ -143,7 +143,7 @@ def search_sql(*, filters: str, keyset: str, index: str | None) -> str:
        of them, which settles a rare word;
     3. else the matches are many but not among the newest (a two-letter search
        matching a few percent of names, where step 2 would recheck thousands of
-       rows at 3 us each): the walk again, unbounded, which finds them soon.
+       rows at about 5 us each): the walk again, unbounded, which finds them soon.
     Without an index nothing beats the walk, and it is not bounded.
     """
     # The walk's test: what ilike does, but ilike folds the pattern's case again for every row.
