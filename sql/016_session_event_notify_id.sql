@@ -25,14 +25,4 @@ begin
 end;
 $$;
 
-revoke execute on function public.emit_session_event(text, text, text, jsonb) from public;
-do $$
-begin
-    if exists (select 1 from pg_roles where rolname = 'anon') then
-        execute 'revoke execute on function public.emit_session_event(text, text, text, jsonb) from anon';
-    end if;
-    if exists (select 1 from pg_roles where rolname = 'authenticated') then
-        execute 'revoke execute on function public.emit_session_event(text, text, text, jsonb) from authenticated';
-    end if;
-end;
-$$;
+-- Replacing a function keeps its owner and privileges: execute stays revoked as sql/009 left it.

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shutil
 
-import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 

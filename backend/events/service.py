@@ -86,7 +86,7 @@ class EventService:
             # nothing to read until woken, and an idle stream none at its heartbeats (2,000
             # streams would read 130 times a second for nothing). A missed wake-up cannot
             # strand events: the listener wakes every stream whenever it (re)connects.
-            must_read = last_event_id is not None and last_event_id != "" and not reset
+            must_read = bool(last_event_id) and not reset
             woken = False
             while True:
                 rows = []

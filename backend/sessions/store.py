@@ -85,15 +85,16 @@ select {SESSION_COLUMNS} from chat_sessions
  limit %s
 """
 
-# The user's sessions, as kept by the triggers of sql/014_session_counts.sql.
-SESSIONS_OF_USER = "coalesce((select sessions from chat_session_counts where user_id = %(user_id)s), 0)"
+# A count of the user's sessions kept by the triggers of sql/014_session_counts.sql: {column} is
+# `sessions` (all) or `sessions - archived` (active); 0 for a user who never had one.
+KEPT_COUNT = "coalesce((select {column} from chat_session_counts where user_id = %(user_id)s), 0)"
 
 # Created only while the user has fewer than max_sessions.
 INSERT_IF_ABSENT_SQL = f"""
 insert into chat_sessions (user_id, business_id, session_id, thread_id, session_name, name_source)
 select %(user_id)s, %(business_id)s, %(session_id)s, %(thread_id)s, coalesce(%(session_name)s, 'New Chat'),
        case when %(session_name)s::text is null then 'default' else 'user' end
- where {SESSIONS_OF_USER} < %(max_sessions)s
+ where {KEPT_COUNT.format(column="sessions")} < %(max_sessions)s
 on conflict (user_id, session_id) do nothing
 returning {SESSION_COLUMNS}
 """
@@ -117,8 +118,7 @@ PAIR_PATTERN = (r"'%%' || regexp_replace(regexp_replace(lower(%(search)s), '(.)'
 
 # list_page: {filters} are fixed SQL fragments chosen by list_page, never request text.
 COUNT_SQL = "select count(*) as n from chat_sessions where user_id = %(user_id)s {filters}"
-# The unfiltered totals, kept by the triggers of sql/014_session_counts.sql.
-KEPT_COUNT_SQL = "select coalesce(max({column}), 0) as n from chat_session_counts where user_id = %(user_id)s"
+KEPT_COUNT_SQL = f"select {KEPT_COUNT} as n"
 PAGE_SQL = f"""
 select {SESSION_COLUMNS} from chat_sessions where user_id = %(user_id)s {{filters}} {{keyset}}
 order by last_activity_at desc, id desc limit %(limit)s offset %(offset)s
@@ -176,8 +176,6 @@ union all
 select * from walked
 """
 
-
-SESSIONS_OF_USER_SQL = f"select {SESSIONS_OF_USER} as n"
 
 MARK_READ_SQL = f"""
 update chat_sessions set has_unread = false
@@ -443,7 +441,8 @@ class SessionStore:
                 return row, True
             existing = conn.execute(SELECT_SESSION_SQL, (user_id, session_id)).fetchone()
             if existing is None:
-                if conn.execute(SESSIONS_OF_USER_SQL, {"user_id": user_id}).fetchone()["n"] >= max_sessions:
+                kept = conn.execute(KEPT_COUNT_SQL.format(column="sessions"), {"user_id": user_id}).fetchone()
+                if kept["n"] >= max_sessions:
                     raise SessionQuotaExceeded(max_sessions)
                 raise SessionCreateRaced()  # deleted by a concurrent request between the two statements
         return existing, False
