@@ -29,7 +29,7 @@ from backend.sessions.store import SessionStore
 from backend.sessions.thread_store import ThreadStore
 from llm.chat_model import ChatModel, OfflineChatModel, OpenAIChatModel
 from llm.client import ModelSettings, make_async_client, make_client
-from llm.graph import load_graph_factory
+from llm.graph import load_graph_factory, stream_modes_for
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,8 @@ def build_services(settings: Settings, db: Database) -> Services:
         backup_retention_seconds=settings.backup_retention_seconds,
         max_sessions_per_user=settings.max_sessions_per_user,
     )
-    graph = load_graph_factory(settings.chat_graph_factory)().compile(checkpointer=checkpointer)
+    graph_factory = load_graph_factory(settings.chat_graph_factory)
+    graph = graph_factory().compile(checkpointer=checkpointer)
     chat = ChatService(
         sessions=sessions,
         runs=run_store,
@@ -114,6 +115,7 @@ def build_services(settings: Settings, db: Database) -> Services:
         leases=leases,
         namer=namer,
         graph=graph,
+        stream_modes=stream_modes_for(graph_factory),
         model=build_chat_model(settings),
         system_prompt=settings.system_prompt,
         heartbeat_seconds=settings.sse_heartbeat_seconds,

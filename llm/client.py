@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import httpx2 as httpx
 import openai
+
+from llm.transport import ReusableStreamsTransport
 
 # Local OpenAI-compatible servers (Ollama, vLLM, LM Studio) ignore the key, but the SDK
 # refuses to start without one.
@@ -54,8 +57,14 @@ def _client_options(settings: ModelSettings) -> dict[str, object]:
 
 
 def make_client(settings: ModelSettings) -> openai.OpenAI:
-    """A sync client with deliberate timeouts and retries. Raises OfflineModelError when offline."""
-    return openai.OpenAI(**_client_options(settings))  # type: ignore[arg-type]
+    """A sync client with deliberate timeouts and retries. Raises OfflineModelError when offline.
+
+    Its transport is the SDK's default (same connection limits) wrapped so a
+    streamed reply's connection is used again (llm/transport.py)."""
+    options = _client_options(settings)
+    transport = ReusableStreamsTransport(httpx.HTTPTransport(limits=openai.DEFAULT_CONNECTION_LIMITS))
+    http_client = openai.DefaultHttpxClient(transport=transport, timeout=options["timeout"])
+    return openai.OpenAI(**options, http_client=http_client)  # type: ignore[arg-type]
 
 
 def make_async_client(settings: ModelSettings) -> openai.AsyncOpenAI:

@@ -8,6 +8,12 @@ when `runtime.context.cancel` is set. Tokens reach the client from
 `runtime.context.emit(text)` (the fast path: straight to the client, no
 per-token work in LangGraph's stream loop), `runtime.stream_writer({"token": text})`,
 or from LangChain chat models streaming (LangGraph's "messages" mode).
+
+LangGraph's own streaming costs a thread per node (of a pool made for each run)
+so its stream can be read while the node runs. A factory whose graph streams
+only through `emit`, like the built-in one, says so with
+`factory.streams_only_through_emit = True`; its nodes then run inline, in the
+turn's own thread, and `stream_writer` writes go nowhere.
 """
 
 from __future__ import annotations
@@ -62,6 +68,15 @@ def build_chat_graph() -> StateGraph:
     builder.add_edge(START, "model")
     builder.add_edge("model", END)
     return builder
+
+
+build_chat_graph.streams_only_through_emit = True  # type: ignore[attr-defined]
+
+
+def stream_modes_for(factory: Callable[[], StateGraph]) -> list[str]:
+    """The LangGraph stream modes a turn asks for: none that needs a thread per node
+    when the graph's tokens all go through ChatContext.emit."""
+    return ["updates"] if getattr(factory, "streams_only_through_emit", False) else ["custom", "messages"]
 
 
 def load_graph_factory(spec: str) -> Callable[[], StateGraph]:

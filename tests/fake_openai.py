@@ -50,6 +50,7 @@ class ReceivedRequest:
     path: str  # without the query string
     headers: Mapping[str, str]  # case-insensitive: headers["authorization"] == headers["Authorization"]
     json: Any  # parsed body; None for GET or invalid JSON
+    client_port: int = 0  # the client's end of the connection: equal ports, one connection reused
 
 
 @dataclass(frozen=True)
@@ -240,7 +241,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self, body: Any) -> None:
         fake, path = self.server.fake, self.path.split("?", 1)[0]
-        fault, number = fake._record(ReceivedRequest(self.command, path, self.headers, body))
+        fault, number = fake._record(ReceivedRequest(self.command, path, self.headers, body,
+                                                           self.client_address[1]))
         try:
             if fake._stopping.is_set():
                 return

@@ -32,6 +32,18 @@ def test_turn_streams_tokens_then_done(chat, fake, alice):
     assert chat_request.headers["authorization"] == "Bearer test-key"
 
 
+def test_turns_keep_the_model_servers_connection(chat, fake):
+    # The SDK stops reading at [DONE]; unless the body's end is read too, the
+    # connection is dropped and every turn pays a new handshake (llm/transport.py).
+    sid = named_session(chat)
+    words = [f"kept connection {i}" for i in range(3)]
+    for text in words:
+        turn(chat, sid, text)
+    streamed = [r for r in fake.chat_requests if r.json.get("stream") and r.json["messages"][-1]["content"] in words]
+    assert len(streamed) == 3
+    assert len({r.client_port for r in streamed}) == 1
+
+
 def test_session_is_created_on_first_use(chat, fake, alice):
     sid = unique_session_id()
     assert chat.get(f"/api/llm/sessions/{sid}").status_code == 404

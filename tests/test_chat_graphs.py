@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from backend.services import services_of
+from tests import custom_graphs
 from tests.chat_support import reply_text, turn, wait_until
 from tests.checkpoints import NO_ROWS, seed_thread, thread_row_counts
 from tests.helpers import client_for, unique_session_id
@@ -21,6 +22,20 @@ def test_custom_graph_with_extra_node(make_app, fake, alice):
     # the note was streamed, not stored: history holds the question and the model's answer
     assert [m["content"] for m in body["messages"]] == ["what do the documents say?", "Echo: what do the documents say?"]
     assert body["data"]["message_count"] == 2
+
+
+def test_a_graph_that_streams_only_through_emit_runs_in_the_turns_own_thread(make_app, fake, alice):
+    # LangGraph's own streaming runs each node in a thread of a pool made for the run;
+    # a graph that needs none of it (like the built-in one) is spared that cost.
+    runs = {}
+    for factory in ("with_retrieval", "emitting_only"):
+        app = make_app(openai_base_url=fake.base_url, openai_api_key="k",
+                       chat_graph_factory=f"tests.custom_graphs:{factory}")
+        events = turn(client_for(app, alice), unique_session_id(), f"via {factory}")
+        runs[factory] = (reply_text(events), custom_graphs.NODE_THREADS[-1])
+    assert runs["emitting_only"] == ("emitted Echo: via emitting_only", "chat-turn")
+    text, thread = runs["with_retrieval"]
+    assert text == "[found 2 documents] Echo: via with_retrieval" and thread != "chat-turn"
 
 
 def test_custom_graph_that_does_not_stream_still_answers(make_app, alice):

@@ -78,6 +78,7 @@ class ChatService:
         namer: SessionNamer,
         graph: CompiledStateGraph,
         model: ChatModel,
+        stream_modes: list[str],
         system_prompt: str | None,
         heartbeat_seconds: float,
         prune_history: bool,
@@ -93,6 +94,7 @@ class ChatService:
         self._leases = leases
         self._namer = namer
         self._graph = graph
+        self._stream_modes = stream_modes
         self._model = model
         self._system_prompt = system_prompt
         self._heartbeat = heartbeat_seconds
@@ -258,7 +260,7 @@ class ChatService:
         config = {"configurable": {"thread_id": turn.session["thread_id"]}}
         last_reply = None
         stream = self._graph.stream(
-            {"messages": [user_message(turn.query)]}, config, context=context, stream_mode=["custom", "messages"],
+            {"messages": [user_message(turn.query)]}, config, context=context, stream_mode=self._stream_modes,
             # Keeping only the latest checkpoint, the steps in between need not
             # be written at all: one write when the turn ends (also on error).
             # Full history keeps LangGraph's checkpoint per step, for time travel.

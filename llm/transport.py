@@ -1,0 +1,91 @@
+"""Keep the model server's connection after a streamed reply, so the next turn needs no new handshake.
+
+The openai SDK stops reading a stream at its `data: [DONE]` event and closes
+the response. The body's last bytes (HTTP/1.1's chunked terminator) are then
+still unread, so httpcore drops the connection, and every turn pays a new TCP
+(and, against a real provider, TLS) handshake before its request is even sent
+(openai-python#3440, left open upstream for a transport-level fix).
+
+This transport wraps the SDK's own and reads those last bytes when a response
+that ended with [DONE] is closed unfinished. Only then: a reply stopped halfway
+(a cancel) is closed at once, as before. The read is bounded: a server that
+keeps the stream open after [DONE] gets DRAIN_SECONDS, then its socket is shut
+down and the connection closed, as it always was.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import httpx2 as httpx
+
+DRAIN_SECONDS = 0.25
+DRAIN_BYTES = 16_384
+_DONE = b"data: [DONE]"
+
+
+class ReusableStreamsTransport(httpx.BaseTransport):
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self._inner = inner
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self._inner.handle_request(request)
+        if not response.headers.get("content-type", "").startswith("text/event-stream"):
+            return response
+        return httpx.Response(
+            status_code=response.status_code, headers=response.headers, extensions=response.extensions,
+            stream=_FinishedAfterDone(response.stream, response.extensions.get("network_stream")),
+        )
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class _FinishedAfterDone(httpx.SyncByteStream):
+    def __init__(self, inner: httpx.SyncByteStream, network_stream: object) -> None:
+        self._inner = inner
+        self._network_stream = network_stream
+        self._chunks: Iterator[bytes] | None = None
+        self._tail = b""  # the end of the bytes passed on so far
+        self._finished = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        self._chunks = iter(self._inner)
+        for chunk in self._chunks:
+            if chunk:
+                self._tail = chunk[-32:]
+            yield chunk
+        self._finished = True
+
+    def close(self) -> None:
+        if self._chunks is not None and not self._finished and self._tail.rstrip().endswith(_DONE):
+            self._drain(self._chunks)
+        self._inner.close()
+
+    def _drain(self, chunks: Iterator[bytes]) -> None:
+        """Read to the end of the body (which lets httpcore keep the connection), within bounds."""
+        sock = self._network_stream.get_extra_info("socket") if self._network_stream is not None else None
+        watchdog = threading.Timer(DRAIN_SECONDS, _shut_down, (sock,)) if sock is not None else None
+        if watchdog is not None:
+            watchdog.daemon = True
+            watchdog.start()
+        try:
+            read = 0
+            for chunk in chunks:
+                read += len(chunk)
+                if read > DRAIN_BYTES:
+                    return  # not a stream that ends: close it as before
+        except Exception:  # noqa: BLE001 - the reply is complete; a failed drain only costs the connection
+            pass
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+
+
+def _shut_down(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed

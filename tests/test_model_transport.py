@@ -1,0 +1,142 @@
+"""llm/transport.py: a streamed reply's connection is kept, and keeping it never holds up a reply."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+import openai
+import pytest
+
+from llm.client import ModelSettings, make_client
+
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%X\r\n%s\r\n" % (len(data), data)
+
+
+TOKEN = chunk(b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}}]}\n\n')
+DONE = chunk(b"data: [DONE]\n\n")
+END = b"0\r\n\r\n"
+
+
+class RawServer:
+    """Answers every request on a connection with `respond(sock)`; counts connections and sees them end."""
+
+    def __init__(self, respond: Callable[[socket.socket], None]) -> None:
+        self.respond = respond
+        self.connections = 0
+        self.closed = threading.Event()  # a client closed a connection
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        with sock:
+            buffer = b""
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    data = sock.recv(65536)
+                    if not data:
+                        self.closed.set()
+                        return
+                    buffer += data
+                head, _, buffer = buffer.partition(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                while len(buffer) < length:
+                    buffer += sock.recv(65536)
+                buffer = buffer[length:]
+                self.respond(sock)
+
+    def hold_until_closed(self, sock: socket.socket) -> None:
+        """Send nothing more; return when the client closes this connection (or after 30 s)."""
+        sock.settimeout(30)
+        try:
+            if sock.recv(1) == b"":
+                self.closed.set()
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+@pytest.fixture
+def client_of():
+    servers = []
+
+    def make(respond):
+        server = RawServer(respond)
+        servers.append(server)
+        # A long read timeout: a drain bounded only by it would take this long.
+        return server, make_client(ModelSettings(api_key="k", base_url=f"http://127.0.0.1:{server.port}/v1",
+                                                 timeout_seconds=30, max_retries=0))
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+def stream(client: openai.OpenAI, stop_after: int | None = None) -> list:
+    response = client.post("/chat/completions", body={"model": "m", "messages": [], "stream": True},
+                           cast_to=openai.types.chat.ChatCompletion, stream=True, stream_cls=openai.Stream[object])
+    chunks = []
+    with response:
+        for piece in response:
+            chunks.append(piece)
+            if stop_after is not None and len(chunks) == stop_after:
+                break
+    return chunks
+
+
+def test_a_stream_whose_end_comes_after_done_keeps_its_connection(client_of):
+    def respond(sock):
+        sock.sendall(HEAD + TOKEN + DONE)
+        time.sleep(0.02)  # the terminator in a packet of its own
+        sock.sendall(END)
+
+    server, client = client_of(respond)
+    for _ in range(3):
+        assert len(stream(client)) == 1
+    assert server.connections == 1
+    assert not server.closed.is_set()
+
+
+def test_a_server_that_holds_the_stream_open_after_done_does_not_hold_the_reply(client_of):
+    def respond(sock):
+        sock.sendall(HEAD + TOKEN + DONE)
+        server.hold_until_closed(sock)  # never ends the body
+
+    server, client = client_of(respond)
+    started = time.monotonic()
+    assert len(stream(client)) == 1
+    took = time.monotonic() - started
+    assert server.closed.wait(5)  # given up on: the connection is closed, as without the transport
+    assert took < 10  # bounded by the drain's own limit, not the 30-s read timeout
+    assert len(stream(client)) == 1  # and the next request opens a new one
+    assert server.connections == 2
+
+
+def test_a_stream_stopped_before_done_is_closed_not_read_to_its_end(client_of):
+    # A stopped reply is not read on (it may be long, and a cancel must be
+    # prompt), even when the rest is already here: the connection goes.
+    def respond(sock):
+        sock.sendall(HEAD + TOKEN + TOKEN + DONE + END)
+
+    server, client = client_of(respond)
+    assert len(stream(client, stop_after=1)) == 1
+    assert server.closed.wait(5)
