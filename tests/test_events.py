@@ -169,9 +169,13 @@ def test_rolled_back_changes_emit_nothing(server, chat_app, alice, pool):
     sid = named_session(local, "Stays")
     turn(local, sid, "keep")
     failing = f"fail-{unique_session_id()}"
-    local.post("/api/llm/sessions", json={"session_id": failing, "session_name": "x"})
     tab = Subscription(server, alice.token)
     try:
+        # Made after the tab opened and seen by it, so no event from before the
+        # failures can still be on its way (a new stream may repeat the change
+        # just before it: README).
+        local.post("/api/llm/sessions", json={"session_id": failing, "session_name": "x"})
+        tab.until(lambda ev: ev.event == "session.created" and ev.data["session_id"] == failing)
         with failing_trigger(pool, "chat_sessions", "update", "fail-"):
             assert local.put(f"/api/llm/sessions/{failing}", json={"session_name": "never"}).status_code == 500
         with failing_trigger(pool, "chat_sessions", "delete", "fail-"):
@@ -232,9 +236,10 @@ def test_a_cursor_past_retention_or_unknown_gets_reset_then_live(server, chat_ap
 
 def test_subscribers_recover_after_the_listener_connection_dies(server, chat_app, alice, pool):
     local = client_for(chat_app, alice)
-    sid = named_session(local)
     tab = Subscription(server, alice.token)
     try:
+        sid = named_session(local)  # made, and seen, after the tab opened: nothing older is on its way
+        tab.until(lambda ev: ev.event == "session.created" and ev.data["session_id"] == sid)
         with pool.connection() as conn:
             killed = conn.execute(
                 "select count(pg_terminate_backend(pid)) as n from pg_stat_activity "
