@@ -10,9 +10,13 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
 import signal
+import subprocess
+import sys
 import threading
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -79,6 +83,22 @@ def _stream_all(port, sessions, results):
     for t in threads:
         t.start()
     return threads
+
+
+@pytest.mark.parametrize("setting, expected", [(None, "(50000, 20, 20)"), ("1000,5,5", "(1000, 5, 5)")])
+def test_a_worker_freezes_its_start_up_objects_and_collects_garbage_less_often(setting, expected):
+    # gunicorn.conf.py's post_worker_init, run as gunicorn runs it once the app is
+    # loaded (in a process of its own: it sets this interpreter's collector).
+    probe = ("import gc, runpy, types; conf = runpy.run_path('gunicorn.conf.py'); "
+             "conf['post_worker_init'](types.SimpleNamespace(alive=True)); "
+             "print(gc.get_threshold(), gc.get_freeze_count() > 1000)")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON_GC_THRESHOLD"}
+    if setting:
+        env["PYTHON_GC_THRESHOLD"] = setting
+    out = subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).resolve().parent.parent, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"{expected} True"
 
 
 def test_one_worker_holds_hundreds_of_streams_at_once(database_url, fake, chat_app, tmp_path):
