@@ -51,6 +51,10 @@ def configure_logging(level: str, fmt: str) -> None:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     # pgserver logs every command it runs at INFO, stdout included.
     logging.getLogger("pgserver").setLevel(logging.WARNING)
+    # The model client's HTTP library logs each request at INFO: a second line
+    # per turn, saying less than `turn finished`.
+    for name in ("httpx", "httpx2"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def install_request_logging(app: Flask) -> None:

@@ -44,6 +44,14 @@ def test_turns_keep_the_model_servers_connection(chat, fake):
     assert len({r.client_port for r in streamed}) == 1
 
 
+def test_a_turn_logs_one_line_not_one_per_http_request(chat, chat_app, fake, caplog):
+    sid = named_session(chat)
+    with caplog.at_level("INFO"):
+        turn(chat, sid, "how many lines?")
+        assert wait_until(lambda: any(r.getMessage() == "turn finished" for r in caplog.records))
+    assert not [r for r in caplog.records if r.name.startswith("httpx") and r.levelno < 30]
+
+
 def test_session_is_created_on_first_use(chat, fake, alice):
     sid = unique_session_id()
     assert chat.get(f"/api/llm/sessions/{sid}").status_code == 404
