@@ -25,6 +25,7 @@ from backend.events.service import EventService
 from backend.events.store import EventStore
 from backend.sessions.cleanup import SessionCleanup
 from backend.sessions.service import SessionService
+from backend.sessions.deletion_store import DeletionStore
 from backend.sessions.store import SessionStore
 from backend.sessions.thread_store import ThreadStore
 from llm.chat_model import ChatModel, OfflineChatModel, OpenAIChatModel
@@ -98,9 +99,11 @@ def build_services(settings: Settings, db: Database) -> Services:
         model=settings.naming_model,
         timeout_seconds=settings.naming_timeout_seconds,
     )
+    deletions = DeletionStore(db.pool)
     sessions = SessionService(
         db.pool,
         sessions_store,
+        deletions,
         replies=ReplyControl(run_store, stop_wait_seconds=settings.force_delete_wait_seconds),
         checkpointer=checkpointer,
         backup_retention_seconds=settings.backup_retention_seconds,
@@ -146,7 +149,7 @@ def build_services(settings: Settings, db: Database) -> Services:
         session_max_age_seconds=settings.session_max_age_seconds,
         session_idle_seconds=settings.session_idle_timeout_seconds,
     )
-    cleanup = SessionCleanup(sessions, sessions_store)
+    cleanup = SessionCleanup(sessions, deletions)
     maintenance = Maintenance(
         session_store=sessions_store,
         runs=run_store,

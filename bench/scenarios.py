@@ -15,6 +15,7 @@ from psycopg_pool import ConnectionPool
 
 from backend.sessions.service import encode_cursor
 from backend.chat.run_store import RunStore
+from backend.sessions.deletion_store import DeletionStore
 from backend.sessions.store import SessionStore
 from backend.sessions.thread_store import CHECKPOINT_TABLES
 from bench import data
@@ -167,27 +168,16 @@ def growth_targets(results: Results, sizes: Sizes) -> None:
 
 
 def floor_delete(conn, user_id: str, session_id: str) -> tuple[float, dict]:
-    """The bare SQL of a delete, in one transaction: the store's own statements, nothing else.
-
-    Whatever statements the delete uses (a lock, the check for a reply being written,
-    then one statement for every row of the thread, the session and the audit; or, in
-    older versions, one statement per table), run straight through psycopg.
-    """
+    """The bare SQL of a delete, in one transaction: the store's own statements, nothing else
+    (the lock, the check for a reply being written, then one statement for every row of the
+    thread, the session and the audit), run straight through psycopg."""
     started = time.perf_counter()
     with conn.transaction():
-        row = SessionStore.lock_for_delete(conn, user_id, session_id)
+        row = DeletionStore.lock_for_delete(conn, user_id, session_id)
         RunStore.live_on(conn, user_id, session_id)
-        if hasattr(SessionStore, "delete_thread_and_row"):
-            deleted = SessionStore.delete_thread_and_row(
-                conn, thread_id=row["thread_id"], row_id=row["id"], user_id=user_id, business_id=row["business_id"],
-                session_id=session_id, forced=False)
-            counts = dict(deleted[0] if isinstance(deleted, tuple) else deleted)  # (counts, recovery point) now
-        else:
-            counts = SessionStore.delete_thread_checkpoints(conn, row["thread_id"])
-            counts["chat_sessions"] = SessionStore.delete_row(conn, row["id"])
-            SessionStore.record_deletion(conn, user_id=user_id, business_id=row["business_id"],
-                                         session_id=session_id, thread_id=row["thread_id"], had_session_row=True,
-                                         forced=False, rows_deleted=counts)
+        counts, _, _ = DeletionStore.delete_thread_and_row(
+            conn, thread_id=row["thread_id"], row_id=row["id"], user_id=user_id, business_id=row["business_id"],
+            session_id=session_id, forced=False)
     return (time.perf_counter() - started) * 1000, counts
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from backend.auth.service import AuthUser
 from backend.errors import ApiError
 from backend.sessions.service import SessionService
-from backend.sessions.store import SessionStore
+from backend.sessions.deletion_store import DeletionStore
 from backend.sessions.thread_store import CHECKPOINT_TABLES
 
 log = logging.getLogger(__name__)
@@ -35,9 +35,9 @@ class PurgeReport:
 
 
 class SessionCleanup:
-    def __init__(self, sessions: SessionService, store: SessionStore) -> None:
+    def __init__(self, sessions: SessionService, deletions: DeletionStore) -> None:
         self._sessions = sessions
-        self._store = store
+        self._deletions = deletions
 
     def bulk_delete(
         self, user: AuthUser, *, session_ids: list[str] | None, archived: bool | None, inactive_days: int | None,
@@ -52,7 +52,7 @@ class SessionCleanup:
         """
         more = False
         if session_ids is None:
-            session_ids = self._store.ids_matching(
+            session_ids = self._deletions.ids_matching(
                 user.id, archived=archived, inactive_days=inactive_days, limit=BULK_LIMIT + 1
             )
             more, session_ids = len(session_ids) > BULK_LIMIT, session_ids[:BULK_LIMIT]
@@ -85,7 +85,7 @@ class SessionCleanup:
         report, started, after_id = PurgeReport(), time.monotonic(), 0
         while max_sessions is None or report.sessions + report.busy < max_sessions:
             limit = batch if max_sessions is None else min(batch, max_sessions - report.sessions - report.busy)
-            rows = self._store.inactive_sessions(
+            rows = self._deletions.inactive_sessions(
                 inactive_days=inactive_days, archived_only=archived_only, user_id=user_id, limit=limit,
                 after_id=after_id,
             )
@@ -115,7 +115,7 @@ class SessionCleanup:
 
     def purge_audit_rows(self, older_than_days: int, batch: int = 1000) -> int:
         total = 0
-        while (purged := self._store.purge_audit_rows(older_than_days, batch)) > 0:
+        while (purged := self._deletions.purge_audit_rows(older_than_days, batch)) > 0:
             total += purged
             if purged < batch:
                 break

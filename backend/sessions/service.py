@@ -21,6 +21,7 @@ from psycopg_pool import ConnectionPool
 
 from backend.auth.service import AuthUser
 from backend.errors import ApiError, NotFound
+from backend.sessions.deletion_store import DeletionStore
 from backend.sessions.store import SessionCreateRaced, SessionQuotaExceeded, SessionStore
 from llm.messages import load_thread_messages, visible_messages
 
@@ -94,6 +95,7 @@ class SessionService:
         self,
         pool: ConnectionPool,
         store: SessionStore,
+        deletions: DeletionStore,
         *,
         replies: Replies,
         checkpointer: BaseCheckpointSaver,
@@ -102,6 +104,7 @@ class SessionService:
     ) -> None:
         self._pool = pool
         self._store = store
+        self._deletions = deletions
         self._replies = replies
         self._checkpointer = checkpointer
         self._backup_retention = backup_retention_seconds
@@ -217,7 +220,7 @@ class SessionService:
         if force:
             self._replies.stop(user.id, session_id)
         with self._pool.connection() as conn, conn.transaction():
-            row = self._store.lock_for_delete(conn, user.id, session_id)
+            row = self._deletions.lock_for_delete(conn, user.id, session_id)
             thread_id = row["thread_id"] if row else build_thread_id(user.id, user.business_id, session_id)
             if row is None and self._store.thread_has_session(conn, thread_id):
                 raise NotFound()  # a thread with a session row is deleted through that row only
@@ -231,7 +234,7 @@ class SessionService:
             if backup and row is not None:
                 report("creating the recovery point", 0.3)
             report("deleting checkpoints", 0.5)
-            counts, recovery, audit_id = self._store.delete_thread_and_row(
+            counts, recovery, audit_id = self._deletions.delete_thread_and_row(
                 conn,
                 thread_id=thread_id,
                 row_id=row["id"] if row else None,
@@ -259,7 +262,7 @@ class SessionService:
         thread) is taken again meanwhile: then nothing changes.
         """
         with self._pool.connection() as conn, conn.transaction():
-            backup = self._store.lock_recovery_point(conn, user.id, backup_id)
+            backup = self._deletions.lock_recovery_point(conn, user.id, backup_id)
             if backup is None:
                 raise NotFound("No recovery point with this id (it may have expired or been used)")
             if self._store.session_or_thread_taken(conn, user.id, backup["session_id"], backup["thread_id"]):
@@ -267,7 +270,7 @@ class SessionService:
                     409, "session_exists",
                     "A session with this id exists again; delete or rename it before restoring",
                 )
-            row = self._store.restore_recovery_point(conn, backup)
+            row = self._deletions.restore_recovery_point(conn, backup)
         restored = row.pop("restored")
         log.info("session restored", extra={"user_id": user.id, "session_id": row["session_id"], "rows_restored": restored})
         return row
@@ -276,7 +279,7 @@ class SessionService:
         """Delete every recovery point past its expiry, in small batches; returns how many."""
         total = 0
         while True:
-            purged = self._store.purge_expired_recovery_points(batch)
+            purged = self._deletions.purge_expired_recovery_points(batch)
             total += purged
             if purged < batch:
                 break
@@ -289,7 +292,7 @@ class SessionService:
         whether a reply is being written (it would need force). The same
         ownership rules as `delete`; nothing is locked or changed."""
         with self._pool.connection() as conn:
-            preview = self._store.delete_preview(
+            preview = self._deletions.delete_preview(
                 conn, user_id=user.id, session_id=session_id,
                 thread_id=build_thread_id(user.id, user.business_id, session_id),
             )
