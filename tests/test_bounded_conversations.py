@@ -3,9 +3,12 @@ and messages read back (paged)."""
 
 from __future__ import annotations
 
+import threading
+
+from backend.chat.run_store import RunStore
 from tests.chat_support import named_session, parse_sse, send, turn
 from tests.checkpoints import rows_digest
-from tests.helpers import client_for
+from tests.helpers import User, client_for
 
 
 def test_replies_are_capped_upstream(chat, fake):
@@ -115,6 +118,33 @@ def test_one_user_may_have_only_so_many_replies_at_once(make_app, fake, alice, b
             r.get_data()
             r.close()
     assert send(client, sids[2], "now").status_code == 200
+
+
+def test_a_burst_of_starts_by_one_user_never_passes_the_cap(pool):
+    # Each start counts the user's live replies under the user's lock, on a
+    # snapshot taken after the lock (sql/017): ten at once, two may start.
+    user, store, n = User(), RunStore(pool), 10
+    sids = [f"burst-{i}" for i in range(n)]
+    with pool.connection() as conn:
+        for sid in sids:
+            conn.execute("insert into chat_sessions (user_id, business_id, session_id, thread_id) values (%s, %s, %s, %s)",
+                         (user.id, user.business_id, sid, user.thread_id(sid)))
+    barrier, started = threading.Barrier(n), []
+
+    def start(sid):
+        barrier.wait()
+        session, run_id = store.start_run_in_session(user.id, sid, "test", 30, max_messages=100, max_bytes=10**6,
+                                                     max_runs=2)
+        started.append((session["session_id"], run_id))
+
+    threads = [threading.Thread(target=start, args=(sid,)) for sid in sids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(started) == n  # every start answered, with its session
+    assert sum(run_id is not None for _, run_id in started) == 2
+    assert store.live_runs(user.id) == 2
 
 
 def test_a_reply_past_the_turn_deadline_is_stopped(make_app, fake, alice, pool):

@@ -39,20 +39,15 @@ select %(user_id)s, %(session_id)s, %(run_id)s, %(owner)s, now() + make_interval
  where {LIVE_RUNS_OF_USER} < %(max_runs)s
 {_TAKE_LEASE}"""
 
-# The common start of a turn in one round trip: the session row (read only,
-# to say why a run could not start) and, unless it is archived or full, its lease.
-START_RUN_IN_SESSION_SQL = f"""
-with s as (
-    select {SESSION_COLUMNS} from chat_sessions where user_id = %(user_id)s and session_id = %(session_id)s
-), r as (
-    insert into chat_session_runs (user_id, session_id, run_id, owner, lease_expires_at)
-    select %(user_id)s, %(session_id)s, %(run_id)s, %(owner)s, now() + make_interval(secs => %(lease_seconds)s)
-      from s where not s.is_archived and s.message_count < %(max_messages)s and s.history_bytes < %(max_bytes)s
-                   and {LIVE_RUNS_OF_USER} < %(max_runs)s
-    {_TAKE_LEASE}
+# The common start of a turn in one round trip (sql/017): the session row (read
+# only, to say why a run could not start) and, unless it is archived or full or
+# the user's cap is reached, its lease, taken under the user's lock.
+START_RUN_IN_SESSION_SQL = (
+    "select " + ", ".join(f"(r.session_row).{c.strip()}" for c in SESSION_COLUMNS.split(","))
+    + ", r.new_run_id from public.start_chat_run(%(user_id)s::text, %(session_id)s::text, %(run_id)s::uuid,"
+    " %(owner)s::text, %(lease_seconds)s::float8, %(max_messages)s::integer, %(max_bytes)s::bigint,"
+    " %(max_runs)s::integer) as r"
 )
-select s.*, (select run_id from r) as new_run_id from s
-"""
 
 RENEW_RUNS_SQL = """
 update chat_session_runs set lease_expires_at = now() + make_interval(secs => %s)
@@ -110,13 +105,13 @@ class RunStore:
         max_bytes: int, max_runs: int,
     ) -> tuple[dict | None, uuid.UUID | None]:
         """Read the session and, unless it is archived or full, take its lease (as
-        acquire_run does), in one round trip (pipelined).
+        acquire_run does), in one statement.
 
         Returns (session row, run id): (None, None) when the user has no such
-        session; a row and None when it is archived, full or a live run holds it.
+        session; a row and None when it is archived, full, at the user's cap or a
+        live run holds it.
         """
-        with self._pool.connection() as conn, conn.transaction(), conn.pipeline():
-            conn.execute(LOCK_USER_RUNS_SQL, (user_id,))
+        with self._pool.connection() as conn:
             row = conn.execute(
                 START_RUN_IN_SESSION_SQL,
                 {"user_id": user_id, "session_id": session_id, "run_id": uuid.uuid4(), "owner": owner,
