@@ -24,8 +24,8 @@ from backend.events.hub import EventHub
 from backend.events.service import EventService
 from backend.events.store import EventStore
 from backend.sessions.cleanup import SessionCleanup
-from backend.sessions.service import SessionService
 from backend.sessions.deletion_store import DeletionStore
+from backend.sessions.service import SessionService
 from backend.sessions.store import SessionStore
 from backend.sessions.thread_store import ThreadStore
 from llm.chat_model import ChatModel, OfflineChatModel, OpenAIChatModel

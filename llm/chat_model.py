@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import openai
 from openai.types.chat import ChatCompletion
+
+from llm.transport import shut_down, socket_of
 
 OFFLINE_MODEL_NAME = "offline"
 
@@ -95,13 +96,7 @@ def _delta_text(chunk: Any) -> str | None:
 
 def _shut_down_socket(response: Any) -> None:
     """Wake a read blocked on this streamed response; never blocks itself."""
-    stream = getattr(getattr(response, "response", None), "extensions", {}).get("network_stream")
-    sock = stream.get_extra_info("socket") if stream is not None else None
-    if sock is not None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # already closed
+    shut_down(socket_of(getattr(getattr(response, "response", None), "extensions", {}).get("network_stream")))
 
 
 class OfflineChatModel:

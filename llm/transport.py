@@ -66,8 +66,8 @@ class _FinishedAfterDone(httpx.SyncByteStream):
 
     def _drain(self, chunks: Iterator[bytes]) -> None:
         """Read to the end of the body (which lets httpcore keep the connection), within bounds."""
-        sock = self._network_stream.get_extra_info("socket") if self._network_stream is not None else None
-        watchdog = threading.Timer(DRAIN_SECONDS, _shut_down, (sock,)) if sock is not None else None
+        sock = socket_of(self._network_stream)
+        watchdog = threading.Timer(DRAIN_SECONDS, shut_down, (sock,)) if sock is not None else None
         if watchdog is not None:
             watchdog.daemon = True
             watchdog.start()
@@ -84,7 +84,15 @@ class _FinishedAfterDone(httpx.SyncByteStream):
                 watchdog.cancel()
 
 
-def _shut_down(sock: socket.socket) -> None:
+def socket_of(network_stream: object) -> socket.socket | None:
+    """The socket under an httpcore network stream (a response's `network_stream` extension)."""
+    return network_stream.get_extra_info("socket") if network_stream is not None else None
+
+
+def shut_down(sock: socket.socket | None) -> None:
+    """Wake any read blocked on this socket (it then fails); never blocks itself."""
+    if sock is None:
+        return
     try:
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:

@@ -172,6 +172,7 @@ class DeletionStore:
     def lock_for_delete(conn: Connection, user_id: str, session_id: str) -> dict | None:
         """Lock the session row: no checkpoint write and no new reply can start in it until commit."""
         return conn.execute(LOCK_FOR_DELETE_SQL, (user_id, session_id)).fetchone()
+
     @staticmethod
     def delete_thread_and_row(
         conn: Connection,
@@ -240,6 +241,7 @@ class DeletionStore:
     def lock_recovery_point(conn: Connection, user_id: str, backup_id) -> dict | None:
         """The caller's unexpired recovery point, locked against a second restore."""
         return conn.execute(LOCK_RECOVERY_POINT_SQL, (backup_id, user_id)).fetchone()
+
     @staticmethod
     def restore_recovery_point(conn: Connection, backup: dict) -> dict:
         """Put the session row and its thread's rows back, consume the recovery
