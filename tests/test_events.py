@@ -416,7 +416,7 @@ def test_a_stream_starting_live_reads_nothing_until_woken_and_misses_nothing(cha
     hub.start()
     assert hub.connected.wait(10)
     reads: list[str] = []
-    for name in ("read_after", "latest_id_for", "cursor_range"):
+    for name in ("read_after", "latest_id_for", "resume"):
         real = getattr(store, name)
         monkeypatch.setattr(store, name, lambda *a, _real=real, _name=name, **k: (reads.append(_name), _real(*a, **k))[1])
     local = client_for(chat_app, alice)
@@ -437,4 +437,30 @@ def test_a_stream_starting_live_reads_nothing_until_woken_and_misses_nothing(cha
     assert reads == ["read_after"]  # one read, after the wake-up
     assert "event: session.updated" in event and json.loads(event.split("data: ", 1)[1])["session"] == renamed
     assert hub.latest_id == int(event.split("\n", 1)[0].removeprefix("id: "))
+    stream.close()
+
+
+def test_a_resuming_stream_checks_its_cursor_and_reads_its_events_in_one_query(chat_app, alice, monkeypatch):
+    # A reconnect storm of tabs with cursors costs one read each, not two.
+    services = services_of(chat_app)
+    hub, store = services.event_hub, services.events._store
+    hub.start()
+    assert hub.connected.wait(10)
+    local = client_for(chat_app, alice)
+    sid = unique_session_id()
+    assert local.post("/api/llm/sessions", json={"session_id": sid}).status_code == 201
+    with services.db.pool.connection() as conn:
+        cursor = conn.execute("select max(id) as id from session_events where user_id = %s", (alice.id,)).fetchone()["id"]
+    names = [local.put(f"/api/llm/sessions/{sid}", json={"session_name": f"missed {i}"}).get_json()["data"]
+             for i in range(2)]
+    reads: list[str] = []
+    for name in ("read_after", "latest_id_for", "resume"):
+        real = getattr(store, name)
+        monkeypatch.setattr(store, name, lambda *a, _real=real, _name=name, **k: (reads.append(_name), _real(*a, **k))[1])
+
+    stream = services.events.stream(alice.id, str(cursor))
+    assert next(stream).startswith(b"retry:")
+    missed = [next(stream).decode() for _ in names]
+    assert reads == ["resume"]
+    assert [json.loads(e.split("data: ", 1)[1])["session"] for e in missed] == names
     stream.close()

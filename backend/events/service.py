@@ -77,20 +77,20 @@ class EventService:
         # cursor), so connections rebalance over processes as they come and go.
         ends_at = time.monotonic() + self._max_stream
         try:
-            cursor, reset = self._start(user_id, last_event_id)
+            cursor, reset, first = self._start(user_id, last_event_id)
             yield b"retry: 2000\n: stream open\n\n"
             if reset:
                 yield f"id: {cursor}\nevent: reset\ndata: {json.dumps({'type': 'reset'})}\n\n".encode()
-            # Read only when there may be something new: at once for a client resuming from its
-            # cursor, then after each wake-up. A stream that starts live from the latest id has
-            # nothing to read until woken, and an idle stream none at its heartbeats (2,000
-            # streams would read 130 times a second for nothing). A missed wake-up cannot
+            # Read only when there may be something new: after each wake-up (a resuming client's
+            # first events came with the check of its cursor). A stream that starts live from the
+            # latest id has nothing to read until woken, and an idle stream none at its heartbeats
+            # (2,000 streams would read 130 times a second for nothing). A missed wake-up cannot
             # strand events: the listener wakes every stream whenever it (re)connects.
-            must_read = bool(last_event_id) and not reset
+            must_read = len(first) == READ_BATCH
             woken = False
             while True:
-                rows = []
-                if must_read:
+                rows, first = first, []
+                if must_read and not rows:
                     try:
                         rows = self._store.read_after(user_id, cursor, READ_BATCH)
                         must_read = len(rows) == READ_BATCH
@@ -129,17 +129,18 @@ class EventService:
             log.info("old session events purged", extra={"events": purged})
         return purged
 
-    def _start(self, user_id: str, last_event_id: str | None) -> tuple[int, bool]:
-        """Where the stream starts, and whether the client must reload (reset)."""
+    def _start(self, user_id: str, last_event_id: str | None) -> tuple[int, bool, list[dict]]:
+        """Where the stream starts, whether the client must reload (reset), and a resuming
+        client's first events (read with the check of its cursor)."""
         if last_event_id is None or last_event_id == "":
-            return self._live_from(user_id), False  # a new client: live from now
+            return self._live_from(user_id), False, []  # a new client: live from now
         if not last_event_id.isdigit() or len(last_event_id) > MAX_CURSOR_DIGITS:
-            return self._live_from(user_id), True
+            return self._live_from(user_id), True, []
         cursor = int(last_event_id)
-        purged_upto, latest = self._store.cursor_range()
-        if cursor < purged_upto or cursor > latest:
-            return self._live_from(user_id), True
-        return cursor, False
+        first = self._store.resume(user_id, cursor, READ_BATCH)
+        if first is None:
+            return self._live_from(user_id), True, []
+        return cursor, False, first
 
     def _live_from(self, user_id: str) -> int:
         """A cursor at or past every event of the user committed so far (called after subscribing).
