@@ -27,7 +27,7 @@ declare
     found_session public.chat_sessions;
     taken uuid;
 begin
-    -- The same lock as a start in a session made on first use (RunStore.acquire_run).
+    -- Per user, so a burst of starts cannot pass the per-user cap together.
     perform pg_advisory_xact_lock(hashtextextended('chat_session_runs:' || p_user_id, 0));
     select * into found_session
       from public.chat_sessions s where s.user_id = p_user_id and s.session_id = p_session_id;

@@ -167,11 +167,16 @@ def test_any_interleaving_of_sending_and_deleting_leaves_nothing(chat_app, fake,
 
 # --- runs whose process died -----------------------------------------------------------
 
+def take_lease(store, user, sid, owner):
+    """What another process's start does: the session's lease, held by `owner`; its run id."""
+    return store.start_run_in_session(user.id, sid, owner, 60, max_messages=10**6, max_bytes=10**12, max_runs=100)[1]
+
+
 def test_expired_run_is_reconciled_and_frees_the_session(chat_app, chat, fake, alice, pool):
     sid = named_session(chat)
     store = RunStore(pool)
     # A process took the session, wrote two turns of history, and died before counting.
-    assert store.acquire_run(alice.id, sid, "dead-host:1", 60) is not None
+    assert take_lease(store, alice, sid, "dead-host:1") is not None
     seed_thread(pool, alice.thread_id(sid), turns=2)
     assert send(chat, sid, "busy?").status_code == 409
     with pool.connection() as conn:
@@ -188,7 +193,7 @@ def test_expired_run_is_reconciled_and_frees_the_session(chat_app, chat, fake, a
 def test_new_turn_takes_over_an_expired_lease_and_counts_exactly(chat_app, chat, fake, alice, pool):
     sid = named_session(chat)
     store = RunStore(pool)
-    store.acquire_run(alice.id, sid, "dead-host:2", 60)
+    take_lease(store, alice, sid, "dead-host:2")
     seed_thread(pool, alice.thread_id(sid), turns=1)
     with pool.connection() as conn:
         conn.execute("update chat_session_runs set lease_expires_at = now() - interval '1 second' where session_id = %s", (sid,))

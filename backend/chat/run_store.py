@@ -15,29 +15,10 @@ from psycopg_pool import ConnectionPool
 
 from backend.sessions.store import SESSION_COLUMNS
 
-# The user's live replies, for the per-user cap (counted under LOCK_USER_RUNS_SQL).
+# The user's live replies, for the per-user cap (start_chat_run, sql/017, counts them under the user's lock).
 LIVE_RUNS_OF_USER = (
     "(select count(*) from chat_session_runs where user_id = %(user_id)s and lease_expires_at > now())"
 )
-
-# The user's runs are counted under a lock of theirs, so a burst of starts
-# cannot pass the per-user cap together.
-LOCK_USER_RUNS_SQL = "select pg_advisory_xact_lock(hashtextextended('chat_session_runs:' || %s, 0))"
-
-# A new run takes the session's lease; a lease left by a dead process (expired) is taken over.
-_TAKE_LEASE = """
-    on conflict (user_id, session_id) do update
-       set run_id = excluded.run_id, owner = excluded.owner, started_at = now(),
-           lease_expires_at = excluded.lease_expires_at, cancel_requested_at = null
-     where chat_session_runs.lease_expires_at < now()
-    returning run_id
-"""
-
-ACQUIRE_RUN_SQL = f"""
-insert into chat_session_runs (user_id, session_id, run_id, owner, lease_expires_at)
-select %(user_id)s, %(session_id)s, %(run_id)s, %(owner)s, now() + make_interval(secs => %(lease_seconds)s)
- where {LIVE_RUNS_OF_USER} < %(max_runs)s
-{_TAKE_LEASE}"""
 
 # The common start of a turn in one round trip (sql/017): the session row (read
 # only, to say why a run could not start) and, unless it is archived or full or
@@ -83,29 +64,12 @@ class RunStore:
         with self._pool.connection() as conn:
             return conn.execute(f"select {LIVE_RUNS_OF_USER} as n", {"user_id": user_id}).fetchone()["n"]
 
-    def acquire_run(
-        self, user_id: str, session_id: str, owner: str, lease_seconds: float, max_runs: int = 2**31 - 1
-    ) -> uuid.UUID | None:
-        """Take the session for a new reply; None while another live run holds it.
-
-        A lease left by a dead process (expired) is taken over. Raises
-        psycopg.errors.ForeignKeyViolation if the session is gone.
-        """
-        with self._pool.connection() as conn, conn.transaction(), conn.pipeline():
-            conn.execute(LOCK_USER_RUNS_SQL, (user_id,))
-            row = conn.execute(
-                ACQUIRE_RUN_SQL,
-                {"user_id": user_id, "session_id": session_id, "run_id": uuid.uuid4(), "owner": owner,
-                 "lease_seconds": lease_seconds, "max_runs": max_runs},
-            ).fetchone()
-        return row["run_id"] if row else None
-
     def start_run_in_session(
         self, user_id: str, session_id: str, owner: str, lease_seconds: float, *, max_messages: int,
         max_bytes: int, max_runs: int,
     ) -> tuple[dict | None, uuid.UUID | None]:
-        """Read the session and, unless it is archived or full, take its lease (as
-        acquire_run does), in one statement.
+        """Read the session and, unless it is archived or full, take its lease under the
+        user's lock (an expired lease, left by a dead process, is taken over), in one statement.
 
         Returns (session row, run id): (None, None) when the user has no such
         session; a row and None when it is archived, full, at the user's cap or a

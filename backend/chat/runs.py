@@ -97,11 +97,6 @@ class RunLeases:
         self._keeper: threading.Thread | None = None
         self._stopped = threading.Event()
 
-    def start(self, user_id: str, session_id: str, max_runs: int = 2**31 - 1) -> ActiveRun | None:
-        """Take the session's lease for a new reply; None if a live run holds it (or the user has max_runs)."""
-        run_id = self._store.acquire_run(user_id, session_id, self.owner, self._lease_seconds, max_runs)
-        return None if run_id is None else self.track(run_id, user_id, session_id)
-
     def start_in_session(
         self, user_id: str, session_id: str, *, max_messages: int, max_bytes: int, max_runs: int
     ) -> tuple[dict | None, ActiveRun | None]:

@@ -109,15 +109,14 @@ class ChatService:
         """Everything that can fail with a status code, before any byte is streamed."""
         try:
             # The common case, a session that exists, in one round trip.
-            session, run = self._leases.start_in_session(
-                user.id, session_id, max_messages=self._max_history, max_bytes=self._max_bytes,
-                max_runs=self._max_runs,
-            )
+            session, run = self._start_in_session(user, session_id)
             if session is None:  # ids are made by the frontend: created on first use
-                session = self._sessions.get_or_create(user, session_id)
-                run = self._leases.start(user.id, session_id, self._max_runs) if self._startable(session) else None
+                self._sessions.get_or_create(user, session_id)
+                session, run = self._start_in_session(user, session_id)
         except psycopg.errors.ForeignKeyViolation:
             raise NotFound("The session was deleted") from None
+        if session is None:  # deleted again between its creation and the start
+            raise NotFound("The session was deleted")
         if session["is_archived"]:
             raise ApiError(409, "session_archived", "This session is archived; unarchive it to send messages")
         if session["message_count"] >= self._max_history:
@@ -150,10 +149,10 @@ class ChatService:
             raise ApiError(503, "overloaded", "The server is too busy; try again shortly", headers={"Retry-After": "5"}) from None
         return turn
 
-    def _startable(self, session: dict) -> bool:
-        """Not archived and not full: what START_RUN_IN_SESSION_SQL checks, for a session just made."""
-        return (not session["is_archived"] and session["message_count"] < self._max_history
-                and session["history_bytes"] < self._max_bytes)
+    def _start_in_session(self, user: AuthUser, session_id: str) -> tuple[dict | None, ActiveRun | None]:
+        return self._leases.start_in_session(
+            user.id, session_id, max_messages=self._max_history, max_bytes=self._max_bytes, max_runs=self._max_runs,
+        )
 
     def stream(self, turn: Turn) -> Iterator[bytes]:
         """The SSE body, as bytes (the route passes it straight to the server): tokens, then
