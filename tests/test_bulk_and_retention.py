@@ -27,7 +27,17 @@ def sessions_of(pool, user) -> set[str]:
                                                       (user.id,))}
 
 
-def test_bulk_delete_of_1000_ids_mixed_owners_and_busy(chat_app, chat, fake, alice, bob, pool):
+@pytest.fixture(scope="module")
+def patient_chat_app(module_make_app, fake_model):
+    """The chat app with a model read timeout that outlasts a 1,000-session bulk delete on a
+    slow machine: the reply held at the fake upstream must still be in progress when the
+    bulk reaches its session (with the shared app's 2 s it timed out under load)."""
+    return module_make_app(openai_base_url=fake_model.base_url, openai_api_key="test-key",
+                           openai_model="fake-chat", naming_model="fake-naming", openai_timeout_seconds=120)
+
+
+def test_bulk_delete_of_1000_ids_mixed_owners_and_busy(patient_chat_app, fake, alice, bob, pool):
+    chat = client_for(patient_chat_app, alice)
     mine = insert_sessions(pool, alice, 990, prefix="bulk")
     busy = named_session(chat)
     with_memory = named_session(chat)
