@@ -15,7 +15,7 @@ from backend.config import Settings
 from backend.csrf import install_csrf_protection
 from backend.db import Database
 from backend.errors import register_error_handlers, validation_error_response
-from backend.events.routes import events_api
+from backend.events.routes import EVENTS_PATH, events_api
 from backend.health import health_api
 from backend.http import ErrorResponse, JsonRequest
 from backend.log_config import configure_logging, install_request_logging
@@ -23,6 +23,7 @@ from backend.overload import ConnectionLimit
 from backend.rate_limits import init_rate_limits
 from backend.services import Services, build_services
 from backend.sessions.routes import sessions_api
+from backend.shallow_streams import ShallowStreams, under_gevent
 from backend.web import install_web_app
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,8 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         app.wsgi_app = ProxyFix(
             app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies
         )
+    # An idle event stream keeps only the stack it waits on (backend/shallow_streams.py).
+    app.wsgi_app = ShallowStreams(app.wsgi_app, [EVENTS_PATH], enabled=under_gevent())
     # Outermost: a request over the cap costs nothing but the refusal.
     app.wsgi_app = ConnectionLimit(app.wsgi_app, settings.max_connections_per_worker, settings.cors_origin_list)
     install_request_logging(app)

@@ -9,6 +9,7 @@ signed with a public key, or an unknown `kid` are all refused.
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import threading
@@ -46,7 +47,7 @@ class AuthUnavailable(Exception):
     so a frontend does not drop its user's session over the provider's outage."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TokenClaims:
     user_id: str
     business_id: str | None
@@ -65,7 +66,9 @@ class TokenVerifier:
     ) -> None:
         self._secret = jwt_secret
         self._audience = audience
-        self._verified: OrderedDict[str, tuple[TokenClaims, float]] = OrderedDict()
+        # Keyed by the token's digest: a Supabase access token is about 1 KB, and
+        # the cache need not hold credentials, only recognise them.
+        self._verified: OrderedDict[bytes, tuple[TokenClaims, float]] = OrderedDict()
         self._lock = threading.Lock()
         self._jwks: SigningKeys | None = None
         if supabase_url:
@@ -82,16 +85,17 @@ class TokenVerifier:
         return bool(self._secret or self._jwks)
 
     def verify(self, token: str) -> TokenClaims:
+        key = hashlib.sha256(token.encode()).digest()
         with self._lock:
-            cached = self._verified.get(token)
+            cached = self._verified.get(key)
             if cached is not None:
                 if time.time() < cached[1] + LEEWAY_SECONDS:
-                    self._verified.move_to_end(token)
+                    self._verified.move_to_end(key)
                     return cached[0]
-                del self._verified[token]
+                del self._verified[key]
         claims, expires_at = self._verify_uncached(token)
         with self._lock:
-            self._verified[token] = (claims, expires_at)
+            self._verified[key] = (claims, expires_at)
             if len(self._verified) > VERIFIED_CACHE_SIZE:
                 self._verified.popitem(last=False)
         return claims

@@ -34,6 +34,8 @@ LISTENER_NAME = "session-events listener"  # its application_name, as pg_stat_ac
 
 
 class Subscriber:
+    __slots__ = ("user_id", "_woken")  # one per open stream: thousands per process
+
     def __init__(self, user_id: str) -> None:
         self.user_id = user_id
         self._woken = threading.Event()
@@ -53,7 +55,8 @@ class EventHub:
     def __init__(self, conninfo: str, *, reconnect_seconds: float = 1.0) -> None:
         self._conninfo = conninfo
         self._reconnect = reconnect_seconds
-        self._subscribers: dict[str, set[Subscriber]] = defaultdict(set)
+        # A user's streams: a list, since they are few (EVENTS_MAX_STREAMS_PER_USER) and a set costs 3x as much.
+        self._subscribers: dict[str, list[Subscriber]] = defaultdict(list)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
@@ -73,7 +76,7 @@ class EventHub:
     def subscribe(self, user_id: str) -> Subscriber:
         subscriber = Subscriber(user_id)
         with self._lock:
-            self._subscribers[user_id].add(subscriber)
+            self._subscribers[user_id].append(subscriber)
             self._ensure_listener()
         return subscriber
 
@@ -86,8 +89,8 @@ class EventHub:
     def unsubscribe(self, subscriber: Subscriber) -> None:
         with self._lock:
             mine = self._subscribers.get(subscriber.user_id)
-            if mine is not None:
-                mine.discard(subscriber)
+            if mine is not None and subscriber in mine:
+                mine.remove(subscriber)
                 if not mine:
                     del self._subscribers[subscriber.user_id]
 

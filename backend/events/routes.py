@@ -16,6 +16,8 @@ from backend.events.models import EVENTS_DESCRIPTION, EVENTS_RESPONSE, EventsQue
 from backend.events.service import EventService
 from backend.http import error_responses
 
+EVENTS_PATH = "/api/llm/events"
+
 
 def _credentials_valid_until(auth: AuthService, user) -> Callable[[], float | None]:
     """Until when this request's credentials hold: a bearer token's `exp` (already
@@ -31,10 +33,11 @@ def _credentials_valid_until(auth: AuthService, user) -> Callable[[], float | No
 
 def events_api(events_service: EventService | None, auth: AuthService) -> APIBlueprint:
     """`events_service` None: EVENTS_ENABLED=false, and the route says so (503)."""
-    bp = APIBlueprint("events", __name__, url_prefix="/api/llm", abp_tags=[Tag(name="events")], abp_security=SECURITY)
+    prefix, _, path = EVENTS_PATH.rpartition("/")
+    bp = APIBlueprint("events", __name__, url_prefix=prefix, abp_tags=[Tag(name="events")], abp_security=SECURITY)
     bp.before_request(require_user)
 
-    @bp.get("/events", responses={200: EVENTS_RESPONSE, **error_responses(400, 401, 429, 500, 503)},
+    @bp.get("/" + path, responses={200: EVENTS_RESPONSE, **error_responses(400, 401, 429, 500, 503)},
             description=EVENTS_DESCRIPTION)
     def events(query: EventsQuery):
         """Live changes to the caller's sessions, resumable with Last-Event-ID."""
