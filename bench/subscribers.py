@@ -34,6 +34,11 @@ def _users_with_sessions(db_url: str, n: int, prefix: str) -> list[tuple[str, in
     return list(zip(users, rows))
 
 
+# Idle streams are held for hours: their RSS is read once it has settled, after the
+# workers' periodic return of freed memory (gunicorn.conf.py, MALLOC_TRIM_SECONDS,
+# 10 s by default) has run since they opened, as it keeps running all their lives.
+SETTLE_SECONDS = 12.0
+
 # One gevent worker holds at most MAX_CONNECTIONS_PER_WORKER (+ a margin) connections.
 FLOOR_STREAMS = 1400
 
@@ -55,7 +60,7 @@ def floor_per_stream_kb(logdir, n: int) -> tuple[float, int]:
         deadline = time.monotonic() + 60
         while opened[0] < n and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
-        await asyncio.sleep(1.0)  # let allocation settle, as for ours
+        await asyncio.sleep(SETTLE_SECONDS)  # as for ours
         held = floor.rss()
         for task in tasks:
             task.cancel()
@@ -123,7 +128,7 @@ def subscribers(server: AppServer, db_url: str, sizes, results: Results) -> None
         deadline = time.monotonic() + 60
         while opened[0] < n and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
-        await asyncio.sleep(1.0)  # let allocation settle
+        await asyncio.sleep(SETTLE_SECONDS)
         held_rss = server.rss()
         with_streams = await _crud_run(OursCrud(server.port, server.pids), 32, crud_seconds)
         thread = threading.Thread(target=writer, args=(time.monotonic() + seconds,), daemon=True)

@@ -101,6 +101,37 @@ def test_a_worker_freezes_its_start_up_objects_and_collects_garbage_less_often(s
     assert out.stdout.strip() == f"{expected} True"
 
 
+# Frees 31 MB inside the heap, under a block that stays, then starts post_worker_init's
+# trimming (MALLOC_TRIM_SECONDS from the environment) and reports the resident MB freed.
+TRIM_PROBE = """
+import os, runpy, threading, time, types
+def rss_mb():
+    return int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+blocks = [bytes(4096) for _ in range(8192)]
+kept = blocks[::16]
+del blocks
+before = rss_mb()
+conf = runpy.run_path('gunicorn.conf.py')
+conf['post_worker_init'](types.SimpleNamespace(alive=True))
+deadline = time.monotonic() + 5
+while rss_mb() > before - 16 and time.monotonic() < deadline:
+    time.sleep(0.05)
+print(any(t.name == 'malloc-trim' for t in threading.enumerate()), round(before - rss_mb()))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+@pytest.mark.parametrize("setting, trims", [("0.05", True), ("0", False)])
+def test_a_worker_gives_memory_freed_inside_its_heap_back_to_the_system(setting, trims):
+    env = {**os.environ, "MALLOC_TRIM_SECONDS": setting}
+    out = subprocess.run([sys.executable, "-c", TRIM_PROBE], cwd=Path(__file__).resolve().parent.parent, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    running, freed_mb = out.stdout.split()
+    assert running == str(trims)
+    assert (int(freed_mb) >= 16) is trims, out.stdout
+
+
 def test_one_worker_holds_hundreds_of_streams_at_once(database_url, fake, chat_app, tmp_path):
     """A thread per connection (16 per worker before) would hold 16 and queue the rest."""
     n = 200
