@@ -82,7 +82,6 @@ def main() -> int:
         for name in ("get_or_create", "create"):
             if hasattr(sessions, name):
                 setattr(sessions, name, timed(f"sessions.{name}", getattr(sessions, name)))
-        state.leases.start = timed("leases.start (run lease)", state.leases.start)
         state.leases.start_in_session = timed("leases.start_in_session (session and lease)", state.leases.start_in_session)
         state.leases.track = timed("leases.track", state.leases.track)
         cp = chat._graph.checkpointer
