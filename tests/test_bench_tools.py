@@ -1,0 +1,23 @@
+"""The diagnostic tools in bench/ still run against the code they diagnose (one broke unnoticed once).
+
+The benchmarks themselves are scripts that report numbers (`make bench`), never tests; here only
+that a tool starts, drives a few turns through the real chat service and prints its table."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_first_token_breakdown_runs_and_reports_each_step(server_url):
+    env = {**os.environ, "BENCH_DATABASE_URL": server_url}
+    out = subprocess.run([sys.executable, "-m", "bench.ttft_breakdown", "--turns", "3"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for step in ("leases.start_in_session", "checkpointer.get_tuple", "model.stream called",
+                 "first token yielded by chat.stream()"):
+        assert step in out.stdout, out.stdout
