@@ -4,9 +4,8 @@ and messages read back (paged)."""
 from __future__ import annotations
 
 import threading
-import uuid
 
-from backend.chat.run_store import START_RUN_IN_SESSION_SQL, RunStore
+from backend.chat.run_store import RunStore
 from tests.chat_support import named_session, parse_sse, send, turn
 from tests.checkpoints import rows_digest
 from tests.helpers import User, client_for
@@ -146,23 +145,6 @@ def test_a_burst_of_starts_by_one_user_never_passes_the_cap(pool):
     assert len(started) == n  # every start answered, with its session
     assert sum(run_id is not None for _, run_id in started) == 2
     assert store.live_runs(user.id) == 2
-
-
-def test_a_turns_start_commits_without_waiting_for_the_disk_and_only_itself(pool):
-    # The statement turns synchronous_commit off for its own transaction (run here inside
-    # one, to look); the connection's next transaction has the server's setting again.
-    user, sid = User(), "lease-commit"
-    params = {"user_id": user.id, "session_id": sid, "run_id": uuid.uuid4(), "owner": "test", "lease_seconds": 30,
-              "max_messages": 100, "max_bytes": 10**6, "max_runs": 2}
-    with pool.connection() as conn:
-        conn.execute("insert into chat_sessions (user_id, business_id, session_id, thread_id) values (%s, %s, %s, %s)",
-                     (user.id, user.business_id, sid, user.thread_id(sid)))
-        server_setting = conn.execute("show synchronous_commit").fetchone()["synchronous_commit"]
-        with conn.transaction():
-            assert conn.execute(START_RUN_IN_SESSION_SQL, params).fetchone()["new_run_id"] == params["run_id"]
-            assert conn.execute("show synchronous_commit").fetchone()["synchronous_commit"] == "off"
-        assert conn.execute("show synchronous_commit").fetchone()["synchronous_commit"] == server_setting
-    assert RunStore(pool).run_is_live(user.id, sid)
 
 
 def test_a_reply_past_the_turn_deadline_is_stopped(make_app, fake, alice, pool):

@@ -23,20 +23,11 @@ LIVE_RUNS_OF_USER = (
 # The common start of a turn in one round trip (sql/017): the session row (read
 # only, to say why a run could not start) and, unless it is archived or full or
 # the user's cap is reached, its lease, taken under the user's lock.
-#
-# Its commit does not wait for the disk (synchronous_commit off, for this
-# transaction only): other sessions see the lease at once, as always; only a
-# crash of PostgreSQL itself within a fraction of a second could lose it, and
-# then the writing process finds its lease gone at its next renewal and stops
-# the reply (late checkpoint writes of a deleted session fail, as for a forced
-# delete). Measured in-process (`python -m bench.ttft_breakdown`, three
-# alternating runs): the lease 1.58-1.74 -> 1.12-1.33 ms, first token
-# 6.0-6.6 -> 5.5-5.8 ms; more where a flush costs more than a local disk's.
 START_RUN_IN_SESSION_SQL = (
     "select " + ", ".join(f"(r.session_row).{c.strip()}" for c in SESSION_COLUMNS.split(","))
     + ", r.new_run_id from public.start_chat_run(%(user_id)s::text, %(session_id)s::text, %(run_id)s::uuid,"
     " %(owner)s::text, %(lease_seconds)s::float8, %(max_messages)s::integer, %(max_bytes)s::bigint,"
-    " %(max_runs)s::integer) as r, set_config('synchronous_commit', 'off', true) as commit_without_flush"
+    " %(max_runs)s::integer) as r"
 )
 
 RENEW_RUNS_SQL = """
