@@ -28,6 +28,7 @@ from backend.services import services_of
 from support.databases import scratch_database
 from tests.chat_support import named_session, turn
 from tests.helpers import User, client_for, failing_trigger, make_token, unique_session_id
+from tests.test_auth import BROWSER, signup
 from tests.test_server_model import production_server
 
 
@@ -41,11 +42,16 @@ class Event:
 class Subscription:
     """GET /api/llm/events on a real connection, parsed as it arrives, in a thread of its own."""
 
-    def __init__(self, port: int, token: str, last_event_id: str | None = None, query: str = "") -> None:
+    def __init__(self, port: int, token: str | None, last_event_id: str | None = None, query: str = "",
+                 cookie: str | None = None) -> None:
         self.events: queue.Queue = queue.Queue()
         self.ended = threading.Event()
         self._conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
+        headers = {"Accept": "text/event-stream"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        if cookie is not None:
+            headers["Cookie"] = cookie
         if last_event_id is not None:
             headers["Last-Event-ID"] = last_event_id
         self._conn.request("GET", f"/api/llm/events{query}", headers=headers)
@@ -284,6 +290,35 @@ def test_a_stream_ends_with_auth_expired_when_its_token_does(server):
     try:
         e = tab.next(timeout=10)
         assert e.event == "auth_expired"
+        assert tab.ended.wait(5)
+    finally:
+        tab.close()
+
+
+def test_a_cookie_signed_in_tab_gets_its_changes_and_ends_at_sign_out(server, chat_app):
+    # A cookie sign-in reads the database before the stream starts (the user, the sign-in's
+    # lifetime) and again when it is woken; under the production worker that first part runs
+    # in a greenlet of its own (backend/shallow_streams.py) that blocks on those reads.
+    email, password = signup(chat_app)
+
+    def call(method, path, body=None, cookie=None):
+        conn = http.client.HTTPConnection("127.0.0.1", server, timeout=30)
+        headers = {"Content-Type": "application/json", **BROWSER, **({"Cookie": cookie} if cookie else {})}
+        conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
+        r = conn.getresponse()
+        return r.status, r.getheader("Set-Cookie"), r.read()
+
+    status, set_cookie, _ = call("POST", "/api/auth/login", {"email": email, "password": password})
+    assert status == 200
+    cookie = set_cookie.split(";", 1)[0]
+    tab = Subscription(server, None, cookie=cookie)
+    try:
+        sid = unique_session_id()
+        assert call("POST", "/api/llm/sessions", {"session_id": sid}, cookie)[0] == 201
+        e = tab.next()
+        assert (e.event, e.data["session_id"]) == ("session.created", sid)
+        assert call("POST", "/api/auth/logout", {}, cookie)[0] == 200
+        assert tab.until(lambda ev: ev.event == "auth_expired")[-1].data == {"type": "auth_expired"}
         assert tab.ended.wait(5)
     finally:
         tab.close()
