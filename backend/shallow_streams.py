@@ -19,6 +19,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable
 
+from greenlet import greenlet
+
 
 def under_gevent() -> bool:
     """Whether this process runs under gevent's patched threading (the production worker)."""
@@ -37,7 +39,5 @@ class ShallowStreams:
     def __call__(self, environ, start_response):
         if not self.enabled or environ.get("PATH_INFO") not in self.paths:
             return self.app(environ, start_response)
-        from greenlet import greenlet
-
         # Its return value (or exception) comes back here when it ends: the caller is its parent.
         return greenlet(self.app).switch(environ, start_response)

@@ -15,7 +15,11 @@ ROOT = Path(__file__).resolve().parent.parent
 BACKEND_APP = "backend:create_app()"
 PRODUCTION_COMMAND = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", BACKEND_APP]
 # Settings a caller's shell may carry that would change the shipped server model.
-SERVER_MODEL_SETTINGS = ("GUNICORN_WORKER_CLASS", "GUNICORN_THREADS", "MAX_CONNECTIONS_PER_WORKER")
+SERVER_MODEL_SETTINGS = (
+    "GUNICORN_WORKER_CLASS", "GUNICORN_THREADS", "MAX_CONNECTIONS_PER_WORKER",
+    # the workers' memory settings (gunicorn.conf.py); bench/subscribers.py's settle time assumes the trim's default
+    "PYTHON_GC_THRESHOLD", "MALLOC_TRIM_SECONDS", "GEVENT_TRACK_GREENLET_TREE",
+)
 
 
 class ProductionServer:
