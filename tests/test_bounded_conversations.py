@@ -133,8 +133,8 @@ def test_a_burst_of_starts_by_one_user_never_passes_the_cap(pool):
 
     def start(sid):
         barrier.wait()
-        session, run_id = store.start_run_in_session(user.id, sid, "test", 30, max_messages=100, max_bytes=10**6,
-                                                     max_runs=2)
+        session, run_id, _ = store.start_run_in_session(user.id, sid, "test", 30, max_messages=100,
+                                                        max_bytes=10**6, max_runs=2)
         started.append((session["session_id"], run_id))
 
     threads = [threading.Thread(target=start, args=(sid,)) for sid in sids]

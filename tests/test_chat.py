@@ -5,7 +5,9 @@ from __future__ import annotations
 import threading
 
 import pytest
+from langgraph.checkpoint.postgres import PostgresSaver
 
+from backend.chat.checkpointer import SessionCheckpointSaver
 from backend.chat.run_store import RunStore
 from backend.services import services_of
 from tests.chat_support import named_session, parse_sse, reply_text, send, turn, wait_until
@@ -50,6 +52,23 @@ def test_a_turn_logs_one_line_not_one_per_http_request(chat, chat_app, fake, cap
         turn(chat, sid, "how many lines?")
         assert wait_until(lambda: any(r.getMessage() == "turn finished" for r in caplog.records))
     assert not [r for r in caplog.records if r.name.startswith("httpx") and r.levelno < 30]
+
+
+def test_a_turn_reads_its_checkpoint_with_its_lease_not_again(chat, fake, monkeypatch):
+    # The lease's pooled connection also brings the thread's latest checkpoint
+    # (SessionCheckpointSaver.preloaded): the graph's own load is served from it.
+    sid = named_session(chat)
+    turn(chat, sid, "first message")
+    loads = []  # the graph's loads from the table (the end-of-turn count reads with a saver of its own)
+    library_load = PostgresSaver.get_tuple
+    monkeypatch.setattr(PostgresSaver, "get_tuple", lambda self, config: (
+        isinstance(self, SessionCheckpointSaver) and loads.append(config)) or library_load(self, config))
+    turn(chat, sid, "second message")
+    assert loads == []
+    last = [r for r in fake.chat_requests if r.json["messages"][-1]["content"] == "second message"][-1]
+    assert [(m["role"], m["content"]) for m in last.json["messages"]] == [
+        ("user", "first message"), ("assistant", "Echo: first message"), ("user", "second message"),
+    ]
 
 
 def test_session_is_created_on_first_use(chat, fake, alice):

@@ -9,6 +9,7 @@ transaction.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Sequence
 
 from psycopg import Connection
 from psycopg_pool import ConnectionPool
@@ -66,25 +67,32 @@ class RunStore:
 
     def start_run_in_session(
         self, user_id: str, session_id: str, owner: str, lease_seconds: float, *, max_messages: int,
-        max_bytes: int, max_runs: int,
-    ) -> tuple[dict | None, uuid.UUID | None]:
+        max_bytes: int, max_runs: int, then_read: Callable[[dict], tuple[str, Sequence]] | None = None,
+    ) -> tuple[dict | None, uuid.UUID | None, dict | None]:
         """Read the session and, unless it is archived or full, take its lease under the
         user's lock (an expired lease, left by a dead process, is taken over), in one statement.
 
-        Returns (session row, run id): (None, None) when the user has no such
-        session; a row and None when it is archived, full, at the user's cap or a
-        live run holds it.
+        Once the lease is taken, `then_read(session row)` (a query and its
+        parameters) runs on the same connection: the turn's checkpoint, read
+        after its lease committed (so nothing written before it is missed)
+        without waiting for a pooled connection a second time.
+
+        Returns (session row, run id, the read's first row): no session row when
+        the user has no such session; a row and no run id when it is archived,
+        full, at the user's cap or a live run holds it.
         """
+        params = {"user_id": user_id, "session_id": session_id, "run_id": uuid.uuid4(), "owner": owner,
+                  "lease_seconds": lease_seconds, "max_messages": max_messages, "max_bytes": max_bytes,
+                  "max_runs": max_runs}
+        read_row = None
         with self._pool.connection() as conn:
-            row = conn.execute(
-                START_RUN_IN_SESSION_SQL,
-                {"user_id": user_id, "session_id": session_id, "run_id": uuid.uuid4(), "owner": owner,
-                 "lease_seconds": lease_seconds, "max_messages": max_messages, "max_bytes": max_bytes,
-                 "max_runs": max_runs},
-            ).fetchone()
+            row = conn.execute(START_RUN_IN_SESSION_SQL, params).fetchone()
+            if row is not None and row["new_run_id"] is not None and then_read is not None:
+                with conn.cursor(binary=True) as cur:
+                    read_row = cur.execute(*then_read(row)).fetchone()
         if row is None:
-            return None, None
-        return row, row.pop("new_run_id")
+            return None, None, None
+        return row, row.pop("new_run_id"), read_row
 
     def renew_runs(self, run_ids: list[uuid.UUID], lease_seconds: float) -> dict[uuid.UUID, bool]:
         """Extend these leases; return {run_id: cancel requested} for those still held."""

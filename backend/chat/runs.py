@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import psycopg
@@ -98,14 +98,15 @@ class RunLeases:
         self._stopped = threading.Event()
 
     def start_in_session(
-        self, user_id: str, session_id: str, *, max_messages: int, max_bytes: int, max_runs: int
-    ) -> tuple[dict | None, ActiveRun | None]:
+        self, user_id: str, session_id: str, *, max_messages: int, max_bytes: int, max_runs: int,
+        then_read: Callable[[dict], tuple[str, Sequence]] | None = None,
+    ) -> tuple[dict | None, ActiveRun | None, dict | None]:
         """Read the session and take its lease in one round trip (see RunStore.start_run_in_session)."""
-        session, run_id = self._store.start_run_in_session(
+        session, run_id, read_row = self._store.start_run_in_session(
             user_id, session_id, self.owner, self._lease_seconds, max_messages=max_messages, max_bytes=max_bytes,
-            max_runs=max_runs,
+            max_runs=max_runs, then_read=then_read,
         )
-        return session, None if run_id is None else self.track(run_id, user_id, session_id)
+        return session, None if run_id is None else self.track(run_id, user_id, session_id), read_row
 
     def track(self, run_id: uuid.UUID, user_id: str, session_id: str) -> ActiveRun:
         """Renew this lease (taken by this process) until the run is forgotten."""
