@@ -7,9 +7,12 @@ import threading
 import pytest
 from langgraph.checkpoint.postgres import PostgresSaver
 
-from backend.chat.checkpointer import SessionCheckpointSaver
+from backend.chat.checkpointer import SessionCheckpointSaver, WrittenCheckpoint
+from backend.chat.counts import MessageCounts
 from backend.chat.run_store import RunStore
 from backend.services import services_of
+from backend.sessions.store import SessionStore
+from backend.sessions.thread_store import ThreadStore
 from tests.chat_support import named_session, parse_sse, reply_text, send, turn, wait_until
 from tests.helpers import client_for, unique_session_id
 
@@ -56,7 +59,7 @@ def test_a_turn_logs_one_line_not_one_per_http_request(chat, chat_app, fake, cap
 
 def test_a_turn_reads_its_checkpoint_with_its_lease_not_again(chat, fake, monkeypatch):
     # The lease's pooled connection also brings the thread's latest checkpoint
-    # (SessionCheckpointSaver.preloaded): the graph's own load is served from it.
+    # (SessionCheckpointSaver.for_run): the graph's own load is served from it.
     sid = named_session(chat)
     turn(chat, sid, "first message")
     loads = []  # the graph's loads from the table (the end-of-turn count reads with a saver of its own)
@@ -279,6 +282,44 @@ def test_counts_exact_with_many_sessions_in_parallel(chat_app, fake, alice):
     for sid in sids:
         body = session_of(client, sid)
         assert body["data"]["message_count"] == 6 == len(body["messages"])
+
+
+def test_a_turn_ends_with_the_counts_its_saver_measured(chat, fake, alice, pool, monkeypatch):
+    # The saver measures the checkpoint the turn writes; the end (sql/018) uses that: no read-back.
+    sid = named_session(chat)
+    turn(chat, sid, "first")
+    read_back = []
+    monkeypatch.setattr(ThreadStore, "history_size",
+                        staticmethod(lambda conn, thread_id: read_back.append(thread_id) or (0, 0)))
+    events = turn(chat, sid, "héllo")
+    assert events[-1].event == "done" and events[-1].data["message_count"] == 4
+    assert read_back == []
+    with pool.connection() as conn:
+        row = conn.execute("select message_count, history_bytes, has_unread from chat_sessions "
+                           "where user_id = %s and session_id = %s", (alice.id, sid)).fetchone()
+    texts = ["first", "Echo: first", "héllo", "Echo: héllo"]
+    assert row == {"message_count": 4, "history_bytes": sum(len(t.encode()) for t in texts), "has_unread": True}
+
+
+def test_a_run_whose_checkpoint_is_not_the_latest_is_counted_from_the_history(chat, fake, alice, pool):
+    sid = named_session(chat)
+    turn(chat, sid, "one")
+    runs = RunStore(pool)
+    _, run_id, _ = runs.start_run_in_session(alice.id, sid, "test", 60, max_messages=100, max_bytes=10**6,
+                                             max_runs=5)
+    # Not the latest checkpoint (another write landed after the run's): the statement changes nothing...
+    row, counted = runs.end_counted_run(alice.id, sid, run_id, "done", checkpoint_id="not-the-latest",
+                                        message_count=99, history_bytes=12_345)
+    assert counted is False and row["message_count"] == 2
+    assert runs.run_is_live(alice.id, sid)
+    # ...and the run's end reads the history back instead.
+    counts = MessageCounts(pool, SessionStore(pool), runs, ThreadStore(pool))
+    ended = counts.end_run_and_count_messages(alice.id, sid, run_id, "done",
+                                              written=WrittenCheckpoint("not-the-latest", 99, 12_345))
+    assert (ended["message_count"], ended["history_bytes"]) == (2, len(b"one") + len(b"Echo: one"))
+    assert not runs.run_is_live(alice.id, sid)
+    assert runs.end_counted_run(alice.id, "no-such-session", run_id, "done", checkpoint_id="x", message_count=1,
+                                history_bytes=1) == (None, False)
 
 
 def test_concurrent_sends_to_one_session_one_wins_count_exact(chat_app, fake, alice):

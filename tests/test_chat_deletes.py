@@ -9,7 +9,7 @@ import uuid
 import pytest
 from langgraph.checkpoint.base import empty_checkpoint
 
-from backend.chat.checkpointer import PreloadedCheckpoint, SessionCheckpointSaver, SessionGone
+from backend.chat.checkpointer import RunCheckpoints, SessionCheckpointSaver, SessionGone
 from backend.chat.run_store import RunStore
 from backend.sessions.thread_store import ThreadStore
 from tests.chat_support import named_session, parse_sse, send, state_of, turn, wait_until
@@ -85,7 +85,7 @@ def test_write_to_a_deleted_session_fails_and_leaves_nothing(chat, alice, pool):
     assert thread_row_counts(pool, alice.thread_id(sid)) == NO_ROWS
 
 
-def test_a_preloaded_checkpoint_serves_one_load_of_its_thread_only(chat, alice, pool):
+def test_a_checkpoint_read_with_the_lease_serves_one_load_of_its_thread_only(chat, alice, pool):
     sid = named_session(chat)
     thread_id = alice.thread_id(sid)
     saver = SessionCheckpointSaver(pool)
@@ -94,17 +94,17 @@ def test_a_preloaded_checkpoint_serves_one_load_of_its_thread_only(chat, alice, 
         row = cur.execute(*saver.latest_checkpoint_query(thread_id)).fetchone()
     assert row["checkpoint_id"] == written["configurable"]["checkpoint_id"]
     config = {"configurable": {"thread_id": thread_id}}
-    with saver.preloaded(PreloadedCheckpoint(thread_id, row)):
-        newer = _write_checkpoint(saver, thread_id)  # after the preload: only a second load sees it
+    with saver.for_run(RunCheckpoints(thread_id, row)):
+        newer = _write_checkpoint(saver, thread_id)  # after the lease's read: only a second load sees it
         first, second = saver.get_tuple(config), saver.get_tuple(config)
     assert first.config["configurable"]["checkpoint_id"] == written["configurable"]["checkpoint_id"]
     assert second.config["configurable"]["checkpoint_id"] == newer["configurable"]["checkpoint_id"]
     assert saver.get_tuple(config).config == second.config  # outside the block: the table
     other = alice.thread_id(named_session(chat))
-    with saver.preloaded(PreloadedCheckpoint(thread_id, row)):
+    with saver.for_run(RunCheckpoints(thread_id, row)):
         assert saver.get_tuple({"configurable": {"thread_id": other}}) is None  # another thread: the table
         assert saver.get_tuple(config).config["configurable"]["checkpoint_id"] == written["configurable"]["checkpoint_id"]
-    with saver.preloaded(PreloadedCheckpoint(thread_id, None)):  # the thread had no checkpoint yet
+    with saver.for_run(RunCheckpoints(thread_id, None)):  # the thread had no checkpoint yet
         assert saver.get_tuple(config) is None
 
 

@@ -7,11 +7,14 @@ rows (and is deleted with them) or waits, finds the row gone, and fails with
 SessionGone. So a late write can never bring a deleted session back, whatever
 process it comes from. The writes themselves are the library's own code.
 
-A turn reads its thread's latest checkpoint on the pooled connection that took
-its lease, right after (`latest_checkpoint_query`), and runs its graph inside
-`preloaded(...)`: the run's first load of that thread is served from that row,
-with the library's own conversion, instead of waiting for a pooled connection
-again (in a burst of turns, that wait was most of the load's time).
+A turn tells its saver what it knows (`for_run`, a RunCheckpoints): its
+thread's latest checkpoint, read on the pooled connection that took its lease,
+right after (`latest_checkpoint_query`), serves the run's first load of that
+thread instead of a second wait for a pooled connection and round trip (in a
+burst of turns, that wait was most of the load's time). And each checkpoint
+the run writes is measured as the session counts it (the messages a client
+sees, their bytes) from the messages in hand, so the turn's end need not read
+the conversation back (sql/018 checks it is still the latest).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+from langchain_core.messages import BaseMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
     ChannelVersions,
@@ -36,6 +40,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
 from backend.sessions.store import SessionStore
+from backend.sessions.thread_store import measure_history
 
 
 class SessionGone(Exception):
@@ -46,16 +51,34 @@ class SessionGone(Exception):
 LATEST_CHECKPOINT_WHERE = "WHERE thread_id = %s AND checkpoint_ns = %s ORDER BY checkpoint_id DESC LIMIT 1"
 
 
+@dataclass(frozen=True, slots=True)
+class WrittenCheckpoint:
+    """A checkpoint a run wrote, measured as its session counts it."""
+
+    checkpoint_id: str
+    message_count: int
+    history_bytes: int
+
+
 @dataclass(slots=True)
-class PreloadedCheckpoint:
-    """A thread's latest checkpoint row (None: the thread has none yet), read under the turn's lease."""
+class RunCheckpoints:
+    """What a run's saver knows of its thread: the latest checkpoint's row as read with the
+    run's lease (None: the thread had none), served to the run's first load only; and the last
+    checkpoint the run wrote."""
 
     thread_id: str
-    row: dict | None
-    used: bool = False
+    start_row: dict | None
+    start_used: bool = False
+    written: WrittenCheckpoint | None = None
 
 
-_preloaded: ContextVar[PreloadedCheckpoint | None] = ContextVar("preloaded_checkpoint", default=None)
+_current_run: ContextVar[RunCheckpoints | None] = ContextVar("run_checkpoints", default=None)
+
+
+def _root_of(run: RunCheckpoints | None, config: RunnableConfig) -> bool:
+    """Whether `config` is about `run`'s thread, root namespace."""
+    configurable = config["configurable"]
+    return run is not None and configurable["thread_id"] == run.thread_id and not configurable.get("checkpoint_ns")
 
 
 class SessionCheckpointSaver(PostgresSaver):
@@ -66,26 +89,23 @@ class SessionCheckpointSaver(PostgresSaver):
 
     def latest_checkpoint_query(self, thread_id: str) -> tuple[str, tuple[str, str]]:
         """The library's read of this thread's latest checkpoint, for a caller that runs it on a
-        connection it already holds (its row goes to `preloaded`)."""
+        connection it already holds (its row goes to RunCheckpoints.start_row)."""
         return self.SELECT_SQL + LATEST_CHECKPOINT_WHERE, (thread_id, "")
 
     @contextmanager
-    def preloaded(self, checkpoint: PreloadedCheckpoint | None) -> Iterator[None]:
-        """Within this block, the first load of `checkpoint.thread_id`'s latest checkpoint is
-        served from its row. Only once: later loads (after the run's own writes) read the table."""
-        token = _preloaded.set(checkpoint)
+    def for_run(self, run: RunCheckpoints | None) -> Iterator[None]:
+        """Run a graph in this block to have its saver use and fill `run`."""
+        token = _current_run.set(run)
         try:
             yield
         finally:
-            _preloaded.reset(token)
+            _current_run.reset(token)
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        checkpoint = _preloaded.get()
-        configurable = config["configurable"]
-        if (checkpoint is not None and not checkpoint.used and configurable["thread_id"] == checkpoint.thread_id
-                and not configurable.get("checkpoint_ns") and not get_checkpoint_id(config)):
-            checkpoint.used = True
-            value = checkpoint.row
+        run = _current_run.get()
+        if _root_of(run, config) and not run.start_used and not get_checkpoint_id(config):
+            run.start_used = True  # later loads come after the run's own writes: read the table
+            value = run.start_row
             if value is None:
                 return None
             # Older checkpoints keep their pending sends elsewhere: the library migrates them on load.
@@ -105,7 +125,14 @@ class SessionCheckpointSaver(PostgresSaver):
         self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions
     ) -> RunnableConfig:
         with self._session_locked(config) as conn:
-            return PostgresSaver(conn, serde=self.serde).put(config, checkpoint, metadata, new_versions)
+            saved = PostgresSaver(conn, serde=self.serde).put(config, checkpoint, metadata, new_versions)
+        run = _current_run.get()
+        if _root_of(run, config):
+            messages = checkpoint["channel_values"].get("messages")
+            # Anything but a plain list (a custom channel type): the turn's end reads the history back.
+            run.written = WrittenCheckpoint(checkpoint["id"], *measure_history(
+                [m for m in messages if isinstance(m, BaseMessage)])) if isinstance(messages, list) else None
+        return saved
 
     def put_writes(
         self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""

@@ -3,7 +3,10 @@
 A turn's messages reach the thread through LangGraph's checkpoint writes; the
 count follows when the run ends, in one transaction with the run row's
 delete, so a crash leaves either both or neither (a later reconcile of the
-expired run repairs the rest).
+expired run repairs the rest). A turn that measured the checkpoint it wrote
+(SessionCheckpointSaver) ends in one statement (sql/018) if that checkpoint is
+still the thread's latest; otherwise, and for runs that ended any other way,
+the history is read back under the session's lock.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import uuid
 
 from psycopg_pool import ConnectionPool
 
+from backend.chat.checkpointer import WrittenCheckpoint
 from backend.chat.run_store import RunStore
 from backend.sessions.store import SessionStore
 from backend.sessions.thread_store import ThreadStore
@@ -25,15 +29,24 @@ class MessageCounts:
         self._threads = threads
 
     def end_run_and_count_messages(
-        self, user_id: str, session_id: str, run_id: uuid.UUID | None, outcome: str = "error"
+        self, user_id: str, session_id: str, run_id: uuid.UUID | None, outcome: str = "error",
+        written: WrittenCheckpoint | None = None,
     ) -> dict | None:
         """End the run and bring message_count (and history_bytes) level with the thread's history, atomically.
 
         `run_id` None ends whichever run of the session expired (its process
         died). `outcome` (done, error, cancelled) is what the run.finished
         event says; a reply that finished marks the session unread.
+        `written`: the last checkpoint the run wrote, measured; used if it is still the latest.
         Returns the session row, or None if the session is gone.
         """
+        if written is not None and run_id is not None:
+            row, counted = self._runs.end_counted_run(
+                user_id, session_id, run_id, outcome, checkpoint_id=written.checkpoint_id,
+                message_count=written.message_count, history_bytes=written.history_bytes,
+            )
+            if row is None or counted:
+                return row
         with self._pool.connection() as conn, conn.transaction():
             # With the session row locked no checkpoint write can land
             # (SessionCheckpointSaver), so the history read below is final.

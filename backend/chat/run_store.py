@@ -31,6 +31,14 @@ START_RUN_IN_SESSION_SQL = (
     " %(max_runs)s::integer) as r"
 )
 
+# A turn's end in one round trip when its history's size is known (sql/018): the
+# session row as it now is, and whether it counted (false: nothing was changed).
+END_COUNTED_RUN_SQL = (
+    "select " + ", ".join(f"(r.session_row).{c.strip()}" for c in SESSION_COLUMNS.split(","))
+    + ", r.counted from public.end_chat_run(%(user_id)s::text, %(session_id)s::text, %(run_id)s::uuid,"
+    " %(outcome)s::text, %(checkpoint_id)s::text, %(message_count)s::integer, %(history_bytes)s::bigint) as r"
+)
+
 RENEW_RUNS_SQL = """
 update chat_session_runs set lease_expires_at = now() + make_interval(secs => %s)
  where run_id = any(%s)
@@ -93,6 +101,27 @@ class RunStore:
         if row is None:
             return None, None, None
         return row, row.pop("new_run_id"), read_row
+
+    def end_counted_run(
+        self, user_id: str, session_id: str, run_id: uuid.UUID, outcome: str, *, checkpoint_id: str,
+        message_count: int, history_bytes: int,
+    ) -> tuple[dict | None, bool]:
+        """End the run and set the session's counts in one statement, if `checkpoint_id` (measured
+        as `message_count` messages of `history_bytes`) is the thread's latest checkpoint.
+
+        Returns (session row, True) when done; (session row, False) when another
+        checkpoint is the latest and nothing was changed; (None, False) when the
+        session is gone.
+        """
+        with self._pool.connection() as conn:
+            row = conn.execute(
+                END_COUNTED_RUN_SQL,
+                {"user_id": user_id, "session_id": session_id, "run_id": run_id, "outcome": outcome,
+                 "checkpoint_id": checkpoint_id, "message_count": message_count, "history_bytes": history_bytes},
+            ).fetchone()
+        if row is None:
+            return None, False
+        return row, row.pop("counted")
 
     def renew_runs(self, run_ids: list[uuid.UUID], lease_seconds: float) -> dict[uuid.UUID, bool]:
         """Extend these leases; return {run_id: cancel requested} for those still held."""

@@ -27,7 +27,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk
 from langgraph.graph.state import CompiledStateGraph
 
 from backend.auth.service import AuthUser
-from backend.chat.checkpointer import PreloadedCheckpoint, SessionGone
+from backend.chat.checkpointer import RunCheckpoints, SessionGone
 from backend.chat.counts import MessageCounts
 from backend.chat.namer import SessionNamer
 from backend.chat.run_store import RunStore
@@ -60,8 +60,8 @@ class Turn:
     session: dict
     run: ActiveRun
     query: str
-    # The thread's latest checkpoint, read with the lease (None: the graph loads it).
-    checkpoint: PreloadedCheckpoint | None = None
+    # What the run's saver knows of its thread: the checkpoint read with the lease, the last one written.
+    checkpoints: RunCheckpoints | None = None
     events: queue.Queue = field(default_factory=queue.Queue)
     # Characters of reply text queued and sent: each written by one side only
     # (the graph's thread, the response), so their difference needs no lock.
@@ -111,10 +111,10 @@ class ChatService:
         """Everything that can fail with a status code, before any byte is streamed."""
         try:
             # The common case, a session that exists, in one round trip.
-            session, run, checkpoint = self._start_in_session(user, session_id)
+            session, run, checkpoints = self._start_in_session(user, session_id)
             if session is None:  # ids are made by the frontend: created on first use
                 self._sessions.get_or_create(user, session_id)
-                session, run, checkpoint = self._start_in_session(user, session_id)
+                session, run, checkpoints = self._start_in_session(user, session_id)
         except psycopg.errors.ForeignKeyViolation:
             raise NotFound("The session was deleted") from None
         if session is None:  # deleted again between its creation and the start
@@ -140,7 +140,7 @@ class ChatService:
             )
         if session["message_count"] == 0 and session["name_source"] == "default":
             self._namer.submit(user.id, session_id, query)
-        turn = Turn(user=user, session=session, run=run, query=query, checkpoint=checkpoint)
+        turn = Turn(user=user, session=session, run=run, query=query, checkpoints=checkpoints)
         # Started now, not when the response is first read: a turn whose
         # response is never read still ends and frees its session.
         try:
@@ -153,14 +153,14 @@ class ChatService:
 
     def _start_in_session(
         self, user: AuthUser, session_id: str,
-    ) -> tuple[dict | None, ActiveRun | None, PreloadedCheckpoint | None]:
+    ) -> tuple[dict | None, ActiveRun | None, RunCheckpoints | None]:
         """The session, its lease and, on the same pooled connection, the checkpoint the turn starts from."""
         checkpointer = self._graph.checkpointer
         session, run, row = self._leases.start_in_session(
             user.id, session_id, max_messages=self._max_history, max_bytes=self._max_bytes, max_runs=self._max_runs,
             then_read=lambda session: checkpointer.latest_checkpoint_query(session["thread_id"]),
         )
-        return session, run, PreloadedCheckpoint(session["thread_id"], row) if run is not None else None
+        return session, run, RunCheckpoints(session["thread_id"], row) if run is not None else None
 
     def stream(self, turn: Turn) -> Iterator[bytes]:
         """The SSE body, as bytes (the route passes it straight to the server): tokens, then
@@ -225,7 +225,10 @@ class ChatService:
                 self._prune(turn)
             outcome = "done" if error is None else ("cancelled" if run.cancel.is_set() else "error")
             try:
-                session = self._counts.end_run_and_count_messages(run.user_id, run.session_id, run.run_id, outcome)
+                session = self._counts.end_run_and_count_messages(
+                    run.user_id, run.session_id, run.run_id, outcome,
+                    written=turn.checkpoints.written if turn.checkpoints else None,
+                )
             except Exception:  # noqa: BLE001 - a later reconcile repairs the count
                 log.exception("finishing a run failed", extra={"session_id": run.session_id})
                 session = None
@@ -273,7 +276,7 @@ class ChatService:
             # Full history keeps LangGraph's checkpoint per step, for time travel.
             durability="exit" if self._prune_history else "async",
         )
-        with self._graph.checkpointer.preloaded(turn.checkpoint):
+        with self._graph.checkpointer.for_run(turn.checkpoints):
             for mode, chunk in stream:
                 if run.cancel.is_set():
                     raise ReplyCancelled()

@@ -10,6 +10,7 @@ Writes of new checkpoints are LangGraph's own (SessionCheckpointSaver).
 
 from __future__ import annotations
 
+from langchain_core.messages import BaseMessage
 from langgraph.checkpoint.postgres import PostgresSaver
 from psycopg import Connection
 from psycopg_pool import ConnectionPool
@@ -47,8 +48,7 @@ class ThreadStore:
     def history_size(conn: Connection, thread_id: str) -> tuple[int, int]:
         """The messages a client sees in the thread's latest checkpoint, and their UTF-8 bytes,
         read on the caller's connection."""
-        messages = visible_messages(load_thread_messages(PostgresSaver(conn), thread_id))
-        return len(messages), history_bytes(messages)
+        return measure_history(load_thread_messages(PostgresSaver(conn), thread_id))
 
     def first_user_message(self, thread_id: str) -> str | None:
         with self._pool.connection() as conn:
@@ -82,6 +82,12 @@ class ThreadStore:
             except _ThreadClaimed:
                 return {table: 0 for table in CHECKPOINT_TABLES}
         return counts
+
+
+def measure_history(messages: list[BaseMessage]) -> tuple[int, int]:
+    """A thread's messages as its session counts them: those a client sees, and their text's bytes."""
+    visible = visible_messages(messages)
+    return len(visible), history_bytes(visible)
 
 
 def history_bytes(messages: list[dict]) -> int:
