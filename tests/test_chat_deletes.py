@@ -11,6 +11,7 @@ from langgraph.checkpoint.base import empty_checkpoint
 
 from backend.chat.checkpointer import RunCheckpoints, SessionCheckpointSaver, SessionGone
 from backend.chat.run_store import RunStore
+from backend.sessions.store import SessionStore
 from backend.sessions.thread_store import ThreadStore
 from tests.chat_support import named_session, parse_sse, send, state_of, turn, wait_until
 from tests.checkpoints import NO_ROWS, seed_thread, session_row, thread_row_counts
@@ -126,6 +127,21 @@ def test_write_racing_a_delete_waits_then_fails(chat, alice, pool):
     writer.join(5)
     assert isinstance(outcome[0], SessionGone)
     assert thread_row_counts(pool, thread_id) == NO_ROWS
+
+
+def test_a_turn_end_that_reads_the_history_holds_checkpoint_writes_off(chat, alice, pool):
+    """The slow way to end a turn counts the history under the session's lock: no write lands meanwhile."""
+    sid = named_session(chat)
+    saver = SessionCheckpointSaver(pool)
+    written: list[object] = []
+    with pool.connection() as conn, conn.transaction():
+        assert SessionStore.lock_and_flag_unread(conn, alice.id, sid, unread=False) is not None
+        writer = threading.Thread(target=lambda: written.append(_write_checkpoint(saver, alice.thread_id(sid))))
+        writer.start()
+        assert wait_until(lambda: _waiting_on_lock(pool))
+        assert written == []
+    writer.join(5)
+    assert len(written) == 1
 
 
 def _try(fn):

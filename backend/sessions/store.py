@@ -46,10 +46,15 @@ update chat_sessions set history_bytes = %s where id = %s and history_bytes <> %
 returning {SESSION_COLUMNS}
 """
 
-# The end of a turn: locks the row (as FOR UPDATE would) for the count that follows.
+# The end of a turn read from the history: FOR UPDATE first, which checkpoint
+# writes (FOR KEY SHARE) wait for; the UPDATE alone would take a lock they do not.
 LOCK_AND_FLAG_UNREAD_SQL = f"""
-update chat_sessions set has_unread = has_unread or %s
- where user_id = %s and session_id = %s
+with locked as (
+    select id as locked_id from chat_sessions where user_id = %(user_id)s and session_id = %(session_id)s for update
+)
+update chat_sessions set has_unread = has_unread or %(unread)s
+  from locked
+ where id = locked.locked_id
 returning {SESSION_COLUMNS}
 """
 
@@ -357,8 +362,10 @@ class SessionStore:
 
     @staticmethod
     def lock_and_flag_unread(conn: Connection, user_id: str, session_id: str, unread: bool) -> dict | None:
-        """Lock the row for the rest of the transaction, marking it unread if `unread`; None if it is gone."""
-        return conn.execute(LOCK_AND_FLAG_UNREAD_SQL, (unread, user_id, session_id)).fetchone()
+        """Lock the row for the rest of the transaction (no checkpoint write lands meanwhile), marking it
+        unread if `unread`; None if it is gone."""
+        return conn.execute(LOCK_AND_FLAG_UNREAD_SQL,
+                            {"user_id": user_id, "session_id": session_id, "unread": unread}).fetchone()
 
     @staticmethod
     def lock_for_checkpoint_write(conn: Connection, thread_id: str) -> bool:
