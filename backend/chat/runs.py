@@ -101,7 +101,7 @@ class RunLeases:
         self, user_id: str, session_id: str, *, max_messages: int, max_bytes: int, max_runs: int,
         then_read: Callable[[dict], tuple[str, Sequence]] | None = None,
     ) -> tuple[dict | None, ActiveRun | None, dict | None]:
-        """Read the session and take its lease in one round trip (see RunStore.start_run_in_session)."""
+        """The session and its lease in one statement, then `then_read` (RunStore.start_run_in_session)."""
         session, run_id, read_row = self._store.start_run_in_session(
             user_id, session_id, self.owner, self._lease_seconds, max_messages=max_messages, max_bytes=max_bytes,
             max_runs=max_runs, then_read=then_read,

@@ -110,7 +110,7 @@ class ChatService:
     def start_turn(self, user: AuthUser, session_id: str, query: str) -> Turn:
         """Everything that can fail with a status code, before any byte is streamed."""
         try:
-            # The common case, a session that exists, in one round trip.
+            # The common case, a session that exists: one pooled connection, two statements.
             session, run, checkpoints = self._start_in_session(user, session_id)
             if session is None:  # ids are made by the frontend: created on first use
                 self._sessions.get_or_create(user, session_id)
