@@ -194,7 +194,7 @@ class AppServer(ProductionServer):
     """`make serve`'s command with its shipped defaults (support.server), on the bench's database and upstream."""
 
     def __init__(self, name: str, database_url: str, upstream_url: str, env: dict[str, str], logdir: Path,
-                 app: str = BACKEND_APP) -> None:
+                 app: str = BACKEND_APP, root: Path = ROOT) -> None:
         self.name = name
         super().__init__({
             "APP_ENV": "test",
@@ -212,7 +212,7 @@ class AppServer(ProductionServer):
             "WEB_CONCURRENCY": "2",
             "DB_POOL_MAX_SIZE": "10",
             **env,
-        }, logdir / f"server-{name}.log", app=app)
+        }, logdir / f"server-{name}.log", app=app, root=root)
 
     def start(self) -> AppServer:
         super().start()

@@ -27,9 +27,11 @@ class ProductionServer:
     (minus SERVER_MODEL_SETTINGS unless `env` sets them), logging to `log_path`."""
 
     def __init__(self, env: dict[str, str], log_path: Path, *, ready_timeout: float = 90,
-                 app: str = BACKEND_APP) -> None:
-        """`app`: another WSGI app under the same command and config (a benchmark's floor)."""
+                 app: str = BACKEND_APP, root: Path = ROOT) -> None:
+        """`app`: another WSGI app under the same command and config (a benchmark's floor).
+        `root`: the checkout whose code and gunicorn.conf.py run (another one: its code, side by side)."""
         self.command = [*PRODUCTION_COMMAND[:-1], app]
+        self.root = root
         self.port = free_port()
         self.log_path = log_path
         self.ready_timeout = ready_timeout
@@ -41,7 +43,7 @@ class ProductionServer:
     def start(self) -> ProductionServer:
         """Start it and wait until /readyz answers; RuntimeError with the log's tail if it does not."""
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - the server's output for its whole life
-        self.proc = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=self._log,
+        self.proc = subprocess.Popen(self.command, cwd=self.root, env=self.env, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         if not wait_http(self.port, "/readyz", self.ready_timeout, self.proc):
             self.stop()

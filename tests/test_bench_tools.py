@@ -21,3 +21,14 @@ def test_the_first_token_breakdown_runs_and_reports_each_step(server_url):
     for step in ("leases.start_in_session", "checkpointer.get_tuple", "model.stream called",
                  "first token yielded by chat.stream()"):
         assert step in out.stdout, out.stdout
+
+
+def test_the_turn_cost_tool_runs_the_production_server_and_reports_each_size(server_url):
+    env = {**os.environ, "BENCH_DATABASE_URL": server_url}
+    out = subprocess.run([sys.executable, "-m", "bench.turn_cost", "--turns", "3"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"code: {ROOT}" in out.stdout, out.stdout
+    for size in (" 1 token(s): server CPU ", "40 token(s): server CPU "):
+        line = next(line for line in out.stdout.splitlines() if line.startswith(size))
+        assert "upstream alone" in line and line.endswith("3 of 3 ok"), line
