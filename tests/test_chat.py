@@ -301,6 +301,21 @@ def test_a_turn_ends_with_the_counts_its_saver_measured(chat, fake, alice, pool,
     assert row == {"message_count": 4, "history_bytes": sum(len(t.encode()) for t in texts), "has_unread": True}
 
 
+def test_a_failed_turn_ends_the_same_way_without_marking_the_session_unread(chat, fake, alice, pool, monkeypatch):
+    sid = named_session(chat)
+    turn(chat, sid, "first")
+    assert chat.post(f"/api/llm/sessions/{sid}/read").get_json()["data"]["has_unread"] is False
+    read_back = []
+    original = ThreadStore.history_size
+    monkeypatch.setattr(ThreadStore, "history_size",
+                        staticmethod(lambda conn, thread_id: read_back.append(thread_id) or original(conn, thread_id)))
+    fake.cut_stream_next(after_tokens=2)
+    assert turn(chat, sid, "this one breaks")[-1].data["code"] == "upstream_error"
+    data = session_of(chat, sid)["data"]
+    assert (data["message_count"], data["has_unread"]) == (3, False)
+    assert read_back == [] and not RunStore(pool).run_is_live(alice.id, sid)
+
+
 def test_a_run_whose_checkpoint_is_not_the_latest_is_counted_from_the_history(chat, fake, alice, pool):
     sid = named_session(chat)
     turn(chat, sid, "one")
