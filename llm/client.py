@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import httpx2 as httpx
 import openai
 
-from llm.transport import ReusableStreamsTransport
+from llm.transport import ReusableStreamsTransport, ShardedPool
 
 # Local OpenAI-compatible servers (Ollama, vLLM, LM Studio) ignore the key, but the SDK
 # refuses to start without one.
@@ -59,10 +58,11 @@ def _client_options(settings: ModelSettings) -> dict[str, object]:
 def make_client(settings: ModelSettings) -> openai.OpenAI:
     """A sync client with deliberate timeouts and retries. Raises OfflineModelError when offline.
 
-    Its transport is the SDK's default (same connection limits) wrapped so a
-    streamed reply's connection is used again (llm/transport.py)."""
+    Its transport is the SDK's default (same connection limits in all), split
+    in shards, and wrapped so a streamed reply's connection is used again
+    (llm/transport.py)."""
     options = _client_options(settings)
-    transport = ReusableStreamsTransport(httpx.HTTPTransport(limits=openai.DEFAULT_CONNECTION_LIMITS))
+    transport = ReusableStreamsTransport(ShardedPool(openai.DEFAULT_CONNECTION_LIMITS))
     http_client = openai.DefaultHttpxClient(transport=transport, timeout=options["timeout"])
     return openai.OpenAI(**options, http_client=http_client)  # type: ignore[arg-type]
 

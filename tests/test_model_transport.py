@@ -7,10 +7,12 @@ import threading
 import time
 from collections.abc import Callable
 
+import httpx2 as httpx
 import openai
 import pytest
 
 from llm.client import ModelSettings, make_client
+from llm.transport import ShardedPool
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
 
@@ -140,3 +142,55 @@ def test_a_stream_stopped_before_done_is_closed_not_read_to_its_end(client_of):
     server, client = client_of(respond)
     assert len(stream(client, stop_after=1)) == 1
     assert server.closed.wait(5)
+
+
+# --- ShardedPool: the SDK's pool split in shards, its limits kept as a whole ----------------------
+
+
+def open_stream(client: httpx.Client) -> httpx.Response:
+    return client.send(client.build_request("POST", "/v1/chat/completions", json={}), stream=True)
+
+
+def test_the_sharded_pool_spreads_open_streams_and_keeps_its_limits_as_a_whole():
+    server = RawServer(lambda sock: sock.sendall(HEAD + TOKEN))  # a stream that stays open
+    pool = ShardedPool(httpx.Limits(max_connections=4, max_keepalive_connections=2), shards=2)
+    client = httpx.Client(transport=pool, base_url=f"http://127.0.0.1:{server.port}",
+                          timeout=httpx.Timeout(30, pool=0.3))
+    try:
+        responses = [open_stream(client) for _ in range(4)]
+        assert pool.in_flight == [2, 2]  # each to the shard with the fewest in flight
+        with pytest.raises(httpx.PoolTimeout):  # 4 in all: full, though no shard was given 4
+            open_stream(client)
+        assert pool.in_flight == [2, 2]  # the failed request let go of its place
+        for response in responses:
+            response.close()
+        assert pool.in_flight == [0, 0]
+        assert server.connections == 4
+        response = open_stream(client)  # room again
+        assert response.status_code == 200
+        response.close()
+    finally:
+        client.close()
+        server.close()
+
+
+def test_the_sharded_pool_lets_go_of_a_request_that_fails_to_connect():
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()  # nothing listens there now
+    pool = ShardedPool(httpx.Limits(max_connections=10), shards=4)
+    with httpx.Client(transport=pool, base_url=f"http://127.0.0.1:{port}") as client:
+        for _ in range(3):
+            with pytest.raises(httpx.ConnectError):
+                client.get("/")
+        assert pool.in_flight == [0, 0, 0, 0]
+
+
+def test_the_sharded_pool_splits_its_limits_exactly():
+    pool = ShardedPool(httpx.Limits(max_connections=10, max_keepalive_connections=3), shards=4)
+    limits = [shard._pool._max_connections for shard in pool._shards]
+    keepalive = [shard._pool._max_keepalive_connections for shard in pool._shards]
+    assert limits == [3, 3, 2, 2] and sum(limits) == 10
+    assert sum(keepalive) == 3
+    with pytest.raises(ValueError):
+        ShardedPool(httpx.Limits(max_connections=10), shards=0)
