@@ -64,6 +64,10 @@ class ShardedPool(httpx.BaseTransport):
             # Split exactly: the shards' limits add up to the whole (None: no limit).
             return None if total is None else total // shards + (1 if i < total % shards else 0)
 
+        # One TLS context for all: building one loads the CA bundle (tens of ms each).
+        transport_options["verify"] = httpx.create_ssl_context(
+            verify=transport_options.pop("verify", True), cert=transport_options.pop("cert", None),
+            trust_env=transport_options.get("trust_env", True))
         self._shards = [
             httpx.HTTPTransport(limits=httpx.Limits(
                 max_connections=share(limits.max_connections, i),

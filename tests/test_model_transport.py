@@ -194,3 +194,9 @@ def test_the_sharded_pool_splits_its_limits_exactly():
     assert sum(keepalive) == 3
     with pytest.raises(ValueError):
         ShardedPool(httpx.Limits(max_connections=10), shards=0)
+
+
+def test_the_sharded_pool_builds_one_tls_context_for_all_its_shards():
+    # Each context loads the CA bundle (tens of ms): one per shard made every client slow to build.
+    pool = ShardedPool(httpx.Limits(max_connections=10), shards=4)
+    assert len({id(shard._pool._ssl_context) for shard in pool._shards}) == 1
