@@ -11,9 +11,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
-from langchain_core.messages.utils import count_tokens_approximately, trim_messages
+from langchain_core.messages.utils import count_tokens_approximately
 
 CREATED_AT_KEY = "created_at"
+_TRIM_CHUNK = 32  # messages estimated per call while trimming (each call has a fixed cost)
 
 
 def now_iso() -> str:
@@ -100,16 +101,38 @@ def load_thread_messages(checkpointer: Any, thread_id: str) -> list[BaseMessage]
 def trim_to_budget(messages: list[BaseMessage], max_tokens: int | None) -> list[BaseMessage]:
     """The newest messages that fit `max_tokens` (estimated), for what goes upstream.
 
-    LangChain's trim_messages, keeping system messages and starting on a user
-    message; the newest message is always kept, even alone over the budget.
-    The stored history is untouched: only what the model is sent is bounded.
+    What LangChain's trim_messages keeps (strategy "last", the leading system
+    message kept, starting on a user message, no partial messages; estimated
+    by count_tokens_approximately); the newest message is always kept, even
+    alone over the budget. The stored history is untouched: only what the
+    model is sent is bounded.
+
+    Not trim_messages itself: it estimates whole runs of the history again and
+    again (a binary search), 16 ms a turn for 1,000 messages. The estimate adds
+    up (it rounds each message), so here the newest messages are estimated once,
+    in chunks, until the budget is spent: the history left out is never looked at.
     """
     if not max_tokens or not messages:
         return messages
-    kept = trim_messages(
-        messages, max_tokens=max_tokens, token_counter=count_tokens_approximately, strategy="last",
-        include_system=True, start_on="human", allow_partial=False,
-    )
+    system = [messages[0]] if isinstance(messages[0], SystemMessage) else []
+    budget = max(0, max_tokens - count_tokens_approximately(system)) if system else max_tokens
+    rest = messages[len(system):]
+    start, used = len(rest), 0
+    while start > 0:
+        chunk = rest[max(0, start - _TRIM_CHUNK):start]
+        tokens = count_tokens_approximately(chunk)
+        if used + tokens <= budget:
+            used, start = used + tokens, start - len(chunk)
+            continue
+        for message in reversed(chunk):  # the chunk that does not fit whole: message by message
+            tokens = count_tokens_approximately([message])
+            if used + tokens > budget:
+                break
+            used, start = used + tokens, start - 1
+        break
+    while start < len(rest) and not isinstance(rest[start], HumanMessage):
+        start += 1  # start on a user message
+    kept = system + rest[start:] if start < len(rest) else system
     if not kept or kept[-1] is not messages[-1]:
         kept = [m for m in messages if isinstance(m, SystemMessage)] + [messages[-1]]
     return kept
