@@ -28,8 +28,11 @@ def random_history(rng: random.Random, n: int) -> list:
     for i in range(n):
         kind = rng.random()
         text = "word " * rng.randint(0, 120)
-        if kind < 0.45:
+        if kind < 0.35:
             messages.append(HumanMessage(content=text, id=f"h{i}"))
+        elif kind < 0.45:  # content in parts, as a multimodal client sends it
+            messages.append(HumanMessage(content=[{"type": "text", "text": text}, {"type": "image_url", "image_url": {
+                "url": "data:image/png;base64,AAAA"}}], id=f"p{i}"))
         elif kind < 0.85:
             messages.append(AIMessage(content=text, id=f"a{i}"))
         elif kind < 0.93:
@@ -43,8 +46,6 @@ def random_history(rng: random.Random, n: int) -> list:
 def test_the_trimmed_history_is_what_trim_messages_keeps(seed):
     rng = random.Random(seed)
     messages = random_history(rng, rng.randint(1, 80))
-    if not messages:
-        return
     budget = rng.choice([1, 10, 50, 200, 600, 2000, 100_000])
     got = trim_to_budget(messages, budget)
     assert [id(m) for m in got] == [id(m) for m in reference(messages, budget)]
