@@ -132,7 +132,7 @@ def trim_to_budget(messages: list[BaseMessage], max_tokens: int | None) -> list[
         break
     while start < len(rest) and not isinstance(rest[start], HumanMessage):
         start += 1  # start on a user message
-    kept = system + rest[start:] if start < len(rest) else system
+    kept = system + rest[start:]
     if not kept or kept[-1] is not messages[-1]:
         kept = [m for m in messages if isinstance(m, SystemMessage)] + [messages[-1]]
     return kept

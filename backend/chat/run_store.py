@@ -21,11 +21,14 @@ LIVE_RUNS_OF_USER = (
     "(select count(*) from chat_session_runs where user_id = %(user_id)s and lease_expires_at > now())"
 )
 
+# The session row's columns as returned by sql/017 and sql/018 (a composite `session_row`).
+SESSION_ROW_COLUMNS = ", ".join(f"(r.session_row).{c.strip()}" for c in SESSION_COLUMNS.split(","))
+
 # The common start of a turn in one round trip (sql/017): the session row (read
 # only, to say why a run could not start) and, unless it is archived or full or
 # the user's cap is reached, its lease, taken under the user's lock.
 START_RUN_IN_SESSION_SQL = (
-    "select " + ", ".join(f"(r.session_row).{c.strip()}" for c in SESSION_COLUMNS.split(","))
+    "select " + SESSION_ROW_COLUMNS
     + ", r.new_run_id from public.start_chat_run(%(user_id)s::text, %(session_id)s::text, %(run_id)s::uuid,"
     " %(owner)s::text, %(lease_seconds)s::float8, %(max_messages)s::integer, %(max_bytes)s::bigint,"
     " %(max_runs)s::integer) as r"
@@ -34,7 +37,7 @@ START_RUN_IN_SESSION_SQL = (
 # A turn's end in one round trip when its history's size is known (sql/018): the
 # session row as it now is, and whether it counted (false: nothing was changed).
 END_COUNTED_RUN_SQL = (
-    "select " + ", ".join(f"(r.session_row).{c.strip()}" for c in SESSION_COLUMNS.split(","))
+    "select " + SESSION_ROW_COLUMNS
     + ", r.counted from public.end_chat_run(%(user_id)s::text, %(session_id)s::text, %(run_id)s::uuid,"
     " %(outcome)s::text, %(checkpoint_id)s::text, %(message_count)s::integer, %(history_bytes)s::bigint) as r"
 )
