@@ -6,6 +6,7 @@ import gc
 
 import pytest
 
+from backend.rate_limits import SweptMemoryStorage
 from backend.services import services_of
 from tests.chat_support import turn
 from tests.helpers import User, client_for, unique_session_id
@@ -142,6 +143,23 @@ def test_session_writes_share_a_per_user_budget(make_app, alice, bob):
     assert statuses == [201, 200, 200, 429]
     assert client.get("/api/llm/sessions").status_code == 200  # reads are not counted
     assert client_for(app, bob).post("/api/llm/sessions", json={}).status_code == 201  # per user
+
+
+def test_in_memory_counters_are_swept_on_a_schedule_not_after_every_request(make_app, alice):
+    """limits' MemoryStorage sweeps every key 10 ms after any limited request; ours at most once
+    per sweep_seconds (the override of its private scheduler must still take effect)."""
+    app = make_app(rate_limits_enabled=True, session_write_rate_limit="100 per minute")
+    storage = app.extensions["rate_limiter"].storage
+    assert isinstance(storage, SweptMemoryStorage)
+    storage.sweep_seconds = 3600
+    client = client_for(app, alice)
+    assert client.post("/api/llm/sessions", json={}).status_code == 201
+    swept = storage.timer
+    swept.join(10)  # the sweep that request scheduled has run
+    assert not swept.is_alive()
+    for _ in range(3):
+        assert client.post("/api/llm/sessions", json={}).status_code == 201
+    assert storage.timer is swept  # no sweep scheduled again within the hour
 
 
 # Every way of writing sessions, each as the request it takes.
