@@ -32,3 +32,13 @@ def test_the_turn_cost_tool_runs_the_production_server_and_reports_each_size(ser
     for size in (" 1 token(s): server CPU ", "40 token(s): server CPU "):
         line = next(line for line in out.stdout.splitlines() if line.startswith(size))
         assert "upstream alone" in line and line.endswith("3 of 3 ok"), line
+
+
+def test_the_limiter_cost_tool_runs_with_and_without_remembered_users(server_url):
+    env = {**os.environ, "BENCH_DATABASE_URL": server_url}
+    out = subprocess.run([sys.executable, "-m", "bench.limiter_cost", "--users", "20", "--seconds", "1", "--rate", "20"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [line for line in out.stdout.splitlines() if "other users: server CPU" in line]
+    assert [line.split()[0] for line in lines] == ["0", "20"], out.stdout
+    assert all("writes/s; request p50" in line for line in lines), lines
