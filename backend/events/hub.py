@@ -20,6 +20,7 @@ EventService).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import defaultdict
 
@@ -59,6 +60,7 @@ class EventHub:
         self._subscribers: dict[str, list[Subscriber]] = defaultdict(list)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._listener_pid: int | None = None  # the process whose listener is running, if one is
         self._stopped = threading.Event()
         self._conn: psycopg.Connection | None = None
         self.connected = threading.Event()  # set while LISTEN is in place
@@ -81,10 +83,22 @@ class EventHub:
         return subscriber
 
     def _ensure_listener(self) -> None:
-        # A thread started before a fork does not run in the child: checked, not assumed.
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._listen, name="session-events", daemon=True)
+        # A thread started before a fork does not run in the child: checked, not
+        # assumed (by process id). Not Thread.is_alive(): under gevent that check
+        # yields to the event loop, and this runs under self._lock at every
+        # stream's start, so a storm of reconnecting tabs would queue on the lock.
+        if self._listener_pid != os.getpid():
+            self._listener_pid = os.getpid()
+            self._thread = threading.Thread(target=self._listen_until_stopped, name="session-events", daemon=True)
             self._thread.start()
+
+    def _listen_until_stopped(self) -> None:
+        try:
+            self._listen()
+        finally:
+            with self._lock:
+                if self._thread is threading.current_thread():
+                    self._listener_pid = None  # the next stream starts another
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         with self._lock:
