@@ -32,6 +32,19 @@ BUSINESS = "bench-biz"
 _T0 = time.monotonic()
 
 
+def add_root_argument(parser) -> None:
+    """--root: another checkout's code to run under the same client, upstream and database (a side-by-side)."""
+    parser.add_argument("--root", type=Path, default=ROOT, help="the checkout whose code runs (default: this one)")
+
+
+def checkout_of(root: Path) -> Path:
+    """The checkout to run, resolved, after printing which code it holds."""
+    root = root.resolve()
+    commit = subprocess.run(["git", "log", "-1", "--format=%h %s"], cwd=root, capture_output=True, text=True)
+    print(f"code: {root} ({commit.stdout.strip()[:80] or 'not a git checkout'})")
+    return root
+
+
 def say(message: str) -> None:
     print(f"[{time.monotonic() - _T0:7.1f}s] {message}", file=sys.stderr, flush=True)
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import tempfile
 import time
 import warnings
@@ -29,9 +28,10 @@ from pathlib import Path
 from bench import scenarios
 from bench.aioclient import Connection
 from bench.common import (
-    ROOT,
     AppServer,
     Upstream,
+    add_root_argument,
+    checkout_of,
     cpu_by_pid,
     cpu_delta,
     new_user,
@@ -82,12 +82,10 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=3000, help="users the limiter remembers in the second run")
     parser.add_argument("--seconds", type=float, default=6)
     parser.add_argument("--rate", type=float, default=100, help="session writes per second")
-    parser.add_argument("--root", type=Path, default=ROOT, help="the checkout whose code runs (default: this one)")
+    add_root_argument(parser)
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
-    root = args.root.resolve()
-    commit = subprocess.run(["git", "log", "-1", "--format=%h %s"], cwd=root, capture_output=True, text=True)
-    print(f"code: {root} ({commit.stdout.strip()[:80] or 'not a git checkout'})")
+    root = checkout_of(args.root)
     workdir = Path(tempfile.mkdtemp(prefix="bench-limiter-cost-"))
     url, _ = server_url()
     with scratch_database(url, f"bench_limiter_cost_{os.getpid()}") as db:

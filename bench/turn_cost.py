@@ -21,16 +21,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
 from bench.common import (
-    ROOT,
     AppServer,
     Upstream,
+    add_root_argument,
+    checkout_of,
     cpu_by_pid,
     cpu_delta,
     new_user,
@@ -55,12 +55,10 @@ async def _direct(port: int, n: int, tokens: int) -> list[dict]:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.turn_cost", description=__doc__.split("\n\n")[0])
     parser.add_argument("--turns", type=int, default=200, help="turns per reply size (after a warm-up)")
-    parser.add_argument("--root", type=Path, default=ROOT, help="the checkout whose code runs (default: this one)")
+    add_root_argument(parser)
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
-    root = args.root.resolve()
-    commit = subprocess.run(["git", "log", "-1", "--format=%h %s"], cwd=root, capture_output=True, text=True)
-    print(f"code: {root} ({commit.stdout.strip()[:80] or 'not a git checkout'})")
+    root = checkout_of(args.root)
     workdir = Path(tempfile.mkdtemp(prefix="bench-turn-cost-"))
     url, _ = server_url()
     with scratch_database(url, f"bench_turn_cost_{os.getpid()}") as db:
