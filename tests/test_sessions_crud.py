@@ -247,6 +247,22 @@ def test_rename_and_archive(api):
     assert both["is_archived"] is False and both["session_name"] == "Back"
 
 
+def test_a_change_written_after_another_commits_has_the_later_updated_at(api, pool):
+    """updated_at is when the row version was written (sql/019), not when its transaction began: of two
+    versions of a session, the later committed one is the newer, so a client keeps the right one."""
+    sid = create(api).get_json()["session_id"]
+    rename = "update chat_sessions set session_name = %s where session_id = %s returning updated_at"
+    with pool.connection() as early, pool.connection() as late:
+        with early.transaction():
+            early.execute("select 1")  # begun first
+            with late.transaction():
+                first = late.execute(rename, ("first", sid)).fetchone()["updated_at"]
+            second = early.execute(rename, ("second", sid)).fetchone()["updated_at"]
+    assert second > first
+    got = api.get(f"/api/llm/sessions/{sid}").get_json()["data"]
+    assert got["session_name"] == "second" and datetime.fromisoformat(got["updated_at"]) == second
+
+
 def test_update_refuses_message_count(api):
     sid = create(api).get_json()["session_id"]
     r = api.put(f"/api/llm/sessions/{sid}", json={"session_name": "x", "message_count": 99})

@@ -4,6 +4,7 @@
 // server; such local sessions stay listed across reloads and reconciliations.
 import { useCallback, useEffect, useRef, useState } from "react";
 import { ApiError, unwrap, type Api, type Session } from "../api/client";
+import { newerRow } from "../api/freshness";
 import type { SessionEvent } from "../api/sse";
 
 export type ListedSession = Session & { local?: boolean };
@@ -84,7 +85,10 @@ export function useSessions(api: Api, userKey: string, filter: ListFilter) {
       setSessions((current) => {
         const known = new Set(page.data.map((s) => s.session_id));
         const localOnly = current.filter((s) => s.local && !known.has(s.session_id) && matches(s, filterRef.current));
-        return [...page.data, ...localOnly].sort(byActivity);
+        const held = new Map(current.map((s) => [s.session_id, s]));
+        // A change that an event brought while the page was on its way stays.
+        const rows = page.data.map((s) => newerRow(held.get(s.session_id), s));
+        return [...rows, ...localOnly].sort(byActivity);
       });
       setNextCursor(page.next_cursor);
       setError(null);
@@ -122,9 +126,11 @@ export function useSessions(api: Api, userKey: string, filter: ListFilter) {
     }
   }, [api, nextCursor, loading, filter.includeArchived, filter.q]);
 
-  /** Put the server's view of a session in the list (or take it out if it no longer matches). */
-  const upsert = useCallback((session: Session) => {
+  /** Put the server's view of a session in the list (or take it out if it no longer matches), unless
+   *  the list already has a newer one (a response overtaken by an event, or the other way round). */
+  const upsert = useCallback((incoming: Session) => {
     setSessions((current) => {
+      const session = newerRow(current.find((s) => s.session_id === incoming.session_id), incoming);
       const rest = current.filter((s) => s.session_id !== session.session_id);
       return matches(session, filterRef.current) ? [...rest, session].sort(byActivity) : rest;
     });
