@@ -87,7 +87,7 @@ export function useSessions(api: Api, userKey: string, filter: ListFilter) {
         const localOnly = current.filter((s) => s.local && !known.has(s.session_id) && matches(s, filterRef.current));
         const held = new Map(current.map((s) => [s.session_id, s]));
         // A change that an event brought while the page was on its way stays.
-        const rows = page.data.map((s) => newerRow(held.get(s.session_id), s));
+        const rows = page.data.map((s) => newerRow(held.get(s.session_id), s)).filter((s) => matches(s, filterRef.current));
         return [...rows, ...localOnly].sort(byActivity);
       });
       setNextCursor(page.next_cursor);
