@@ -23,6 +23,7 @@ from psycopg import Connection
 from psycopg_pool import PoolTimeout
 
 from backend.chat.run_store import RunStore
+from backend.process_thread import ProcessThread
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +95,8 @@ class RunLeases:
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self._runs: dict[uuid.UUID, ActiveRun] = {}
         self._lock = threading.Lock()
-        self._keeper: threading.Thread | None = None
-        self._keeper_pid: int | None = None  # the process whose keeper is running, if one is
+        # Started on first use, so each gunicorn worker gets its own after fork.
+        self._keeper = ProcessThread(self._keep, "run-lease-keeper")
         self._stopped = threading.Event()
 
     def start_in_session(
@@ -114,7 +115,7 @@ class RunLeases:
         run = ActiveRun(run_id=run_id, user_id=user_id, session_id=session_id)
         with self._lock:
             self._runs[run_id] = run
-            self._ensure_keeper()
+        self._keeper.ensure_running()
         return run
 
     def forget(self, run: ActiveRun) -> None:
@@ -146,32 +147,15 @@ class RunLeases:
     def stop(self) -> None:
         self._stopped.set()
 
-    def _ensure_keeper(self) -> None:
-        # Started on first use, so each gunicorn worker gets its own after fork
-        # (a keeper of the parent's never runs in the child), and again if it
-        # ever ended. Not Thread.is_alive(): under gevent that check yields to
-        # the event loop, and this runs at every turn's start, under self._lock:
-        # in a burst of starts each one then waited a whole round of the loop
-        # for the lock.
-        if self._keeper_pid != os.getpid():
-            self._keeper_pid = os.getpid()
-            self._keeper = threading.Thread(target=self._keep, name="run-lease-keeper", daemon=True)
-            self._keeper.start()
-
     def _keep(self) -> None:
-        try:
-            while not self._stopped.wait(self._renew_seconds):
-                try:
-                    self.renew_now()
-                except (psycopg.Error, PoolTimeout) as exc:
-                    # Leases outlive a few missed renewals (lease >= 3 x renew).
-                    log.warning("lease renewal failed", extra={"error_class": type(exc).__name__})
-                except Exception:  # noqa: BLE001 - the keeper must outlive any one bad pass
-                    log.exception("lease renewal crashed")
-        finally:
-            with self._lock:
-                if self._keeper is threading.current_thread():
-                    self._keeper_pid = None  # the next run starts another
+        while not self._stopped.wait(self._renew_seconds):
+            try:
+                self.renew_now()
+            except (psycopg.Error, PoolTimeout) as exc:
+                # Leases outlive a few missed renewals (lease >= 3 x renew).
+                log.warning("lease renewal failed", extra={"error_class": type(exc).__name__})
+            except Exception:  # noqa: BLE001 - the keeper must outlive any one bad pass
+                log.exception("lease renewal crashed")
 
 
 class ReplyControl:

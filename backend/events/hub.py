@@ -20,13 +20,13 @@ EventService).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections import defaultdict
 
 import psycopg
 
 from backend.events.store import LATEST_ID_SQL
+from backend.process_thread import ProcessThread
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,7 @@ class EventHub:
         # A user's streams: a list, since they are few (EVENTS_MAX_STREAMS_PER_USER) and a set costs 3x as much.
         self._subscribers: dict[str, list[Subscriber]] = defaultdict(list)
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._listener_pid: int | None = None  # the process whose listener is running, if one is
+        self._listener = ProcessThread(self._listen, "session-events")
         self._stopped = threading.Event()
         self._conn: psycopg.Connection | None = None
         self.connected = threading.Event()  # set while LISTEN is in place
@@ -72,33 +71,14 @@ class EventHub:
     def start(self) -> None:
         """Listen from now on, not from the first subscriber: a gunicorn worker calls this
         when it starts, so its first stream finds LISTEN in place."""
-        with self._lock:
-            self._ensure_listener()
+        self._listener.ensure_running()
 
     def subscribe(self, user_id: str) -> Subscriber:
         subscriber = Subscriber(user_id)
         with self._lock:
             self._subscribers[user_id].append(subscriber)
-            self._ensure_listener()
+        self._listener.ensure_running()
         return subscriber
-
-    def _ensure_listener(self) -> None:
-        # A thread started before a fork does not run in the child: checked, not
-        # assumed (by process id). Not Thread.is_alive(): under gevent that check
-        # yields to the event loop, and this runs under self._lock at every
-        # stream's start, so a storm of reconnecting tabs would queue on the lock.
-        if self._listener_pid != os.getpid():
-            self._listener_pid = os.getpid()
-            self._thread = threading.Thread(target=self._listen_until_stopped, name="session-events", daemon=True)
-            self._thread.start()
-
-    def _listen_until_stopped(self) -> None:
-        try:
-            self._listen()
-        finally:
-            with self._lock:
-                if self._thread is threading.current_thread():
-                    self._listener_pid = None  # the next stream starts another
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         with self._lock:
