@@ -33,7 +33,11 @@ class Settings(BaseSettings):
     database_direct_url: str | None = None
     db_pool_min_size: int = Field(default=2, ge=1)
     db_pool_max_size: int = Field(default=10, ge=1)
+    # How long a request waits for a pooled connection: DB_POOL_TIMEOUT_SECONDS once a
+    # connection has failed (the database is the problem), DB_POOL_QUEUE_SECONDS
+    # while they keep working (a burst queueing on a busy server; never less).
     db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
+    db_pool_queue_seconds: float = Field(default=30.0, gt=0)
     db_statement_timeout_ms: int = Field(default=30_000, ge=0)
     run_migrations_on_start: bool = True
 

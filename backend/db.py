@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import time
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from langgraph.checkpoint.postgres import PostgresSaver
 from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from backend.config import PROJECT_ROOT, Settings
 
@@ -84,6 +86,47 @@ def connection_kwargs(settings: Settings) -> dict:
     return kwargs
 
 
+class PoolHealth:
+    """What the pool has seen of the database: when a connection last came back in working
+    order, and when one last failed (refused, lost, or the server going away).
+
+    It decides how long a request waits for a connection. While no connection has
+    failed since one last came back, a wait is a queue: a burst of requests on a
+    busy server (the pool is where they wait their turn for the CPU too), and it
+    may last DB_POOL_QUEUE_SECONDS. After a failure, the database is the problem:
+    a request gives up after DB_POOL_TIMEOUT_SECONDS. (Requests already queued
+    when a failure happens keep their longer wait: the pool cannot shorten it.)
+    """
+
+    def __init__(self) -> None:
+        self._last_return: float | None = None
+        self._last_failure: float | None = None
+
+    def returned(self) -> None:
+        self._last_return = time.monotonic()
+
+    def failed(self) -> None:
+        self._last_failure = time.monotonic()
+
+    def answering(self) -> bool:
+        """No connection failed since one last came back (or none ever failed)."""
+        failure, last = self._last_failure, self._last_return
+        return failure is None or (last is not None and last > failure)
+
+    def moving(self, within_seconds: float) -> bool:
+        """Answering, and a connection came back in the last `within_seconds`: the queue moves."""
+        last = self._last_return
+        return self.answering() and last is not None and time.monotonic() - last <= within_seconds
+
+
+def is_connection_failure(exc: BaseException) -> bool:
+    """A lost or refused connection (no SQLSTATE: the client's own error), or the server
+    going away (classes 08 and 57P); not a statement that failed on a working one."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    return isinstance(exc, psycopg.OperationalError) and (
+        sqlstate is None or sqlstate.startswith("08") or sqlstate.startswith("57P"))
+
+
 class StaleConnectionCheck:
     """Ping a pooled connection on checkout only if it sat idle long enough to go stale.
 
@@ -91,37 +134,109 @@ class StaleConnectionCheck:
     out connections a database restart or an idle timeout already killed. A
     connection in steady use is trusted; a broken one is still discarded by the
     pool when its request fails (that request gets 503), and any that waited
-    longer than `idle_seconds` are checked first.
+    longer than `idle_seconds` are checked first. Both hooks also tell `health`.
     """
 
-    def __init__(self, idle_seconds: float = 2.0) -> None:
+    def __init__(self, health: PoolHealth, idle_seconds: float = 2.0) -> None:
+        self._health = health
         self._idle_seconds = idle_seconds
         self._returned_at: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def returned(self, conn: psycopg.Connection) -> None:
+        """The pool's reset hook: called for connections returned in working order only."""
         self._returned_at[conn] = time.monotonic()
+        self._health.returned()
 
     def check(self, conn: psycopg.Connection) -> None:
         returned = self._returned_at.get(conn)
         if returned is None or time.monotonic() - returned > self._idle_seconds:
-            ConnectionPool.check_connection(conn)
+            try:
+                ConnectionPool.check_connection(conn)
+            except Exception:
+                self._health.failed()
+                raise
+
+
+class PoolBusy(PoolTimeout):
+    """No connection came free in time, while connections kept coming back: the server is
+    busy (a queue too long), not the database down."""
+
+
+class QueueingPool(ConnectionPool):
+    """psycopg_pool's pool, told apart from a database that fails.
+
+    A request waits `queue_timeout` for a connection (not the pool's own
+    `timeout`) while `health` says the database answers; an explicit timeout
+    still wins. A wait that times out while connections kept coming back raises
+    PoolBusy. A connection that fails in use is reported to `health`.
+    """
+
+    def __init__(self, *args, health: PoolHealth, queue_timeout: float, **kwargs) -> None:
+        self.health = health
+        self.queue_timeout = queue_timeout
+        super().__init__(*args, **kwargs)
+
+    def getconn(self, timeout: float | None = None) -> psycopg.Connection:
+        if timeout is None and self.health.answering():
+            timeout = self.queue_timeout
+        try:
+            return super().getconn(timeout)
+        except PoolTimeout as exc:
+            if self.is_moving():
+                raise PoolBusy(str(exc)) from None
+            raise
+
+    @contextmanager
+    def connection(self, timeout: float | None = None) -> Iterator[psycopg.Connection]:
+        try:
+            with super().connection(timeout) as conn:
+                yield conn
+        except psycopg.OperationalError as exc:
+            if is_connection_failure(exc):
+                self.health.failed()
+            raise
+
+    def is_busy(self) -> bool:
+        """Every connection it may hold is open and in use, and they keep coming back."""
+        stats = self.get_stats()
+        return stats["pool_available"] == 0 and stats["pool_size"] >= self.max_size and self.is_moving()
+
+    def is_moving(self) -> bool:
+        """Connections came back within the last `timeout` seconds, none failing since."""
+        return self.health.moving(self.timeout)
 
 
 @dataclass
 class Database:
-    pool: ConnectionPool
+    pool: QueueingPool
     description: str
 
     @classmethod
     def connect(cls, settings: Settings) -> "Database":
         conninfo, description = resolve_database_url(settings)
-        stale = StaleConnectionCheck()
-        pool = ConnectionPool(
+        health = PoolHealth()
+        stale = StaleConnectionCheck(health)
+
+        class AppConnection(psycopg.Connection):
+            """What the pool opens: a refused connection tells `health` (the pool retries by itself)."""
+
+            @classmethod
+            def connect(cls, *args, **kwargs):
+                try:
+                    return super().connect(*args, **kwargs)
+                except psycopg.OperationalError:
+                    health.failed()
+                    raise
+
+        pool = QueueingPool(
             conninfo,
+            health=health,
+            queue_timeout=max(settings.db_pool_queue_seconds, settings.db_pool_timeout_seconds),
             min_size=settings.db_pool_min_size,
             max_size=settings.db_pool_max_size,
             timeout=settings.db_pool_timeout_seconds,
             kwargs=connection_kwargs(settings),
+            connection_class=AppConnection,
             check=stale.check,
             reset=stale.returned,
             name="app",
@@ -135,11 +250,24 @@ class Database:
 
     def ping(self) -> bool:
         try:
-            with self.pool.connection(timeout=2) as conn:
+            with self.pool.connection(timeout=min(2.0, self.pool.timeout)) as conn:
                 conn.execute("select 1")
             return True
         except (psycopg.Error, Exception):  # PoolTimeout is not a psycopg.Error
             return False
+
+    def readiness(self) -> str | None:
+        """'ready' (a connection answered), 'busy' (every connection is in use and they keep
+        coming back: a ping would only queue behind them) or None (the database does not answer)."""
+        if self.pool.is_busy():
+            return "busy"
+        return "ready" if self.ping() else None
+
+    def dedicated_connection(self) -> psycopg.Connection:
+        """A connection of its own, outside the pool, with the pool's settings: for work that must
+        not wait behind requests (the lease keeper)."""
+        return psycopg.connect(self.pool.conninfo, connect_timeout=max(1, round(self.pool.timeout)),
+                               **self.pool.kwargs)
 
     def checkpointer(self) -> PostgresSaver:
         """The LangGraph saver for chat turns, on the shared pool."""

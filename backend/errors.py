@@ -15,6 +15,8 @@ from psycopg_pool import PoolTimeout
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from backend.db import PoolBusy
+
 log = logging.getLogger(__name__)
 
 # Fields the server maintains; a client that sends one is told so plainly.
@@ -124,6 +126,17 @@ def register_error_handlers(app: Flask) -> None:
         if status == 405 and getattr(exc, "valid_methods", None):
             headers["Allow"] = ", ".join(exc.valid_methods)
         return error_response(status, code, message, headers=headers)
+
+    @app.errorhandler(PoolBusy)
+    def _pool_busy(exc: Exception):
+        # Connections kept coming back, just not fast enough: the server is at capacity.
+        log.warning("no database connection came free in time", extra={"error_class": type(exc).__name__})
+        return error_response(
+            503,
+            "overloaded",
+            "The server is too busy; try again shortly",
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+        )
 
     @app.errorhandler(PoolTimeout)
     @app.errorhandler(psycopg.OperationalError)

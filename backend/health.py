@@ -27,9 +27,11 @@ def health_api(db: Database) -> APIBlueprint:
 
     @bp.get("/readyz", responses={200: HealthResponse, **error_responses(503)})
     def readyz():
-        """The database answers; take the instance out of rotation when not."""
-        if not db.ping():
+        """The database answers ("busy": every pooled connection is in use, and they keep coming back); take the instance out of rotation when not."""
+        # Busy is ready, and not pinged: a ping would only queue behind the requests.
+        state = db.readiness()
+        if state is None:
             return error_response(503, "database_unavailable", "The database is not reachable", headers={"Retry-After": "5"})
-        return ok(HealthResponse(data=HealthStatus(status="ready")))
+        return ok(HealthResponse(data=HealthStatus(status=state)))
 
     return bp

@@ -90,7 +90,7 @@ def build_services(settings: Settings, db: Database) -> Services:
     sessions_store, run_store, thread_store = SessionStore(db.pool), RunStore(db.pool), ThreadStore(db.pool)
     counts = MessageCounts(db.pool, sessions_store, run_store, thread_store)
     leases = RunLeases(run_store, lease_seconds=settings.run_lease_seconds, renew_seconds=settings.run_renew_seconds,
-                       turn_max_seconds=settings.chat_turn_max_seconds)
+                       turn_max_seconds=settings.chat_turn_max_seconds, connect=db.dedicated_connection)
     offline = settings.model_offline
     namer = SessionNamer(
         sessions_store,

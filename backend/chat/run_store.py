@@ -131,7 +131,12 @@ class RunStore:
         if not run_ids:
             return {}
         with self._pool.connection() as conn:
-            rows = conn.execute(RENEW_RUNS_SQL, (lease_seconds, run_ids)).fetchall()
+            return self.renew_runs_on(conn, run_ids, lease_seconds)
+
+    @staticmethod
+    def renew_runs_on(conn: Connection, run_ids: list[uuid.UUID], lease_seconds: float) -> dict[uuid.UUID, bool]:
+        """renew_runs on the caller's connection (autocommit, dict rows)."""
+        rows = conn.execute(RENEW_RUNS_SQL, (lease_seconds, run_ids)).fetchall()
         return {r["run_id"]: r["cancel"] for r in rows}
 
     def request_cancel(self, user_id: str, session_id: str) -> bool:

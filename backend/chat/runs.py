@@ -5,6 +5,11 @@ process renews the leases of all its runs in a single statement every
 RUN_RENEW_SECONDS, and learns from the same statement whether another process
 asked for a cancel (a forced delete). A process that dies stops renewing; its
 leases expire and the sessions are free again.
+
+The keeper renews on a connection of its own, not the pool's: in a burst,
+requests queue for pooled connections for up to DB_POOL_QUEUE_SECONDS, longer
+than a lease lasts, and a renewal waiting its turn there would let the leases
+of live replies expire.
 """
 
 from __future__ import annotations
@@ -87,8 +92,13 @@ class ActiveRun:
 class RunLeases:
     def __init__(
         self, store: RunStore, *, lease_seconds: float, renew_seconds: float, turn_max_seconds: float = float("inf"),
+        connect: Callable[[], Connection] | None = None,
     ) -> None:
         self._turn_max = turn_max_seconds
+        # Opens the keeper's own connection (None: renew on a pooled one).
+        self._connect = connect
+        self._conn: Connection | None = None
+        self._conn_lock = threading.Lock()
         self._store = store
         self._lease_seconds = lease_seconds
         self._renew_seconds = renew_seconds
@@ -135,7 +145,7 @@ class RunLeases:
         for run in runs:
             if now - run.started > self._turn_max:
                 run.cancel.set("turn_deadline")  # a reply (or a reader) that never ends
-        held = self._store.renew_runs([r.run_id for r in runs], self._lease_seconds)
+        held = self._renew([r.run_id for r in runs])
         for run in runs:
             if run.run_id not in held:
                 # The run row is gone: the session was deleted, or the lease
@@ -144,8 +154,31 @@ class RunLeases:
             elif held[run.run_id]:
                 run.cancel.set("cancel_requested")
 
+    def _renew(self, run_ids: list[uuid.UUID]) -> dict[uuid.UUID, bool]:
+        if self._connect is None:
+            return self._store.renew_runs(run_ids, self._lease_seconds)
+        with self._conn_lock:
+            try:
+                if self._conn is None or self._conn.closed or self._conn.broken:
+                    self._close_connection()
+                    self._conn = self._connect()
+                return self._store.renew_runs_on(self._conn, run_ids, self._lease_seconds)
+            except psycopg.Error:
+                self._close_connection()  # opened again on the next pass
+                raise
+
+    def _close_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except psycopg.Error:
+                pass
+
     def stop(self) -> None:
         self._stopped.set()
+        with self._conn_lock:
+            self._close_connection()
 
     def _keep(self) -> None:
         while not self._stopped.wait(self._renew_seconds):

@@ -26,7 +26,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** The database answers; take the instance out of rotation when not. */
+        /** The database answers ("busy": every pooled connection is in use, and they keep coming back); take the instance out of rotation when not. */
         get: operations["health_readyz_readyz_get"];
         put?: never;
         post?: never;
