@@ -170,3 +170,26 @@ def test_pool_busy_is_a_pool_timeout():
     from psycopg_pool import PoolTimeout
 
     assert issubclass(PoolBusy, PoolTimeout)
+
+
+def test_the_lease_keeper_opens_its_connection_again_when_it_is_lost(make_app, fake, fake_model, pool):
+    app = make_app(openai_base_url=fake_model.base_url, openai_api_key="test-key", openai_model="fake-chat",
+                   naming_model="fake-naming", run_renew_seconds=0.1, run_lease_seconds=0.5)
+    user = User()
+    client = client_for(app, user)
+    sid = named_session(client)
+    leases = services_of(app).leases
+    with fake.hold_streams() as gate:
+        streaming = _in_thread(lambda: send(client, sid, "hello"))
+        assert gate.wait_for_held(1)
+        assert wait_until(lambda: leases._conn is not None)
+        lost = leases._conn.info.backend_pid
+        with pool.connection() as admin:  # a restart or an idle timeout ends it
+            assert admin.execute("select pg_terminate_backend(%s) as ok", (lost,)).fetchone()["ok"]
+        assert wait_until(lambda: leases._conn is not None and not leases._conn.closed
+                          and leases._conn.info.backend_pid != lost)
+        before = _lease_expiry(pool, user.id, sid)
+        assert wait_until(lambda: _lease_expiry(pool, user.id, sid) > before), "no renewal on the new connection"
+    thread, out = streaming
+    thread.join(10)
+    assert parse_sse(out["value"].get_data(as_text=True))[0][-1].event == "done"
