@@ -23,6 +23,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from backend.config import PROJECT_ROOT
+from backend.services import services_of
 from support.net import served_on_loopback
 from tests.chat_support import named_session, send, turn
 from tests.checkpoints import NO_ROWS, thread_row_counts
@@ -584,3 +585,30 @@ def test_http_serves_a_client_of_the_newest_protocol_too(mcp_url, api, alice):
     assert version in MODERN_PROTOCOL_VERSIONS  # the per-request protocol, not the initialize handshake
     assert got.structured_content["session"]["session_name"] == "Newest protocol"
     assert error_of(refused)["code"] == "invalid_input"
+
+
+def test_a_tool_tells_a_busy_server_from_a_database_that_stopped_answering(make_app, alice):
+    from tests.test_pool_queue import _in_thread, moving_queue
+
+    app = make_app(db_pool_timeout_seconds=1.0, db_pool_queue_seconds=1.5, db_pool_min_size=1, db_pool_max_size=1)
+    pool = services_of(app).db.pool
+    with served_on_loopback(app) as port:
+        url = f"http://127.0.0.1:{port}/mcp"
+
+        async def list_sessions():
+            async with http_session(url, alice.token) as mcp:
+                return await mcp.call_tool("list_sessions", {})
+
+        assert not run(list_sessions).is_error  # a connection came back in working order
+        with moving_queue(pool) as start:  # connections keep coming back, too slowly for this call
+            thread, out = _in_thread(lambda: run(list_sessions))
+            start()
+            thread.join(30)
+        assert error_of(out["value"])["code"] == "overloaded"
+
+        held = pool.getconn()  # nothing comes back at all
+        try:
+            stuck = run(list_sessions)
+        finally:
+            pool.putconn(held)
+        assert error_of(stuck)["code"] == "database_unavailable"

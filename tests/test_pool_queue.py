@@ -4,6 +4,7 @@ and leases are renewed whatever the queue."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -48,30 +49,48 @@ def test_a_request_waits_past_the_short_timeout_while_the_database_answers(make_
     assert time.monotonic() - started > 3 * SHORT
 
 
+def _hold_a_turn(pool, seconds: float) -> None:
+    conn = pool.getconn(timeout=30)
+    threading.Event().wait(seconds)
+    pool.putconn(conn)
+
+
+@contextlib.contextmanager
+def moving_queue(pool, holders: int = 5, hold_seconds: float = 0.4):
+    """The pool's only connection handed along a queue of `holders`, each keeping it `hold_seconds`:
+    connections keep coming back, but a request that joins the queue behind them waits about
+    holders x hold_seconds for its turn. Yields `start()`: call it once that request is queued."""
+    first = pool.getconn()
+    threads = [threading.Thread(target=_hold_a_turn, args=(pool, hold_seconds)) for _ in range(holders)]
+    started = False
+
+    def start() -> None:
+        nonlocal started
+        assert wait_until(lambda: _waiting(pool) == holders + 1)
+        started = True
+        pool.putconn(first)
+
+    try:
+        for i, thread in enumerate(threads):
+            thread.start()
+            assert wait_until(lambda: _waiting(pool) == i + 1)
+        yield start
+    finally:
+        if not started:
+            pool.putconn(first)
+        for thread in threads:
+            thread.join(30)
+
+
 def test_a_queue_too_long_is_503_overloaded_with_retry_after(make_app):
-    # One connection, handed along a queue of holders: it keeps coming back, but the
-    # request behind them waits longer than DB_POOL_QUEUE_SECONDS for its turn.
     app = make_app(db_pool_timeout_seconds=1.0, db_pool_queue_seconds=1.5, db_pool_min_size=1, db_pool_max_size=1)
     client = client_for(app, User())
     assert client.get("/api/llm/sessions").status_code == 200
     pool = services_of(app).db.pool
-    first = pool.getconn()
-
-    def hold_a_turn():
-        conn = pool.getconn(timeout=10)
-        threading.Event().wait(0.4)
-        pool.putconn(conn)
-
-    holders = [threading.Thread(target=hold_a_turn) for _ in range(5)]  # 2 s of turns in all
-    for i, holder in enumerate(holders):
-        holder.start()
-        assert wait_until(lambda: _waiting(pool) == i + 1)
-    thread, out = _in_thread(lambda: client.get("/api/llm/sessions"))
-    assert wait_until(lambda: _waiting(pool) == 6)
-    pool.putconn(first)
-    thread.join(10)
-    for holder in holders:
-        holder.join(10)
+    with moving_queue(pool) as start:  # 2 s of turns ahead of the request
+        thread, out = _in_thread(lambda: client.get("/api/llm/sessions"))
+        start()
+        thread.join(10)
     r = out["value"]
     assert r.status_code == 503 and r.headers["Retry-After"] == "5"
     assert r.get_json() == {"success": False, "error": {
