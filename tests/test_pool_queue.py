@@ -125,7 +125,7 @@ def test_after_a_connection_fails_a_request_waits_the_short_timeout_only(make_ap
     assert lost.status_code == 503 and lost.get_json()["error"]["code"] == "database_unavailable"
     assert not app_pool.health.answering()
 
-    conn = app_pool.getconn()  # the pool's new connection: nothing has come back since the failure
+    conn = app_pool.getconn(timeout=10)  # the pool's new connection: nothing has come back since the failure
     try:
         started = time.monotonic()
         r = client.get("/api/llm/sessions")
