@@ -127,27 +127,17 @@ def register_error_handlers(app: Flask) -> None:
             headers["Allow"] = ", ".join(exc.valid_methods)
         return error_response(status, code, message, headers=headers)
 
-    @app.errorhandler(PoolBusy)
-    def _pool_busy(exc: Exception):
-        # Connections kept coming back, just not fast enough: the server is at capacity.
-        log.warning("no database connection came free in time", extra={"error_class": type(exc).__name__})
-        return error_response(
-            503,
-            "overloaded",
-            "The server is too busy; try again shortly",
-            headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
-        )
-
     @app.errorhandler(PoolTimeout)
     @app.errorhandler(psycopg.OperationalError)
     def _database_unavailable(exc: Exception):
-        log.warning("database unavailable", extra={"error_class": type(exc).__name__})
-        return error_response(
-            503,
-            "database_unavailable",
-            "The database is unavailable; try again shortly",
-            headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
-        )
+        if isinstance(exc, PoolBusy):  # connections kept coming back, just not fast enough: at capacity
+            event, code, message = ("no database connection came free in time", "overloaded",
+                                    "The server is too busy; try again shortly")
+        else:
+            event, code, message = ("database unavailable", "database_unavailable",
+                                    "The database is unavailable; try again shortly")
+        log.warning(event, extra={"error_class": type(exc).__name__})
+        return error_response(503, code, message, headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)})
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
