@@ -126,16 +126,11 @@ class RunStore:
             return None, False
         return row, row.pop("counted")
 
-    def renew_runs(self, run_ids: list[uuid.UUID], lease_seconds: float) -> dict[uuid.UUID, bool]:
-        """Extend these leases; return {run_id: cancel requested} for those still held."""
-        if not run_ids:
-            return {}
-        with self._pool.connection() as conn:
-            return self.renew_runs_on(conn, run_ids, lease_seconds)
-
     @staticmethod
     def renew_runs_on(conn: Connection, run_ids: list[uuid.UUID], lease_seconds: float) -> dict[uuid.UUID, bool]:
-        """renew_runs on the caller's connection (autocommit, dict rows)."""
+        """Extend these leases, on the caller's connection (autocommit, dict rows); return
+        {run_id: cancel requested} for those still held. The lease keeper's own connection:
+        a pooled one could wait in the pool's queue longer than a lease lasts."""
         rows = conn.execute(RENEW_RUNS_SQL, (lease_seconds, run_ids)).fetchall()
         return {r["run_id"]: r["cancel"] for r in rows}
 

@@ -92,11 +92,10 @@ class ActiveRun:
 class RunLeases:
     def __init__(
         self, store: RunStore, *, lease_seconds: float, renew_seconds: float, turn_max_seconds: float = float("inf"),
-        connect: Callable[[], Connection] | None = None,
+        connect: Callable[[], Connection],
     ) -> None:
         self._turn_max = turn_max_seconds
-        # Opens the keeper's own connection (None: renew on a pooled one).
-        self._connect = connect
+        self._connect = connect  # opens the keeper's own connection
         self._conn: Connection | None = None
         self._conn_lock = threading.Lock()
         self._store = store
@@ -155,12 +154,9 @@ class RunLeases:
                 run.cancel.set("cancel_requested")
 
     def _renew(self, run_ids: list[uuid.UUID]) -> dict[uuid.UUID, bool]:
-        if self._connect is None:
-            return self._store.renew_runs(run_ids, self._lease_seconds)
         with self._conn_lock:
             try:
-                if self._conn is None or self._conn.closed or self._conn.broken:
-                    self._close_connection()
+                if self._conn is None:
                     self._conn = self._connect()
                 return self._store.renew_runs_on(self._conn, run_ids, self._lease_seconds)
             except psycopg.Error:
