@@ -11,6 +11,7 @@ from langgraph.checkpoint.base import empty_checkpoint
 
 from backend.chat.checkpointer import RunCheckpoints, SessionCheckpointSaver, SessionGone
 from backend.chat.run_store import RunStore
+from backend.db import MIGRATIONS_DIR
 from backend.sessions.store import SessionStore
 from backend.sessions.thread_store import ThreadStore
 from tests.chat_support import named_session, parse_sse, send, state_of, turn, wait_until
@@ -313,5 +314,42 @@ def test_orphan_sweep_spares_a_thread_whose_session_appears(chat_app, chat, fake
     assert thread_id in store.orphan_threads(0, 10_000)
     # the user comes back to the localStorage-only chat: its session row appears
     client_for(chat_app, alice).post("/api/llm/sessions", json={"session_id": sid})
+    assert registration(pool, thread_id) == {"orphaned_at": None}  # no longer a candidate
+    assert thread_id not in store.orphan_threads(0, 10_000)
     assert store.delete_orphan_thread(thread_id) == NO_ROWS
     assert thread_row_counts(pool, thread_id) == before
+
+
+def registration(pool, thread_id: str) -> dict | None:
+    """The thread's chat_threads row (its orphan mark), None when it is not registered."""
+    with pool.connection() as conn:
+        return conn.execute("select orphaned_at from chat_threads where thread_id = %s", (thread_id,)).fetchone()
+
+
+def test_a_session_row_deleted_by_hand_marks_its_thread_for_the_sweep(chat_app, chat, fake, alice, pool):
+    sid = named_session(chat)
+    turn(chat, sid, "deleted through the app")
+    assert registration(pool, alice.thread_id(sid)) == {"orphaned_at": None}
+    assert chat.delete(f"/api/llm/sessions/{sid}").status_code == 200
+    assert registration(pool, alice.thread_id(sid)) is None  # the app's delete unregisters: nothing to sweep
+
+    single = orphaned_thread(pool, chat, alice)[1]
+    pair = [alice.thread_id(named_session(chat)) for _ in range(2)]
+    with pool.connection() as conn:  # two rows in one statement, as a dashboard's bulk delete does
+        conn.execute("delete from chat_sessions where thread_id = any(%s)", (pair,))
+    for thread_id in (single, *pair):
+        assert registration(pool, thread_id)["orphaned_at"] is not None
+    assert {single, *pair} <= set(ThreadStore(pool).orphan_threads(0, 10_000))
+
+
+def test_threads_orphaned_before_the_upgrade_are_marked_by_it(chat_app, chat, fake, alice, pool):
+    sid, thread_id = orphaned_thread(pool, chat, alice)
+    with pool.connection() as conn:  # as an orphan left before sql/020 was applied
+        conn.execute("update chat_threads set orphaned_at = null where thread_id = %s", (thread_id,))
+    store = ThreadStore(pool)
+    assert thread_id not in store.orphan_threads(0, 10_000)  # the sweep reads marked threads only
+    with pool.connection() as conn:  # the migration again (it may run twice: every statement is idempotent)
+        conn.execute((MIGRATIONS_DIR / "020_chat_threads_orphaned_at.sql").read_text(encoding="utf-8"), prepare=False)
+    assert registration(pool, thread_id)["orphaned_at"] is not None
+    assert state_of(chat_app).maintenance.sweep_orphans(min_age_seconds=0)["threads"] >= 1
+    assert thread_row_counts(pool, thread_id) == NO_ROWS and registration(pool, thread_id) is None

@@ -26,7 +26,8 @@ CHECKPOINT_TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
 # their latest checkpoint, or by their registration when they have none.
 ORPHAN_THREADS_SQL = """
 select t.thread_id from chat_threads t
- where not exists (select 1 from chat_sessions s where s.thread_id = t.thread_id)
+ where t.orphaned_at is not null  -- marked when its session row went (sql/020)
+   and not exists (select 1 from chat_sessions s where s.thread_id = t.thread_id)
    and greatest(t.created_at,
                 coalesce((select max((c.checkpoint ->> 'ts')::timestamptz) from checkpoints c
                            where c.thread_id = t.thread_id), t.created_at))
