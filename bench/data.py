@@ -7,9 +7,12 @@ under another thread id: same columns, same bytes, same shapes.
 
 from __future__ import annotations
 
+import time
+
 import psycopg
 
 from backend.sessions.thread_store import CHECKPOINT_TABLES
+from bench.common import cpu_by_pid, cpu_delta, postgres_pids
 
 SESSION_COPY_COLUMNS = ("business_id", "session_name", "is_archived", "message_count", "created_at",
                         "last_message_at", "name_source")
@@ -119,6 +122,37 @@ def vacuum_analyze(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         for table in (*CHECKPOINT_TABLES, "chat_sessions", "session_deletions"):
             conn.execute(f"vacuum (analyze) {table}")
+
+
+def settle(url: str, *, quiet_cpu_seconds: float = 0.05, max_wait_seconds: float = 180.0) -> dict:
+    """Let PostgreSQL finish what earlier scenarios left it before a timed one starts.
+
+    Bulk deletes and restores leave dead rows that autovacuum cleans up later,
+    for minutes, throttled: in a full run it took 25 ms of PostgreSQL CPU per
+    turn during long replies x200, against 1 ms when that scenario ran alone.
+    Vacuuming now does the same work unthrottled (a running autovacuum gives
+    way to it), a checkpoint writes the dirty pages, then this waits for a
+    second in which every PostgreSQL process together used under 5% of a core.
+    """
+    started = time.perf_counter()
+    with psycopg.connect(url, autocommit=True) as conn:
+        autovacuums = [r[0] for r in conn.execute(
+            "select query from pg_stat_activity where backend_type = 'autovacuum worker'").fetchall()]
+    vacuum_analyze(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        try:
+            conn.execute("checkpoint")
+        except psycopg.Error:  # not a superuser (BENCH_DATABASE_URL): autovacuum's own pace then
+            pass
+    quiet_after = None
+    while time.perf_counter() - started < max_wait_seconds:
+        pids = postgres_pids()
+        before = cpu_by_pid(pids)
+        time.sleep(1.0)
+        if cpu_delta(before, cpu_by_pid(pids)) < quiet_cpu_seconds:
+            quiet_after = time.perf_counter() - started
+            break
+    return {"autovacuum_running": autovacuums, "quiet_after_s": None if quiet_after is None else round(quiet_after, 1)}
 
 
 def thread_bytes(conn: psycopg.Connection, thread_id: str) -> dict[str, int]:

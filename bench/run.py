@@ -169,6 +169,13 @@ def run(quick: bool, only: set[str] | None = None) -> int:
                 app_servers.append(server)
                 return server
 
+            def settle(before: str) -> None:
+                """A timed scenario starts on a quiet database (see data.settle)."""
+                info = data.settle(db)
+                results.detail("settle", before, info)
+                say(f"database settled before {before} in {info['quiet_after_s']}s"
+                    f"{' (autovacuum was running)' if info['autovacuum_running'] else ''}")
+
             # 6. Growth, which also makes the real sessions that deletes and streams copy.
             templates: dict[tuple[str, int], str] = {}
             if only & {"growth", "delete", "lifecycle"}:
@@ -205,6 +212,7 @@ def run(quick: bool, only: set[str] | None = None) -> int:
                         f"{data.database_bytes(conn) / 2**30:.2f} GiB")
                 results.detail("data", "rows", counts)
             if "delete" in only:
+                settle("delete")
                 # A second database with nothing but the same real sessions, and a server of its own,
                 # so "flat in the size of the other data" is measured side by side, not one phase after another.
                 with scratch_database(url, f"bench_run_{os.getpid()}_empty") as empty_db:
@@ -221,14 +229,17 @@ def run(quick: bool, only: set[str] | None = None) -> int:
 
             # 8. Lifecycle: delete with a recovery point, restore, bulk delete.
             if "lifecycle" in only:
+                settle("lifecycle")
                 lifecycle(latest, db, templates, sizes, results)
 
             # 2. Listing.
             if "listing" in only:
+                settle("listing")
                 scenarios.listing(latest, db, sizes, results, list_user)
 
             # 3. CRUD, ours and the peer side by side.
             if "crud" in only:
+                settle("crud")
                 peer = None
                 if peer_exe is not None:
                     try:
@@ -245,15 +256,18 @@ def run(quick: bool, only: set[str] | None = None) -> int:
             # 4. Streaming and 7. long replies, on the production defaults (nothing sized to the test);
             # long replies with rate limits and upkeep as shipped, every stream its own user.
             if "streaming" in only:  # one user sends every turn here: rate limits off, as for CRUD
+                settle("streaming")
                 streams = start_server("streams", {})
                 scenarios.streaming(streams, upstream, db, sizes, results, templates)
                 streams.stop()
             if "long_replies" in only:
+                settle("long_replies")
                 production = start_server("production", {"RATE_LIMITS_ENABLED": "true", "MAINTENANCE_INTERVAL_SECONDS": "60"})
                 long_replies(production, upstream, db, sizes, results)
                 production.stop()
             # 9. Idle event streams by the thousand, on a fresh production server.
             if "subscribers" in only:
+                settle("subscribers")
                 production = start_server("subscribers", {"RATE_LIMITS_ENABLED": "true",
                                                           "MAINTENANCE_INTERVAL_SECONDS": "60"})
                 subscribers(production, db, sizes, results)
