@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import TransactionStatus
 from langgraph.checkpoint.postgres import PostgresSaver
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -143,7 +144,7 @@ class StaleConnectionCheck:
         self._returned_at: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def returned(self, conn: psycopg.Connection) -> None:
-        """The pool's reset hook: called for connections returned in working order only."""
+        """Called (QueueingPool.putconn) for connections returned in working order only."""
         self._returned_at[conn] = time.monotonic()
         self._health.returned()
 
@@ -168,13 +169,33 @@ class QueueingPool(ConnectionPool):
     A request waits `queue_timeout` for a connection (not the pool's own
     `timeout`) while `health` says the database answers; an explicit timeout
     still wins. A wait that times out while connections kept coming back raises
-    PoolBusy. A connection that fails in use is reported to `health`.
+    PoolBusy. A connection that fails in use is reported to `health`, one
+    returned in working order to `on_return`.
+
+    Idle connections are handed out newest first (psycopg_pool's own order is
+    oldest first): after a burst has grown the pool, light traffic keeps using
+    the same few connections, so they stay warm instead of each sitting idle
+    long enough to be pinged (StaleConnectionCheck) before nearly every use,
+    and the rest wait at the end the pool shrinks from.
     """
 
-    def __init__(self, *args, health: PoolHealth, queue_timeout: float, **kwargs) -> None:
+    def __init__(
+        self, *args, health: PoolHealth, queue_timeout: float,
+        on_return: Callable[[psycopg.Connection], None] | None = None, **kwargs,
+    ) -> None:
         self.health = health
         self.queue_timeout = queue_timeout
+        self._on_return = on_return
         super().__init__(*args, **kwargs)
+
+    def putconn(self, conn: psycopg.Connection) -> None:
+        # Here, not as psycopg_pool's `reset` hook: with a reset hook the pool
+        # hands every return to one of its worker threads, a hop through the
+        # event loop before the connection is free again (for a request waiting
+        # for it too). Without one it goes back in the caller's own thread.
+        if self._on_return is not None and conn.pgconn.transaction_status == TransactionStatus.IDLE:
+            self._on_return(conn)
+        super().putconn(conn)
 
     def getconn(self, timeout: float | None = None) -> psycopg.Connection:
         if timeout is None and self.health.answering():
@@ -185,6 +206,14 @@ class QueueingPool(ConnectionPool):
             if self.is_moving():
                 raise PoolBusy(str(exc)) from None
             raise
+
+    def _get_ready_connection(self, timeout: float | None) -> psycopg.Connection | None:
+        # Under the pool's lock. The pool takes its idle connections from the
+        # left of a deque and puts them back on the right: turning it by one
+        # puts the one returned last where the pool takes from.
+        if len(self._pool) > 1:
+            self._pool.rotate(1)
+        return super()._get_ready_connection(timeout)
 
     @contextmanager
     def connection(self, timeout: float | None = None) -> Iterator[psycopg.Connection]:
@@ -238,7 +267,7 @@ class Database:
             kwargs=connection_kwargs(settings),
             connection_class=AppConnection,
             check=stale.check,
-            reset=stale.returned,
+            on_return=stale.returned,
             name="app",
             open=False,
         )

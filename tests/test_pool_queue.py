@@ -212,3 +212,22 @@ def test_the_lease_keeper_opens_its_connection_again_when_it_is_lost(make_app, f
     thread, out = streaming
     thread.join(10)
     assert parse_sse(out["value"].get_data(as_text=True))[0][-1].event == "done"
+
+
+def test_idle_connections_are_handed_out_newest_first(make_app):
+    # After a burst grew the pool, light traffic keeps to the connections used last:
+    # those stay warm, the others idle where the pool shrinks from.
+    app = make_app(db_pool_min_size=3, db_pool_max_size=3)
+    pool = services_of(app).db.pool
+    pool.wait(timeout=10)
+    first, second, third = (pool.getconn() for _ in range(3))
+    for conn in (first, second, third):
+        pool.putconn(conn)
+    again = pool.getconn()
+    assert again is third  # psycopg_pool alone hands out `first`, idle longest
+    pool.putconn(again)
+    assert wait_until(lambda: pool.get_stats()["pool_available"] == 3)
+    with pool.connection() as conn:
+        assert conn is third
+    with pool.connection() as conn:  # and again, while `first` and `second` stay idle
+        assert conn is third
