@@ -120,7 +120,7 @@ def table_rows(conn: psycopg.Connection) -> dict[str, int]:
 
 def vacuum_analyze(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
-        for table in (*CHECKPOINT_TABLES, "chat_sessions", "session_deletions"):
+        for table in (*CHECKPOINT_TABLES, "chat_sessions", "chat_threads", "session_deletions", "session_events"):
             conn.execute(f"vacuum (analyze) {table}")
 
 
