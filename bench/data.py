@@ -128,8 +128,9 @@ def settle(url: str, *, quiet_cpu_seconds: float = 0.05, max_wait_seconds: float
     """Let PostgreSQL finish what earlier scenarios left it before a timed one starts.
 
     Bulk deletes and restores leave dead rows that autovacuum cleans up later,
-    for minutes, throttled: in a full run it took 25 ms of PostgreSQL CPU per
-    turn during long replies x200, against 1 ms when that scenario ran alone.
+    for minutes, throttled: in a full run without this, long replies x200 saw
+    25 ms of PostgreSQL CPU per turn; with it 3.6 (1 once the server's own
+    upkeep no longer scanned every session, sql/020; 1 with the scenario alone).
     Vacuuming now does the same work unthrottled (a running autovacuum gives
     way to it), a checkpoint writes the dirty pages, then this waits for a
     second in which every PostgreSQL process together used under 5% of a core.
