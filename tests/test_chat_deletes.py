@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import random
+import shutil
 import threading
 import uuid
 
 import pytest
 from langgraph.checkpoint.base import empty_checkpoint
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
 
 from backend.chat.checkpointer import RunCheckpoints, SessionCheckpointSaver, SessionGone
 from backend.chat.run_store import RunStore
-from backend.db import MIGRATIONS_DIR
+from backend.db import MIGRATIONS_DIR, apply_migrations, setup_checkpointer
 from backend.sessions.store import SessionStore
 from backend.sessions.thread_store import ThreadStore
+from support.databases import scratch_database
 from tests.chat_support import named_session, parse_sse, send, state_of, turn, wait_until
 from tests.checkpoints import NO_ROWS, seed_thread, session_row, thread_row_counts
 from tests.helpers import client_for, unique_session_id
@@ -342,14 +346,29 @@ def test_a_session_row_deleted_by_hand_marks_its_thread_for_the_sweep(chat_app, 
     assert {single, *pair} <= set(ThreadStore(pool).orphan_threads(0, 10_000))
 
 
-def test_threads_orphaned_before_the_upgrade_are_marked_by_it(chat_app, chat, fake, alice, pool):
-    sid, thread_id = orphaned_thread(pool, chat, alice)
-    with pool.connection() as conn:  # as an orphan left before sql/020 was applied
-        conn.execute("update chat_threads set orphaned_at = null where thread_id = %s", (thread_id,))
-    store = ThreadStore(pool)
-    assert thread_id not in store.orphan_threads(0, 10_000)  # the sweep reads marked threads only
-    with pool.connection() as conn:  # the migration again (it may run twice: every statement is idempotent)
-        conn.execute((MIGRATIONS_DIR / "020_chat_threads_orphaned_at.sql").read_text(encoding="utf-8"), prepare=False)
-    assert registration(pool, thread_id)["orphaned_at"] is not None
-    assert state_of(chat_app).maintenance.sweep_orphans(min_age_seconds=0)["threads"] >= 1
-    assert thread_row_counts(pool, thread_id) == NO_ROWS and registration(pool, thread_id) is None
+def test_the_upgrade_marks_threads_orphaned_before_it_and_a_truncate_marks_them_all(server_url, tmp_path):
+    before = tmp_path / "sql"
+    before.mkdir()
+    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+        if path.name < "020":
+            shutil.copy(path, before / path.name)
+    with scratch_database(server_url, prefix="orphans") as url:
+        pool = ConnectionPool(url, min_size=1, max_size=2, open=True,
+                              kwargs={"autocommit": True, "row_factory": dict_row})
+        try:
+            setup_checkpointer(pool)
+            apply_migrations(pool, before)
+            with pool.connection() as conn:
+                conn.execute("insert into chat_sessions (user_id, business_id, session_id, thread_id) "
+                             "select 'u', 'b', 's' || g, 't' || g from generate_series(1, 4) g")
+                conn.execute("delete from chat_sessions where session_id = 's1'")  # before sql/020: unmarked
+            applied = apply_migrations(pool)
+            assert applied[0] == "020_chat_threads_orphaned_at" and "021_chat_threads_orphaned_on_truncate" in applied
+            store = ThreadStore(pool)
+            assert store.orphan_threads(0, 100) == ["t1"]
+
+            with pool.connection() as conn:
+                conn.execute("truncate chat_sessions cascade")  # fires no delete trigger
+            assert store.orphan_threads(0, 100) == ["t1", "t2", "t3", "t4"]
+        finally:
+            pool.close()
