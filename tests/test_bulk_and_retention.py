@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from backend.chat.maintenance import RETENTION_BATCH
 from backend.services import services_of
 from tests.chat_support import named_session, send, turn
 from tests.checkpoints import NO_ROWS, rows_digest, thread_row_counts
@@ -154,6 +155,19 @@ def test_the_upkeep_applies_retention_to_sessions_and_audit_rows(make_app, alice
         # the retention deletes wrote their own (fresh) audit rows, which stay
         assert conn.execute("select count(*) as n from session_deletions where user_id = %s and session_id like "
                             "'upkeep-%%'", (alice.id,)).fetchone()["n"] == 3
+
+
+def test_once_nothing_is_due_retention_looks_again_only_after_its_recheck(make_app, alice, pool):
+    maintenance = services_of(make_app(retention_inactive_days=30)).maintenance
+    while (report := maintenance.apply_retention()).sessions + report.busy >= RETENTION_BATCH:
+        pass  # other tests' old sessions, a batch at a time, until a pass clears the backlog
+    stale = insert_sessions(pool, alice, 2, prefix="recheck", days_old=31)
+    assert maintenance.apply_retention() is None  # no walk over every session each pass
+    assert set(stale) <= sessions_of(pool, alice)
+
+    maintenance.retention_recheck_seconds = 0  # the hour has passed
+    assert maintenance.apply_retention().sessions >= 2
+    assert not set(stale) & sessions_of(pool, alice)
 
 
 def test_another_users_bulk_delete_by_filter_never_reaches_mine(chat_app, alice, bob, pool):

@@ -6,7 +6,8 @@
 - LangGraph threads with no session (crashes, older versions): delete them.
 - Recovery points (undo of a delete) past their expiry: delete them.
 - Retention, when configured: sessions inactive for RETENTION_INACTIVE_DAYS
-  (a small batch per pass, each as a single delete), audit rows older than
+  (a small batch per pass, each as a single delete; once a pass finds less
+  than a batch due, the next look is an hour later), audit rows older than
   AUDIT_RETENTION_DAYS.
 
 It runs once shortly after start (the "on the next start" recovery), then on
@@ -23,7 +24,7 @@ from collections.abc import Callable
 from backend.chat.counts import MessageCounts
 from backend.chat.namer import SessionNamer
 from backend.chat.run_store import RunStore
-from backend.sessions.cleanup import SessionCleanup
+from backend.sessions.cleanup import PurgeReport, SessionCleanup
 from backend.sessions.service import SessionService
 from backend.sessions.store import SessionStore
 from backend.sessions.thread_store import CHECKPOINT_TABLES, ThreadStore
@@ -32,6 +33,11 @@ log = logging.getLogger(__name__)
 
 ORPHAN_BATCH = 500
 RETENTION_BATCH = 100
+# Finding that no session is due walks every session (about 100 ms of database
+# time at 1,000,000 sessions), and every process of every host runs upkeep each
+# MAINTENANCE_INTERVAL_SECONDS: once a pass has cleared the backlog, the next
+# look waits this long (a retention counted in days can be an hour late).
+RETENTION_RECHECK_SECONDS = 3600.0
 
 
 class Maintenance:
@@ -69,6 +75,8 @@ class Maintenance:
         self._interval = interval_seconds
         self._sweep_interval = sweep_interval_seconds
         self.orphan_min_age_seconds = orphan_min_age_seconds
+        self.retention_recheck_seconds = RETENTION_RECHECK_SECONDS
+        self._retention_cleared_at: float | None = None  # when a pass last found less than a batch due
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -109,19 +117,24 @@ class Maintenance:
             log.info("orphaned threads removed", extra={"threads": report["threads"], "rows_deleted": report["rows"]})
         return report
 
-    def apply_retention(self) -> None:
-        """One small batch of retention deletes per pass: no long locks, no long passes."""
-        if self._retention_days:
-            self._cleanup.purge_inactive(
+    def apply_retention(self) -> PurgeReport | None:
+        """One small batch of retention deletes per pass: no long locks, no long passes.
+        Returns what the session retention did, None when it did not look."""
+        report = None
+        cleared = self._retention_cleared_at
+        if self._retention_days and (cleared is None or time.monotonic() - cleared >= self.retention_recheck_seconds):
+            report = self._cleanup.purge_inactive(
                 inactive_days=self._retention_days, archived_only=self._retention_archived_only,
                 max_sessions=RETENTION_BATCH,
             )
+            self._retention_cleared_at = time.monotonic() if report.sessions + report.busy < RETENTION_BATCH else None
         if self._audit_retention_days:
             self._cleanup.purge_audit_rows(self._audit_retention_days)
         if self._purge_events:
             self._purge_events()  # live events past EVENTS_RETENTION_SECONDS
         if self._purge_sign_ins:
             self._purge_sign_ins()  # cookie sign-ins that ended
+        return report
 
     def run_once(self, *, sweep: bool) -> None:
         self.reconcile_runs()
