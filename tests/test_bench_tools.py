@@ -42,3 +42,14 @@ def test_the_limiter_cost_tool_runs_with_and_without_remembered_users(server_url
     lines = [line for line in out.stdout.splitlines() if "other users: server CPU" in line]
     assert [line.split()[0] for line in lines] == ["0", "20"], out.stdout
     assert all("writes/s; request p50" in line for line in lines), lines
+
+
+def test_the_upkeep_cost_tool_times_each_step_against_the_full_comparison(server_url):
+    env = {**os.environ, "BENCH_DATABASE_URL": server_url}
+    out = subprocess.run([sys.executable, "-m", "bench.upkeep_cost", "--sessions", "300", "--orphans", "5"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "300 sessions, 5 orphaned" in out.stdout, out.stdout
+    for step in ("reconcile_runs", "name_unnamed", "purge_expired_recovery_points", "retention: one look for due",
+                 "apply_retention (upkeep's step)", "orphan search ", "orphan search, full comparison"):
+        assert sum(line.startswith(f"pass 2: {step}") for line in out.stdout.splitlines()) == 1, (step, out.stdout)
