@@ -66,9 +66,15 @@ def main() -> None:
         try:
             started = time.perf_counter()
             with connect(db) as conn:
-                data.load_listing_sessions(conn, "upkeep-user", "upkeep-biz", 0, args.sessions)
-                # Every session active within the retention window: nothing due.
-                conn.execute("update chat_sessions set created_at = now(), last_message_at = now()")
+                # About ten sessions a user, all active within the retention window: nothing due.
+                conn.execute(
+                    "insert into chat_sessions (user_id, business_id, session_id, thread_id, session_name, name_source, "
+                    "message_count, last_message_at) "
+                    "select 'up' || (g %% %(users)s), 'upkeep-biz', 'us-' || g, "
+                    "'user_up' || (g %% %(users)s) || '_business_upkeep-biz_session_us-' || g, 'Session ' || g, 'user', "
+                    "2, now() from generate_series(1, %(n)s) g",
+                    {"users": max(1, args.sessions // 10), "n": args.sessions},
+                )
                 if args.orphans:
                     conn.execute("delete from chat_sessions where id in (select id from chat_sessions order by id "
                                  "limit %s)", (args.orphans,))
