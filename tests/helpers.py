@@ -1,16 +1,23 @@
 """What the tests share besides fixtures: callers and clients, ids, injected database
-failures, and the check that every response is in the OpenAPI document."""
+failures, a database as it was before a migration, and the check that every response
+is in the OpenAPI document."""
 
 from __future__ import annotations
 
 import re
 import secrets
+import shutil
 import uuid
 from contextlib import contextmanager
+from pathlib import Path
 
 from flask.testing import FlaskClient
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
 
+from backend.db import MIGRATIONS_DIR, apply_migrations, setup_checkpointer
 from support import identity
+from support.databases import scratch_database
 from support.identity import thread_id
 
 JWT_SECRET = "test-jwt-secret-" + "x" * 32
@@ -123,3 +130,22 @@ def install_contract_check(app) -> None:
             except Exception as exc:  # noqa: BLE001 - any mismatch is a finding
                 undocumented.append(f"{where}: not the error shape ({exc})")
         return response
+
+
+@contextmanager
+def database_before(server_url: str, workdir: Path, migration: str):
+    """A scratch database with LangGraph's tables and the migrations before `migration` (say "014")
+    applied; yields its pool (autocommit, dict rows). `apply_migrations(pool)` then upgrades it."""
+    before = workdir / "sql-before"
+    before.mkdir()
+    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+        if path.name < migration:
+            shutil.copy(path, before / path.name)
+    with scratch_database(server_url, prefix="upgrade") as url:
+        pool = ConnectionPool(url, min_size=1, max_size=2, open=True, kwargs={"autocommit": True, "row_factory": dict_row})
+        try:
+            setup_checkpointer(pool)
+            apply_migrations(pool, before)
+            yield pool
+        finally:
+            pool.close()

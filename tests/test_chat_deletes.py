@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import random
-import shutil
 import threading
 import uuid
 
 import pytest
 from langgraph.checkpoint.base import empty_checkpoint
-from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
 
 from backend.chat.checkpointer import RunCheckpoints, SessionCheckpointSaver, SessionGone
 from backend.chat.run_store import RunStore
-from backend.db import MIGRATIONS_DIR, apply_migrations, setup_checkpointer
+from backend.db import apply_migrations
 from backend.sessions.store import SessionStore
 from backend.sessions.thread_store import ThreadStore
-from support.databases import scratch_database
 from tests.chat_support import named_session, parse_sse, send, state_of, turn, wait_until
 from tests.checkpoints import NO_ROWS, seed_thread, session_row, thread_row_counts
-from tests.helpers import client_for, unique_session_id
+from tests.helpers import client_for, database_before, unique_session_id
 
 
 
@@ -347,28 +343,16 @@ def test_a_session_row_deleted_by_hand_marks_its_thread_for_the_sweep(chat_app, 
 
 
 def test_the_upgrade_marks_threads_orphaned_before_it_and_a_truncate_marks_them_all(server_url, tmp_path):
-    before = tmp_path / "sql"
-    before.mkdir()
-    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
-        if path.name < "020":
-            shutil.copy(path, before / path.name)
-    with scratch_database(server_url, prefix="orphans") as url:
-        pool = ConnectionPool(url, min_size=1, max_size=2, open=True,
-                              kwargs={"autocommit": True, "row_factory": dict_row})
-        try:
-            setup_checkpointer(pool)
-            apply_migrations(pool, before)
-            with pool.connection() as conn:
-                conn.execute("insert into chat_sessions (user_id, business_id, session_id, thread_id) "
-                             "select 'u', 'b', 's' || g, 't' || g from generate_series(1, 4) g")
-                conn.execute("delete from chat_sessions where session_id = 's1'")  # before sql/020: unmarked
-            applied = apply_migrations(pool)
-            assert applied[0] == "020_chat_threads_orphaned_at" and "021_chat_threads_orphaned_on_truncate" in applied
-            store = ThreadStore(pool)
-            assert store.orphan_threads(0, 100) == ["t1"]
+    with database_before(server_url, tmp_path, "020") as pool:
+        with pool.connection() as conn:
+            conn.execute("insert into chat_sessions (user_id, business_id, session_id, thread_id) "
+                         "select 'u', 'b', 's' || g, 't' || g from generate_series(1, 4) g")
+            conn.execute("delete from chat_sessions where session_id = 's1'")  # before sql/020: unmarked
+        applied = apply_migrations(pool)
+        assert applied[0] == "020_chat_threads_orphaned_at" and "021_chat_threads_orphaned_on_truncate" in applied
+        store = ThreadStore(pool)
+        assert store.orphan_threads(0, 100) == ["t1"]
 
-            with pool.connection() as conn:
-                conn.execute("truncate chat_sessions cascade")  # fires no delete trigger
-            assert store.orphan_threads(0, 100) == ["t1", "t2", "t3", "t4"]
-        finally:
-            pool.close()
+        with pool.connection() as conn:
+            conn.execute("truncate chat_sessions cascade")  # fires no delete trigger
+        assert store.orphan_threads(0, 100) == ["t1", "t2", "t3", "t4"]

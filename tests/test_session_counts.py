@@ -4,14 +4,8 @@ there before the migration."""
 
 from __future__ import annotations
 
-import shutil
-
-from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
-
-from backend.db import MIGRATIONS_DIR, apply_migrations, setup_checkpointer
-from support.databases import scratch_database
-from tests.helpers import unique_session_id
+from backend.db import apply_migrations
+from tests.helpers import database_before, unique_session_id
 
 
 def totals(api) -> tuple[int, int]:
@@ -70,27 +64,15 @@ def test_totals_follow_writes_made_outside_the_backend(api, alice, bob, bob_api,
 
 
 def test_the_migration_counts_existing_sessions_and_truncate_empties_the_counts(server_url, tmp_path):
-    before = tmp_path / "sql"
-    before.mkdir()
-    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
-        if path.name < "014":
-            shutil.copy(path, before / path.name)
-    with scratch_database(server_url, prefix="counts") as url:
-        pool = ConnectionPool(url, min_size=1, max_size=2, open=True,
-                              kwargs={"autocommit": True, "row_factory": dict_row})
-        try:
-            setup_checkpointer(pool)
-            apply_migrations(pool, before)
-            with pool.connection() as conn:
-                conn.execute("insert into chat_sessions (user_id, business_id, session_id, thread_id, is_archived) "
-                             "select 'u' || (g % 3), 'b', 's' || g, 't' || g, g % 4 = 0 from generate_series(1, 50) g")
-            assert "014_session_counts" in apply_migrations(pool)
-            with pool.connection() as conn:
-                kept = conn.execute("select user_id, sessions, archived from chat_session_counts order by 1").fetchall()
-                actual = conn.execute("select user_id, count(*) as sessions, count(*) filter (where is_archived) "
-                                      "as archived from chat_sessions group by 1 order by 1").fetchall()
-                assert kept == actual and len(kept) == 3
-                conn.execute("truncate chat_sessions cascade")
-                assert conn.execute("select count(*) as n from chat_session_counts").fetchone()["n"] == 0
-        finally:
-            pool.close()
+    with database_before(server_url, tmp_path, "014") as pool:
+        with pool.connection() as conn:
+            conn.execute("insert into chat_sessions (user_id, business_id, session_id, thread_id, is_archived) "
+                         "select 'u' || (g % 3), 'b', 's' || g, 't' || g, g % 4 = 0 from generate_series(1, 50) g")
+        assert "014_session_counts" in apply_migrations(pool)
+        with pool.connection() as conn:
+            kept = conn.execute("select user_id, sessions, archived from chat_session_counts order by 1").fetchall()
+            actual = conn.execute("select user_id, count(*) as sessions, count(*) filter (where is_archived) "
+                                  "as archived from chat_sessions group by 1 order by 1").fetchall()
+            assert kept == actual and len(kept) == 3
+            conn.execute("truncate chat_sessions cascade")
+            assert conn.execute("select count(*) as n from chat_session_counts").fetchone()["n"] == 0
