@@ -350,9 +350,11 @@ def test_the_upgrade_marks_threads_orphaned_before_it_and_a_truncate_marks_them_
             conn.execute("delete from chat_sessions where session_id = 's1'")  # before sql/020: unmarked
         applied = apply_migrations(pool)
         assert applied[0] == "020_chat_threads_orphaned_at" and "021_chat_threads_orphaned_on_truncate" in applied
+        with pool.connection() as conn:  # registered, no session, never marked: the sweep does not look at it
+            conn.execute("insert into chat_threads (thread_id) values ('t9')")
         store = ThreadStore(pool)
         assert store.orphan_threads(0, 100) == ["t1"]
 
         with pool.connection() as conn:
             conn.execute("truncate chat_sessions cascade")  # fires no delete trigger
-        assert store.orphan_threads(0, 100) == ["t1", "t2", "t3", "t4"]
+        assert store.orphan_threads(0, 100) == ["t1", "t2", "t3", "t4", "t9"]
