@@ -96,6 +96,13 @@ def validation_error_response(exc: ValidationError) -> Response:
     return error_response(400, "validation_error", f"Invalid {first[0]}: {first[1]}", fields)
 
 
+def database_failure(exc: Exception) -> tuple[str, str, str]:
+    """(log event, error code, message) for a pool timeout or a lost database, over HTTP and MCP alike."""
+    if isinstance(exc, PoolBusy):  # connections kept coming back, just not fast enough: at capacity
+        return ("no database connection came free in time", "overloaded", "The server is too busy; try again shortly")
+    return ("database unavailable", "database_unavailable", "The database is unavailable; try again shortly")
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
@@ -130,12 +137,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(PoolTimeout)
     @app.errorhandler(psycopg.OperationalError)
     def _database_unavailable(exc: Exception):
-        if isinstance(exc, PoolBusy):  # connections kept coming back, just not fast enough: at capacity
-            event, code, message = ("no database connection came free in time", "overloaded",
-                                    "The server is too busy; try again shortly")
-        else:
-            event, code, message = ("database unavailable", "database_unavailable",
-                                    "The database is unavailable; try again shortly")
+        event, code, message = database_failure(exc)
         log.warning(event, extra={"error_class": type(exc).__name__})
         return error_response(503, code, message, headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)})
 

@@ -34,8 +34,7 @@ from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, ValidationError
 
 from backend.auth.service import AuthUser
-from backend.db import PoolBusy
-from backend.errors import ApiError, validation_fields
+from backend.errors import ApiError, database_failure, validation_fields
 from backend.mcp_server import tools as t
 from backend.sessions.models import SESSION_ID_PATTERN, SessionPath
 
@@ -227,12 +226,10 @@ def build_server(tools: t.SessionTools) -> Server:
         except ApiError as exc:
             log.info("mcp tool refused", extra={"tool": spec.name, "user_id": user.id, "code": exc.code})
             return api_error_result(exc)
-        except PoolBusy:
-            log.warning("no database connection came free in time", extra={"tool": spec.name})
-            return tool_error("overloaded", "The server is too busy; try again shortly")
         except (psycopg.OperationalError, PoolTimeout) as exc:
-            log.warning("database unavailable", extra={"tool": spec.name, "error_class": type(exc).__name__})
-            return tool_error("database_unavailable", "The database is unavailable; try again shortly")
+            event, code, message = database_failure(exc)
+            log.warning(event, extra={"tool": spec.name, "error_class": type(exc).__name__})
+            return tool_error(code, message)
         except Exception as exc:  # noqa: BLE001 - a bug: logged here, never its internals to the client
             log.exception("mcp tool failed", extra={"tool": spec.name, "error_class": type(exc).__name__})
             return tool_error("internal_error", "Something went wrong on our side")
