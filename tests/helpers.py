@@ -1,12 +1,13 @@
 """What the tests share besides fixtures: callers and clients, ids, injected database
-failures, a database as it was before a migration, and the check that every response
-is in the OpenAPI document."""
+failures, a database as it was before a migration, a pool's queue held in place, and
+the check that every response is in the OpenAPI document."""
 
 from __future__ import annotations
 
 import re
 import secrets
 import shutil
+import threading
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ from backend.db import MIGRATIONS_DIR, apply_migrations, setup_checkpointer
 from support import identity
 from support.databases import scratch_database
 from support.identity import thread_id
+from tests.chat_support import wait_until
 
 JWT_SECRET = "test-jwt-secret-" + "x" * 32
 SECRET_KEY = "test-secret-key-" + "y" * 32
@@ -149,3 +151,49 @@ def database_before(server_url: str, workdir: Path, migration: str):
             yield pool
         finally:
             pool.close()
+
+
+def requests_waiting(pool) -> int:
+    """Requests queued for one of the pool's connections."""
+    return pool.get_stats()["requests_waiting"]
+
+
+def in_thread(fn):
+    """Run fn in a thread; returns the thread and a dict that gets its result as `value`."""
+    out: dict = {}
+    thread = threading.Thread(target=lambda: out.setdefault("value", fn()))
+    thread.start()
+    return thread, out
+
+
+def _hold_a_turn(pool, seconds: float) -> None:
+    conn = pool.getconn(timeout=30)
+    threading.Event().wait(seconds)
+    pool.putconn(conn)
+
+
+@contextmanager
+def moving_queue(pool, holders: int = 5, hold_seconds: float = 0.4):
+    """The pool's only connection handed along a queue of `holders`, each keeping it `hold_seconds`:
+    connections keep coming back, but a request that joins the queue behind them waits about
+    holders x hold_seconds for its turn. Yields `start()`: call it once that request is queued."""
+    first = pool.getconn()
+    threads = [threading.Thread(target=_hold_a_turn, args=(pool, hold_seconds)) for _ in range(holders)]
+    started = False
+
+    def start() -> None:
+        nonlocal started
+        assert wait_until(lambda: requests_waiting(pool) == holders + 1)
+        started = True
+        pool.putconn(first)
+
+    try:
+        for i, thread in enumerate(threads):
+            thread.start()
+            assert wait_until(lambda: requests_waiting(pool) == i + 1)
+        yield start
+    finally:
+        if not started:
+            pool.putconn(first)
+        for thread in threads:
+            thread.join(30)

@@ -27,7 +27,16 @@ from backend.services import services_of
 from support.net import served_on_loopback
 from tests.chat_support import named_session, send, turn
 from tests.checkpoints import NO_ROWS, thread_row_counts
-from tests.helpers import JWT_SECRET, SECRET_KEY, User, client_for, make_token, unique_session_id
+from tests.helpers import (
+    JWT_SECRET,
+    SECRET_KEY,
+    User,
+    client_for,
+    in_thread,
+    make_token,
+    moving_queue,
+    unique_session_id,
+)
 from tests.test_undo import everything_digest
 
 TOOLS = {"list_sessions", "get_session", "rename_session", "archive_session", "export_session", "delete_session",
@@ -588,8 +597,6 @@ def test_http_serves_a_client_of_the_newest_protocol_too(mcp_url, api, alice):
 
 
 def test_a_tool_tells_a_busy_server_from_a_database_that_stopped_answering(make_app, alice):
-    from tests.test_pool_queue import _in_thread, moving_queue
-
     app = make_app(db_pool_timeout_seconds=1.0, db_pool_queue_seconds=1.5, db_pool_min_size=1, db_pool_max_size=1)
     pool = services_of(app).db.pool
     with served_on_loopback(app) as port:
@@ -601,7 +608,7 @@ def test_a_tool_tells_a_busy_server_from_a_database_that_stopped_answering(make_
 
         assert not run(list_sessions).is_error  # a connection came back in working order
         with moving_queue(pool) as start:  # connections keep coming back, too slowly for this call
-            thread, out = _in_thread(lambda: run(list_sessions))
+            thread, out = in_thread(lambda: run(list_sessions))
             start()
             thread.join(30)
         assert error_of(out["value"])["code"] == "overloaded"

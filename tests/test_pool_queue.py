@@ -4,29 +4,17 @@ and leases are renewed whatever the queue."""
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 
 from backend.db import PoolBusy
 from backend.services import services_of
 from tests.chat_support import named_session, parse_sse, send, wait_until
-from tests.helpers import User, client_for
+from tests.helpers import User, client_for, in_thread, moving_queue, requests_waiting
 
 # Deliberate waits below are what the tests are about (a request waiting past a timeout,
 # a connection held for a while), never synchronisation: that is done on the pool's stats.
 SHORT, QUEUE = 0.3, 10.0
-
-
-def _waiting(pool) -> int:
-    return pool.get_stats()["requests_waiting"]
-
-
-def _in_thread(fn):
-    out: dict = {}
-    thread = threading.Thread(target=lambda: out.setdefault("value", fn()))
-    thread.start()
-    return thread, out
 
 
 def test_a_request_waits_past_the_short_timeout_while_the_database_answers(make_app):
@@ -37,8 +25,8 @@ def test_a_request_waits_past_the_short_timeout_while_the_database_answers(make_
     held = [pool.getconn() for _ in range(2)]
     try:
         started = time.monotonic()
-        thread, out = _in_thread(lambda: client.get("/api/llm/sessions"))
-        assert wait_until(lambda: _waiting(pool) == 1)
+        thread, out = in_thread(lambda: client.get("/api/llm/sessions"))
+        assert wait_until(lambda: requests_waiting(pool) == 1)
         threading.Event().wait(3 * SHORT)  # held past the short timeout
         pool.putconn(held.pop())
         thread.join(QUEUE)
@@ -49,46 +37,13 @@ def test_a_request_waits_past_the_short_timeout_while_the_database_answers(make_
     assert time.monotonic() - started > 3 * SHORT
 
 
-def _hold_a_turn(pool, seconds: float) -> None:
-    conn = pool.getconn(timeout=30)
-    threading.Event().wait(seconds)
-    pool.putconn(conn)
-
-
-@contextlib.contextmanager
-def moving_queue(pool, holders: int = 5, hold_seconds: float = 0.4):
-    """The pool's only connection handed along a queue of `holders`, each keeping it `hold_seconds`:
-    connections keep coming back, but a request that joins the queue behind them waits about
-    holders x hold_seconds for its turn. Yields `start()`: call it once that request is queued."""
-    first = pool.getconn()
-    threads = [threading.Thread(target=_hold_a_turn, args=(pool, hold_seconds)) for _ in range(holders)]
-    started = False
-
-    def start() -> None:
-        nonlocal started
-        assert wait_until(lambda: _waiting(pool) == holders + 1)
-        started = True
-        pool.putconn(first)
-
-    try:
-        for i, thread in enumerate(threads):
-            thread.start()
-            assert wait_until(lambda: _waiting(pool) == i + 1)
-        yield start
-    finally:
-        if not started:
-            pool.putconn(first)
-        for thread in threads:
-            thread.join(30)
-
-
 def test_a_queue_too_long_is_503_overloaded_with_retry_after(make_app):
     app = make_app(db_pool_timeout_seconds=1.0, db_pool_queue_seconds=1.5, db_pool_min_size=1, db_pool_max_size=1)
     client = client_for(app, User())
     assert client.get("/api/llm/sessions").status_code == 200
     pool = services_of(app).db.pool
     with moving_queue(pool) as start:  # 2 s of turns ahead of the request
-        thread, out = _in_thread(lambda: client.get("/api/llm/sessions"))
+        thread, out = in_thread(lambda: client.get("/api/llm/sessions"))
         start()
         thread.join(10)
     r = out["value"]
@@ -169,7 +124,7 @@ def test_leases_are_renewed_while_every_pooled_connection_is_taken(make_app, fak
     sid = named_session(client)
     app_pool = services_of(app).db.pool
     with fake.hold_streams() as gate:
-        streaming = _in_thread(lambda: send(client, sid, "hello"))
+        streaming = in_thread(lambda: send(client, sid, "hello"))
         assert gate.wait_for_held(1)
         held = [app_pool.getconn() for _ in range(2)]  # a burst has every pooled connection
         try:
@@ -199,7 +154,7 @@ def test_the_lease_keeper_opens_its_connection_again_when_it_is_lost(make_app, f
     sid = named_session(client)
     leases = services_of(app).leases
     with fake.hold_streams() as gate:
-        streaming = _in_thread(lambda: send(client, sid, "hello"))
+        streaming = in_thread(lambda: send(client, sid, "hello"))
         assert gate.wait_for_held(1)
         assert wait_until(lambda: leases._conn is not None)
         lost = leases._conn.info.backend_pid
