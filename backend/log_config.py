@@ -47,6 +47,12 @@ def configure_logging(level: str, fmt: str) -> None:
     # handlers other code installed alone.
     root.handlers[:] = [h for h in root.handlers if not getattr(h, "_chat_backend", False)] + [handler]
     root.setLevel(level.upper())
+    # No format here shows a record's thread or process name, so they are not
+    # collected (Python's logging HOWTO, "Optimization"): under gevent, naming
+    # the thread made an object for every request's greenlet. The process id
+    # stays: gunicorn's own log lines show it.
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     # werkzeug's access log repeats what `request finished` says, without ids.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     # pgserver logs every command it runs at INFO, stdout included.

@@ -92,6 +92,22 @@ def test_passwords_are_stored_hashed(app, pool):
     assert password not in stored and stored.startswith("scrypt:")
 
 
+def test_session_cookies_follow_a_changed_secret_key(make_app):
+    # The cookie signer is built once per key (auth.routes.CookieSessions), not per request.
+    app = make_app()
+    email, password = signup(app)
+    client = app.test_client()
+    assert client.post("/api/auth/login", json={"email": email, "password": password}, headers=BROWSER).status_code == 200
+    assert client.get("/api/auth/me").status_code == 200
+    assert client.get("/api/auth/me").status_code == 200  # the same signer, used again
+
+    old_key = app.secret_key
+    app.secret_key = old_key + "-rotated"
+    assert client.get("/api/auth/me").status_code == 401  # signed with a key no longer in use
+    app.config["SECRET_KEY_FALLBACKS"] = [old_key]
+    assert client.get("/api/auth/me").status_code == 200  # still accepted while the old key is a fallback
+
+
 def test_forged_session_cookie_is_ignored(app):
     client = app.test_client()
     client.set_cookie("session", "eyJfdXNlcl9pZCI6IjEyMyJ9.forged.signature")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, g, request, session
+from flask.sessions import SecureCookieSessionInterface
 from flask_login import LoginManager, current_user, login_user, logout_user
 from flask_openapi3 import APIBlueprint, Tag
+from itsdangerous import URLSafeTimedSerializer
 
 from backend.auth.models import LoginBody, LogoutAllResponse, LogoutResponse, UserOut, UserResponse
 from backend.auth.service import AuthService, AuthUser
@@ -89,7 +91,24 @@ def unauthorized():
     return error_response(401, "unauthorized", "Sign in or send a valid access token", headers={"WWW-Authenticate": "Bearer"})
 
 
+class CookieSessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, with the signer built once per key instead of on
+    every request (Flask builds it even for a request without a cookie, such as every
+    request sent with a token: 24 us of a CRUD request's 926 in-process)."""
+
+    def __init__(self) -> None:
+        self._signer: tuple[tuple, URLSafeTimedSerializer | None] | None = None
+
+    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
+        keys = (app.secret_key, tuple(app.config.get("SECRET_KEY_FALLBACKS") or ()))
+        cached = self._signer
+        if cached is None or cached[0] != keys:
+            cached = self._signer = (keys, super().get_signing_serializer(app))
+        return cached[1]
+
+
 def init_login(app: Flask, auth: AuthService) -> None:
+    app.session_interface = CookieSessions()
     manager = LoginManager()
     manager.init_app(app)
     # "basic" marks the session non-fresh when the client's IP/agent changes;
