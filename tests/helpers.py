@@ -167,6 +167,7 @@ def in_thread(fn):
 
 
 def _hold_a_turn(pool, seconds: float) -> None:
+    # Holding a connection for a while is what the queue's tests are about: a deliberate wait, not synchronisation.
     conn = pool.getconn(timeout=30)
     threading.Event().wait(seconds)
     pool.putconn(conn)
