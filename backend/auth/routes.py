@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from flask import Flask, g, request, session
 from flask.sessions import SecureCookieSessionInterface
 from flask_login import LoginManager, current_user, login_user, logout_user
 from flask_openapi3 import APIBlueprint, Tag
-from itsdangerous import URLSafeTimedSerializer
 
 from backend.auth.models import LoginBody, LogoutAllResponse, LogoutResponse, UserOut, UserResponse
 from backend.auth.service import AuthService, AuthUser
@@ -17,6 +17,9 @@ from backend.csrf import csrf_checked_without_cookie
 from backend.errors import error_response
 from backend.http import error_responses, ok
 from backend.rate_limits import LOGIN, rate_limited
+
+if TYPE_CHECKING:
+    from itsdangerous import URLSafeTimedSerializer  # Flask's own signer (a Flask dependency)
 
 log = logging.getLogger(__name__)
 
