@@ -139,8 +139,7 @@ def settle(url: str, *, quiet_cpu_seconds: float = 0.05, max_wait_seconds: float
     with psycopg.connect(url, autocommit=True) as conn:
         autovacuums = [r[0] for r in conn.execute(
             "select query from pg_stat_activity where backend_type = 'autovacuum worker'").fetchall()]
-    vacuum_analyze(url)
-    with psycopg.connect(url, autocommit=True) as conn:
+        vacuum_analyze(url)
         try:
             conn.execute("checkpoint")
         except psycopg.Error:  # not a superuser (BENCH_DATABASE_URL): autovacuum's own pace then

@@ -20,20 +20,16 @@ import argparse
 import time
 import warnings
 
+from backend.sessions.thread_store import ORPHAN_THREADS_SQL
 from bench import data
 from bench.common import JWT_SECRET, SECRET_KEY, connect, scratch_database, server_url
 
-# The orphan search before sql/020: every registered thread against every session.
-FULL_COMPARISON_SQL = """
-select t.thread_id from chat_threads t
- where not exists (select 1 from chat_sessions s where s.thread_id = t.thread_id)
-   and greatest(t.created_at,
-                coalesce((select max((c.checkpoint ->> 'ts')::timestamptz) from checkpoints c
-                           where c.thread_id = t.thread_id), t.created_at))
-       < now() - make_interval(secs => %s)
- order by t.thread_id
- limit %s
-"""
+# The orphan search before sql/020, every registered thread against every session:
+# the app's own search without its filter on the orphan mark.
+_MARK_FILTER = "t.orphaned_at is not null  -- marked when its session row went (sql/020)\n   and "
+if _MARK_FILTER not in ORPHAN_THREADS_SQL:
+    raise RuntimeError("the orphan search changed: update its reference here")
+FULL_COMPARISON_SQL = ORPHAN_THREADS_SQL.replace(_MARK_FILTER, "")
 
 
 def _ms(fn) -> float:
