@@ -17,10 +17,13 @@ from backend.db import Database
 from backend.errors import register_error_handlers, validation_error_response
 from backend.events.routes import EVENTS_PATH, events_api
 from backend.health import health_api
-from backend.http import ErrorResponse, JsonRequest
+from backend.http import ErrorResponse, JsonRequest, document_stream_events
 from backend.log_config import configure_logging, install_request_logging
+from backend.nosniff import NoSniff
 from backend.overload import ConnectionLimit
 from backend.rate_limits import init_rate_limits
+from backend.request_body import BodyDeadline, document_body_timeout
+from backend.runs.routes import runs_api
 from backend.services import Services, build_services
 from backend.sessions.routes import sessions_api
 from backend.shallow_streams import ShallowStreams, under_gevent
@@ -58,6 +61,11 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         REMEMBER_COOKIE_SECURE=settings.cookie_secure,
     )
 
+    from backend.cli import asking_only_for_help, help_only_app
+
+    if asking_only_for_help():  # `flask --help`: the commands' help, no database started for it
+        return help_only_app(app)
+
     db = Database.connect(settings)
     log.info("database in use", extra={"database": db.description})
     try:
@@ -77,6 +85,8 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         allow_headers=["Content-Type", "Authorization", "X-Request-ID", "X-Requested-With"],
         expose_headers=["X-Request-ID", "Retry-After"],
         max_age=600,
+        # Only in answer to an allowed Origin (flask-cors otherwise lists every origin to any caller).
+        always_send=False,
     )
     if settings.trusted_proxies:
         app.wsgi_app = ProxyFix(
@@ -84,13 +94,18 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         )
     # An idle event stream keeps only the stack it waits on (backend/shallow_streams.py).
     app.wsgi_app = ShallowStreams(app.wsgi_app, [EVENTS_PATH], enabled=under_gevent())
-    # Outermost: a request over the cap costs nothing but the refusal.
+    # A body that never arrives holds its connection: 408 past REQUEST_BODY_TIMEOUT_SECONDS (backend/request_body.py).
+    app.wsgi_app = BodyDeadline(app.wsgi_app, settings.request_body_timeout_seconds)
+    # Outermost but for a header: a request over the cap costs nothing but the refusal.
     app.wsgi_app = ConnectionLimit(app.wsgi_app, settings.max_connections_per_worker, settings.cors_origin_list)
+    app.wsgi_app = NoSniff(app.wsgi_app)  # every response, that refusal's too
     install_request_logging(app)
     register_error_handlers(app)
     install_csrf_protection(app, settings.cors_origin_list)
     init_login(app, services.auth)
     _register_blueprints(app, services)
+    document_body_timeout(app)  # 408 on every operation that takes a body
+    document_stream_events(app)  # each SSE event's data named in the document's components
     init_rate_limits(app, settings)  # applies each route's @rate_limited
     if settings.mcp_http_enabled:
         from backend.mcp_server.http import install_http
@@ -109,6 +124,7 @@ def _register_blueprints(app: OpenAPI, services: Services) -> None:
     app.register_api(auth_api(services.auth))
     app.register_api(sessions_api(services.sessions, services.cleanup))
     app.register_api(chat_api(services.chat, services.importer))
+    app.register_api(runs_api(services.runs))
     app.register_api(events_api(services.events, services.auth))
     # The OpenAPI document at /api/openapi.json, as the frontend's contract.
     app.add_url_rule("/api/openapi.json", "openapi_json", lambda: app.api_doc)

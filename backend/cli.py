@@ -88,11 +88,51 @@ def register_cli(app: Flask, services: Services) -> None:
     @app.cli.command("create-user")
     @click.option("--email", required=True)
     @click.option("--business-id", required=True)
-    @click.password_option()
+    @click.password_option(help="Asked for (twice, hidden) when not given")
     def create_user(email: str, business_id: str, password: str) -> None:
-        """Create a user who signs in with email and password."""
+        """Create a user who signs in with email and password; prints the user id (`mcp --user-id`)."""
         try:
             user = services.auth.create_user(email, password, business_id)
         except ApiError as exc:
             raise click.ClickException(f"{exc.message}: {exc.fields or ''}".rstrip(": ")) from None
         click.echo(f"created user {user.id} ({user.email}) in business {user.business_id}")
+
+    @app.cli.command("list-users")
+    def list_users() -> None:
+        """The users who sign in with a password: id (what `mcp --user-id` takes), business, email."""
+        with services.db.pool.connection() as conn:
+            rows = conn.execute(LIST_USERS_SQL).fetchall()
+        for row in rows:
+            click.echo(f"{row['id']}  {row['business_id']}  {row['email']}")
+        if not rows:
+            click.echo("no users yet: flask --app backend create-user --email ... --business-id ...")
+
+
+LIST_USERS_SQL = "select id, business_id, email from public.app_users order by created_at, email"
+
+# Options of the `flask` command itself, and whether each takes a value.
+_FLASK_OPTIONS = {"--app": True, "-A": True, "--env-file": True, "-e": True, "--debug": False, "--no-debug": False}
+
+
+def asking_only_for_help() -> bool:
+    """Whether this process is `flask ... --help` (or `flask` alone): the command list and each
+    command's help need the app's commands, not its database, so nothing should start one."""
+    context = click.get_current_context(silent=True)
+    if context is None or context.find_root().info_name != "flask":
+        return False
+    args = sys.argv[1:]
+    if "--help" in args or "-h" in args:
+        return True
+    i = 0
+    while i < len(args):
+        name = args[i].split("=", 1)[0]
+        if name not in _FLASK_OPTIONS:
+            return False  # a command: it runs, with its database
+        i += 2 if _FLASK_OPTIONS[name] and "=" not in args[i] else 1
+    return True
+
+
+def help_only_app(app: Flask) -> Flask:
+    """`app` with the operator commands registered for their help alone (no services: none runs)."""
+    register_cli(app, None)  # type: ignore[arg-type]
+    return app

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     # HTTP
     cors_origins: str = "http://localhost:3000,http://localhost:5173"
     max_request_bytes: int = Field(default=1_048_576, ge=1024)
+    # Seconds a request's whole body may take to arrive after its headers; then 408
+    # request_timeout (backend/request_body.py). 30: a MAX_REQUEST_BYTES body at ~35 KB/s.
+    request_body_timeout_seconds: float = Field(default=30.0, gt=0)
     session_cookie_secure: bool | None = None  # None: Secure everywhere but development
     # How many proxies in front of the app set X-Forwarded-For / -Proto (0: none;
     # then the client address is the TCP peer's). Rate limits key on it.
@@ -90,7 +93,7 @@ class Settings(BaseSettings):
     # is 429 too_many_streams), and a deadline for one reply.
     chat_max_concurrent_per_user: int = Field(default=5, ge=1)
     chat_turn_max_seconds: float = Field(default=300, gt=0)
-    # Sessions one user may keep (the next create is 409 quota_exceeded).
+    # Sessions one user may keep (past it, a create, a first chat turn, an import or a restore is 409 quota_exceeded).
     max_sessions_per_user: int = Field(default=10_000, ge=1)
     # Open event streams per user in one server process; the next is refused (429).
     events_max_streams_per_user: int = Field(default=10, ge=1)
@@ -110,9 +113,19 @@ class Settings(BaseSettings):
     run_lease_seconds: float = Field(default=15.0, gt=0)
     run_renew_seconds: float = Field(default=1.0, gt=0)
     force_delete_wait_seconds: float = Field(default=10.0, ge=0)
+    # A reply whose client goes away: 'continue' writes it to its end (any tab can join
+    # it); 'cancel' stops it, upstream too.
+    run_on_disconnect: Literal["continue", "cancel"] = "continue"
+    # How long an ended run can still be joined or replayed (its text is kept that long).
+    run_replay_seconds: float = Field(default=600, gt=0)
+    # How often a reader on another process than the reply's looks for new text.
+    run_poll_seconds: float = Field(default=0.25, gt=0)
+    # Messages that may wait behind a session's reply (multitask_strategy=enqueue); then 429 queue_full.
+    run_queue_max_per_session: int = Field(default=10, ge=1)
     # How long a delete with ?backup=true can be undone (POST .../restore).
     backup_retention_seconds: float = Field(default=86_400, gt=0)
-    # The most messages one import may bring (the body is also capped by MAX_REQUEST_BYTES).
+    # The most messages one import may bring (the body is also capped by MAX_REQUEST_BYTES, and the
+    # conversation by what a session may hold: CHAT_HISTORY_MAX_MESSAGES, CHAT_HISTORY_MAX_BYTES).
     import_max_messages: int = Field(default=10_000, ge=1)
     # Retention, applied by the periodic upkeep (unset: keep forever). Sessions
     # with no activity for RETENTION_INACTIVE_DAYS are deleted (only archived

@@ -56,5 +56,5 @@ def install_csrf_protection(app: Flask, allowed_origins: list[str]) -> None:
         if not request.headers.get(CSRF_HEADER):
             raise ApiError(
                 403, "csrf_failed",
-                f"State-changing requests authenticated by cookie must send an {CSRF_HEADER} header",
+                f"Send the {CSRF_HEADER} header (any value) with this request; a cross-site form cannot",
             )

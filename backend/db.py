@@ -8,7 +8,11 @@ the one pool built here, so every connection has the same settings.
 
 from __future__ import annotations
 
+import json
 import logging
+import signal
+import sys
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -33,15 +37,46 @@ MIGRATIONS_LOCK_KEY = 7_241_001
 CHECKPOINTER_SETUP_LOCK_KEY = 7_241_002
 
 
-def start_embedded_postgres(data_dir: Path) -> str:
-    """Start (or join) the embedded PostgreSQL in `data_dir`; return its URI."""
+def start_embedded_postgres(data_dir: Path, cleanup: str = "stop") -> str:
+    """Start (or join) the embedded PostgreSQL in `data_dir`; return its URI.
+
+    `cleanup`: 'stop', the server stops when the last process using it exits; 'delete', its
+    data directory goes too (a throwaway server, as the test suite's)."""
     import pgserver  # imported here: production never needs it loaded
 
     data_dir = Path(data_dir).expanduser().resolve()
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    # 'stop': the server stops when the last process using it exits.
-    server = pgserver.get_server(data_dir, cleanup_mode="stop")
+    with pgserver.PostgresServer._lock:
+        _forget_dead_users(data_dir)
+    _exit_cleanly_on_sigterm()
+    server = pgserver.get_server(data_dir, cleanup_mode=cleanup)
     return server.get_uri()
+
+
+def _forget_dead_users(data_dir: Path) -> None:
+    """pgserver stops the server when the last process using it exits, by a list of their pids; a
+    process killed without running its exit handlers stays listed, and the server would then never
+    stop. Drop the pids no longer running before joining."""
+    import psutil
+
+    listed = data_dir / ".handle_pids.json"
+    try:
+        pids = json.loads(listed.read_text())
+    except (OSError, ValueError):
+        return
+    alive = [pid for pid in pids if isinstance(pid, int) and psutil.pid_exists(pid)]
+    if alive != pids:
+        listed.write_text(json.dumps(alive))
+
+
+def _exit_cleanly_on_sigterm() -> None:
+    """SIGTERM (an IDE's stop, `kill`, a container's stop) exits through Python's exit handlers, as
+    Ctrl-C does, so the embedded server is stopped with the last process using it. Only where
+    nothing else handles the signal (gunicorn's processes install their own)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def resolve_database_url(settings: Settings) -> tuple[str, str]:

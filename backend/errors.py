@@ -28,6 +28,27 @@ SERVER_OWNED_FIELDS = {
     "last_message_at": "last_message_at is set by the server and cannot be changed",
 }
 
+# Every error code an HTTP response of the API can carry. The OpenAPI document lists them as the
+# enum of `error.code` (the typed client gets a union), so a response with another one fails the
+# tests' contract check: add a new code here.
+ERROR_CODES = (
+    "bad_request", "invalid_json", "invalid_body", "validation_error", "invalid_cursor",
+    "unauthorized", "invalid_token", "invalid_credentials", "csrf_failed", "forbidden",
+    "not_found", "run_not_found", "method_not_allowed", "request_timeout",
+    "conflict", "email_taken", "session_busy", "session_archived", "session_full", "session_exists",
+    "thread_conflict", "quota_exceeded", "queue_full", "run_finished",
+    "payload_too_large", "unsupported_media_type",
+    "rate_limited", "too_many_streams",
+    "internal_error", "http_error", "events_disabled",
+    "database_unavailable", "overloaded", "auth_unavailable", "rate_limit_unavailable",
+)
+
+# A pattern mismatch said in words: pydantic's own message quotes the regular expression.
+PATTERN_MESSAGES = {
+    "session_id": "must be 1-128 characters of A-Z a-z 0-9 _ . : - (and not '.' or '..')",
+    "email": "must not contain control characters",
+}
+
 DATABASE_RETRY_AFTER_SECONDS = 5
 
 
@@ -81,6 +102,8 @@ def validation_fields(exc: ValidationError) -> dict[str, str]:
         name = _field_name(tuple(err.get("loc", ())))
         if err.get("type") == "extra_forbidden":
             message = SERVER_OWNED_FIELDS.get(name, f"{name} is not a known field")
+        elif err.get("type") == "string_pattern_mismatch":
+            message = PATTERN_MESSAGES.get(name.rsplit(".", 1)[-1], "is not in the expected format")
         else:
             message = err.get("msg", "invalid value")
             # pydantic prefixes custom errors with "Value error, "; clients need not see it

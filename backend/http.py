@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from flask import Request, jsonify
-from pydantic import BaseModel, ConfigDict, PlainSerializer
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 from pydantic.json_schema import GenerateJsonSchema
 from pydantic_core import core_schema
 
-from backend.errors import ApiError
+from backend.errors import ERROR_CODES, ApiError
 
 
 class JsonRequest(Request):
@@ -35,7 +36,37 @@ class JsonRequest(Request):
             raise ApiError(400, "invalid_json", "The request body is nested too deeply") from None
         if not isinstance(value, dict):
             raise ApiError(400, "invalid_body", "The request body must be a JSON object")
+        # JSON may escape half of a UTF-16 pair alone ("\ud800"): not text, and no database stores it.
+        if _SURROGATE_ESCAPE.search(data) and _has_lone_surrogate(value):
+            raise ApiError(400, "invalid_json", "The request body has a lone surrogate escape (\\ud800-\\udfff), "
+                                                "which is not text")
         return value
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether any string (or key) in a parsed JSON value holds a lone surrogate."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+    return False
+
+
+# Text with no control characters (Unicode category Cc: C0, DEL, C1), as a JSON Schema
+# pattern that pydantic enforces and the OpenAPI document shows.
+NO_CONTROL_CHARS_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
 
 
 def _utc_iso(value: datetime) -> str:
@@ -120,7 +151,7 @@ class SuccessModel(DocumentedModel):
 
 
 class ErrorDetail(BaseModel):
-    code: str
+    code: str = Field(json_schema_extra={"enum": list(ERROR_CODES)})
     message: str
     fields: dict[str, str] | None = None
 
@@ -161,3 +192,38 @@ def sse_event_schema(name: str, data: dict) -> dict:
 
 def json_object(**properties: dict) -> dict:
     return {"type": "object", "required": list(properties), "properties": properties}
+
+
+def document_stream_events(app) -> None:
+    """Name each Server-Sent Event's `data` in the OpenAPI document's components, so generated
+    clients get a type per event (`ChatStreamTokenEvent`, `SessionDeletedEvent`, ...), and the
+    operations' `itemSchema` refers to them. The events stream's `type` field is the event's
+    name (a const, which lets a client tell the events apart by it)."""
+    generate = app.generate_spec_json
+
+    def generate_spec_json() -> None:
+        generate()
+        schemas = app.spec_json.setdefault("components", {}).setdefault("schemas", {})
+        for path, path_item in app.spec_json.get("paths", {}).items():
+            prefix = "" if path.endswith("/events") else "ChatStream"
+            for operation in path_item.values():
+                if not isinstance(operation, dict):
+                    continue
+                for response in operation.get("responses", {}).values():
+                    stream = response.get("content", {}).get("text/event-stream", {})
+                    for event in stream.get("itemSchema", {}).get("oneOf", []):
+                        name = event["properties"]["event"]["const"]
+                        data = event["properties"]["data"]
+                        schema = data["contentSchema"]
+                        if "$ref" in schema:
+                            continue  # named already (the same document, generated again)
+                        schema = dict(schema)
+                        if schema.get("properties", {}).get("type") == {"type": "string"}:
+                            schema["properties"] = {**schema["properties"], "type": {"type": "string", "const": name}}
+                        component = prefix + "".join(part.capitalize() for part in re.split(r"[._]", name)) + "Event"
+                        if schemas.get(component, schema) != schema:
+                            raise ValueError(f"two different events would be named {component} in the document")
+                        schemas[component] = schema
+                        data["contentSchema"] = {"$ref": f"#/components/schemas/{component}"}
+
+    app.generate_spec_json = generate_spec_json

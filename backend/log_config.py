@@ -53,8 +53,18 @@ def configure_logging(level: str, fmt: str) -> None:
     # stays: gunicorn's own log lines show it.
     logging.logThreads = False
     logging.logMultiprocessing = False
-    # werkzeug's access log repeats what `request finished` says, without ids.
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    # werkzeug's access log repeats what `request finished` says, without ids: only its warnings
+    # are kept, and the development server's own start lines (`flask run`, `make run`: where it
+    # listens), printed as werkzeug prints them.
+    werkzeug = logging.getLogger("werkzeug")
+    werkzeug.setLevel(logging.INFO)
+    werkzeug.propagate = False
+    warnings = logging.StreamHandler(sys.stderr)
+    warnings.setFormatter(handler.formatter)
+    warnings.setLevel(logging.WARNING)
+    start_lines = logging.StreamHandler(sys.stderr)
+    start_lines.addFilter(lambda record: record.levelno < logging.WARNING and "Running on" in record.getMessage())
+    werkzeug.handlers[:] = [warnings, start_lines]
     # pgserver logs every command it runs at INFO, stdout included.
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     # The model client's HTTP library logs each request at INFO: a second line

@@ -127,6 +127,10 @@ def init_rate_limits(app: Flask, settings: Settings) -> Limiter:
         # (unlimited password guessing). RATE_LIMIT_FAIL_OPEN=true lets them
         # through instead, with a logged error, for those who prefer that.
         swallow_errors=settings.rate_limit_fail_open,
+        # Every failure of the counters' storage reaches the app as limits' own StorageError, and
+        # only that is an outage: a storage's native errors can be as broad as ValueError (the
+        # in-memory storage's), and registering those would answer any bug 503 rate_limit_unavailable.
+        storage_options={"wrap_exceptions": True},
     )
     if settings.rate_limits_enabled and settings.rate_limit_storage_url.startswith("memory://") and _multi_process():
         log.warning(
@@ -134,15 +138,13 @@ def init_rate_limits(app: Flask, settings: Settings) -> Limiter:
             "set RATE_LIMIT_STORAGE_URL=redis://... to share the counts",
         )
 
-    def _counters_unavailable(exc):  # only reached when failing closed
-        log.error("rate limit counters unreachable", extra={"error_class": type(exc).__name__})
+    def _counters_unavailable(exc: StorageError):  # only reached when failing closed
+        cause = getattr(exc, "storage_error", exc)  # what the storage raised (redis' ConnectionError, ...)
+        log.error("rate limit counters unreachable", extra={"error_class": type(cause).__name__})
         return error_response(503, "rate_limit_unavailable", "The service cannot check rate limits right now; "
                               "try again shortly", headers={"Retry-After": "5"})
 
-    # The storage's own errors (redis.RedisError, ...) are what reach the app.
-    storage_errors = getattr(limiter.storage, "base_exceptions", ()) if limiter.enabled else ()
-    for error_class in (StorageError, *(storage_errors if isinstance(storage_errors, tuple) else (storage_errors,))):
-        app.register_error_handler(error_class, _counters_unavailable)
+    app.register_error_handler(StorageError, _counters_unavailable)
 
     # The limits are checked by the decorator's wrapper, so the registered
     # views themselves are wrapped (this limiter belongs to this app only).

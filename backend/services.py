@@ -17,7 +17,10 @@ from backend.chat.maintenance import Maintenance
 from backend.chat.namer import SessionNamer
 from backend.chat.run_store import RunStore
 from backend.chat.runs import ReplyControl, RunLeases
+from backend.chat.follow import RunReaders
 from backend.chat.service import ChatService
+from backend.chat.unfinished import UnfinishedReplies
+from backend.runs.service import RunService
 from backend.config import Settings
 from backend.db import Database
 from backend.events.hub import EventHub
@@ -43,6 +46,7 @@ class Services:
     sessions: SessionService
     cleanup: SessionCleanup
     chat: ChatService
+    runs: RunService
     importer: SessionImporter
     leases: RunLeases
     namer: SessionNamer
@@ -111,6 +115,8 @@ def build_services(settings: Settings, db: Database) -> Services:
     )
     graph_factory = load_graph_factory(settings.chat_graph_factory)
     graph = graph_factory().compile(checkpointer=checkpointer)
+    readers = RunReaders(runs=run_store, leases=leases, replay_seconds=settings.run_replay_seconds,
+                         poll_seconds=settings.run_poll_seconds, heartbeat_seconds=settings.sse_heartbeat_seconds)
     chat = ChatService(
         sessions=sessions,
         runs=run_store,
@@ -128,6 +134,10 @@ def build_services(settings: Settings, db: Database) -> Services:
         max_history_bytes=settings.chat_history_max_bytes,
         max_replies_per_user=settings.chat_max_concurrent_per_user,
         prune_history=settings.checkpoint_history == "latest",
+        cancel_on_disconnect=settings.run_on_disconnect == "cancel",
+        readers=readers,
+        max_queued_per_session=settings.run_queue_max_per_session,
+        stop_wait_seconds=settings.force_delete_wait_seconds,
     )
     verifier = TokenVerifier(
         jwt_secret=settings.supabase_jwt_secret,
@@ -166,6 +176,11 @@ def build_services(settings: Settings, db: Database) -> Services:
         audit_retention_days=settings.audit_retention_days,
         purge_events=events.purge_expired if events else None,
         purge_sign_ins=auth.purge_ended_sign_ins,
+        run_replay_seconds=settings.run_replay_seconds,
+        keep_interrupted_run=UnfinishedReplies(graph).keep_interrupted,
+        start_queued=chat.start_queued,
+        owner=leases.owner,
+        claim_seconds=settings.run_lease_seconds,
     )
     return Services(
         settings=settings,
@@ -174,7 +189,15 @@ def build_services(settings: Settings, db: Database) -> Services:
         sessions=sessions,
         cleanup=cleanup,
         chat=chat,
-        importer=SessionImporter(db.pool, sessions_store, graph, max_messages=settings.import_max_messages),
+        runs=RunService(
+            sessions=sessions, runs=run_store, readers=readers, chat=chat, replay_seconds=settings.run_replay_seconds,
+            stop_wait_seconds=settings.force_delete_wait_seconds,
+        ),
+        importer=SessionImporter(
+            db.pool, sessions_store, graph, max_messages=settings.import_max_messages,
+            max_history_messages=settings.chat_history_max_messages, max_history_bytes=settings.chat_history_max_bytes,
+            max_sessions_per_user=settings.max_sessions_per_user,
+        ),
         leases=leases,
         namer=namer,
         maintenance=maintenance,

@@ -35,9 +35,9 @@ def text_of(message: BaseMessage) -> str:
     return "".join(parts)
 
 
-def user_message(text: str, created_at: datetime | None = None) -> HumanMessage:
+def user_message(text: str, created_at: datetime | None = None, message_id: str | None = None) -> HumanMessage:
     stamp = created_at.isoformat() if created_at else now_iso()
-    return HumanMessage(content=text, additional_kwargs={CREATED_AT_KEY: stamp})
+    return HumanMessage(content=text, additional_kwargs={CREATED_AT_KEY: stamp}, id=message_id)
 
 
 def assistant_message(text: str, created_at: datetime | None = None) -> AIMessage:
@@ -45,11 +45,39 @@ def assistant_message(text: str, created_at: datetime | None = None) -> AIMessag
     return AIMessage(content=text, additional_kwargs={CREATED_AT_KEY: stamp})
 
 
+# A reply that did not finish (Stop): kept as written, marked, and told to the model as such.
+STATUS_KEY = "status"
+UNFINISHED_NOTES = {
+    "stopped": "[This reply was stopped by the user before it was finished.]",
+    "interrupted": "[This reply was cut off by a server failure before it was finished.]",
+}
+
+
+def stopped_message(text: str, status: str = "stopped") -> AIMessage:
+    """A reply that did not finish: `stopped` (Stop) or `interrupted` (its server died)."""
+    message = assistant_message(text)
+    message.additional_kwargs[STATUS_KEY] = status
+    return message
+
+
+def message_of(role: str, text: str, created_at: datetime | None = None, status: str | None = None) -> BaseMessage:
+    """A message as a client sees it ({role, content, created_at, status?}), back into the history."""
+    if role == "user":
+        return user_message(text, created_at)
+    message = assistant_message(text, created_at)
+    if status:
+        message.additional_kwargs[STATUS_KEY] = status
+    return message
+
+
 def _created_at(message: BaseMessage) -> datetime | None:
     stamp = message.additional_kwargs.get(CREATED_AT_KEY)
     try:
-        return datetime.fromisoformat(stamp) if isinstance(stamp, str) else None
-    except ValueError:
+        when = datetime.fromisoformat(stamp) if isinstance(stamp, str) else None
+        if when is not None and when.tzinfo is not None:
+            when.astimezone(timezone.utc)  # times are shown in UTC: one past its range (year 10,000) has none
+        return when
+    except (ValueError, OverflowError):
         return None
 
 
@@ -66,7 +94,11 @@ def visible_messages(messages: list[BaseMessage]) -> list[dict[str, Any]]:
         text = text_of(message)
         if role == "assistant" and not text:
             continue  # a tool call without words is not a reply
-        out.append({"role": role, "content": text, "created_at": _created_at(message)})
+        entry = {"role": role, "content": text, "created_at": _created_at(message)}
+        status = message.additional_kwargs.get(STATUS_KEY)
+        if role == "assistant" and status in ("stopped", "interrupted"):
+            entry["status"] = status
+        out.append(entry)
     return out
 
 
@@ -79,7 +111,11 @@ def to_openai_messages(messages: list[BaseMessage], system_prompt: str | None = 
         elif isinstance(message, HumanMessage):
             out.append({"role": "user", "content": text_of(message)})
         elif isinstance(message, AIMessage) and text_of(message):
-            out.append({"role": "assistant", "content": text_of(message)})
+            text = text_of(message)
+            status = message.additional_kwargs.get(STATUS_KEY)
+            if status in UNFINISHED_NOTES:
+                text = f"{text}\n\n{UNFINISHED_NOTES[status]}"
+            out.append({"role": "assistant", "content": text})
         elif isinstance(message, ToolMessage):
             continue  # the default graph has no tools; a custom graph formats its own
     return out

@@ -117,10 +117,29 @@ def title_from_answer(raw: str) -> str | None:
     if "<think>" in text.lower():  # reasoning cut off by max_tokens: no title yet
         return None
     text = "".join(" " if _is_control(ch) and ch != "\n" else ch for ch in text)
+    text = strip_markdown(text)
     text = _strip_title_prefix(text)  # also handles "Title:\n<title>"
     line = next((ln for ln in text.splitlines() if any(ch.isalnum() for ch in ln)), "")
     line = _strip_title_prefix(line)
     return _finish_title(line.split()[:MAX_NAME_WORDS])
+
+
+_MD_IMAGE_OR_LINK_RE = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
+_MD_EMPHASIS_RE = re.compile(r"(\*{1,3}|~~|`+)(?=\S)(.+?)(?<=\S)\1|(?<!\w)(_{1,3})(?=\S)(.+?)(?<=\S)\3(?!\w)")
+# Marks left over; a single * or _ inside a word (2*3, snake_case) is not one.
+_MD_MARKERS_RE = re.compile(r"\*{2,}|(?<!\w)\*|\*(?!\w)|~~|`+|(?<!\w)_+|_+(?!\w)")
+_MD_LINE_START_RE = re.compile(r"^\s*(?:#{1,6}\s+|>\s*|[-*+]\s+|\d+[.)]\s+)", re.MULTILINE)
+
+
+def strip_markdown(text: str) -> str:
+    """A title keeps no markdown: links and images become their text; emphasis, code and
+    strike-through marks, headings, quotes and list markers go (also unbalanced ones, which a
+    title cut at max_tokens leaves: `Here Is a **Plan`)."""
+    text = _MD_IMAGE_OR_LINK_RE.sub(r"\1", text)
+    for _ in range(3):  # nested: ***bold italic***, **`code`**
+        text = _MD_EMPHASIS_RE.sub(lambda m: m.group(2) or m.group(4), text)
+    text = _MD_LINE_START_RE.sub("", text)
+    return _MD_MARKERS_RE.sub("", text)
 
 
 def heuristic_session_name(message: str) -> str:

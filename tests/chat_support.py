@@ -19,6 +19,7 @@ NAMING_ANSWER = "Highland Property Valuation"
 class SseEvent:
     event: str
     data: dict
+    id: str | None = None
 
 
 def parse_sse(text: str) -> tuple[list[SseEvent], list[str]]:
@@ -27,7 +28,7 @@ def parse_sse(text: str) -> tuple[list[SseEvent], list[str]]:
     for block in text.split("\n\n"):
         if not block.strip():
             continue
-        name, data = "message", []
+        name, data, event_id = "message", [], None
         for line in block.split("\n"):
             if line.startswith(":"):
                 comments.append(line[1:].strip())
@@ -35,8 +36,10 @@ def parse_sse(text: str) -> tuple[list[SseEvent], list[str]]:
                 name = line[6:].strip()
             elif line.startswith("data:"):
                 data.append(line[5:].strip())
+            elif line.startswith("id:"):
+                event_id = line[3:].strip()
         if data:
-            events.append(SseEvent(name, json.loads("\n".join(data))))
+            events.append(SseEvent(name, json.loads("\n".join(data)), event_id))
     return events, comments
 
 

@@ -8,8 +8,10 @@ the end, so runs never see each other's rows. Nothing here mocks the database.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -31,12 +33,17 @@ from tests.helpers import (
 pytest_plugins = ["tests.chat_support"]  # the fake model's fixtures
 
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory) -> str:
-    """The PostgreSQL server the suite runs against (its maintenance database)."""
+def server_url() -> str:
+    """The PostgreSQL server the suite runs against (its maintenance database).
+
+    The embedded one lives in a directory of its own under the system's temporary folder, never
+    under pytest's: another pytest run on the machine cleans that folder and, as root, resets it
+    to mode 0700, which locks out the server (it runs as its own system user) mid-run. Its data
+    directory is deleted when the run ends."""
     url = os.environ.get("TEST_DATABASE_URL")
     if url:
         return url
-    return start_embedded_postgres(tmp_path_factory.mktemp("pg") / "data")
+    return start_embedded_postgres(Path(tempfile.mkdtemp(prefix="chat-sessions-tests-pg-")), cleanup="delete")
 
 
 @pytest.fixture(scope="session")

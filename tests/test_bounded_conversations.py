@@ -169,3 +169,82 @@ def test_one_user_may_keep_only_so_many_sessions(make_app, alice, bob):
     assert client_for(app, bob).post("/api/llm/sessions", json={}).status_code == 201
     assert client.delete("/api/llm/sessions/quota-0").status_code == 200
     assert client.post("/api/llm/sessions", json={"session_id": "quota-3"}).status_code == 201
+
+
+def _import(client, sid: str):
+    return client.post("/api/llm/sessions/import", json={
+        "format": "chat-session/v1", "session_id": sid,
+        "messages": [{"role": "user", "content": "kept"}, {"role": "assistant", "content": "and answered"}]})
+
+
+def _user_rows(pool, user: User) -> dict:
+    """Every row a create, an import or a restore could write for this user."""
+    with pool.connection() as conn:
+        return {
+            "sessions": rows_digest(conn, "select * from chat_sessions where user_id = %s", user.id),
+            "backups": rows_digest(conn, "select * from session_backups where user_id = %s", user.id),
+            **{table: rows_digest(conn, f"select * from {table} where thread_id like %s", f"user_{user.id}_%")
+               for table in ("checkpoints", "checkpoint_blobs", "checkpoint_writes")},
+        }
+
+
+def test_imports_and_restores_past_the_session_cap_are_refused_and_write_nothing(make_app, alice, pool):
+    app = make_app(max_sessions_per_user=2)
+    client = client_for(app, alice)
+    assert _import(client, "kept-0").status_code == 201
+    backup_id = client.delete("/api/llm/sessions/kept-0?backup=true").get_json()["backup"]["backup_id"]
+    assert _import(client, "kept-1").status_code == 201
+    assert client.post("/api/llm/sessions", json={"session_id": "kept-2"}).status_code == 201  # at the cap
+    before = _user_rows(pool, alice)
+    r = _import(client, "one-too-many")
+    assert r.status_code == 409 and r.get_json()["error"]["code"] == "quota_exceeded", r.get_json()
+    r = client.post("/api/llm/sessions/restore", json={"backup_id": backup_id})
+    assert r.status_code == 409 and r.get_json()["error"]["code"] == "quota_exceeded", r.get_json()
+    r = send(client, "first-use", "hello")  # the chat turn's create-on-first-use
+    assert r.status_code == 409 and r.get_json()["error"]["code"] == "quota_exceeded", r.get_json()
+    assert _user_rows(pool, alice) == before  # no session row, no checkpoint row, the recovery point kept
+    # With room again, the refused recovery point still works, and puts the conversation back.
+    assert client.delete("/api/llm/sessions/kept-2").status_code == 200
+    assert client.post("/api/llm/sessions/restore", json={"backup_id": backup_id}).status_code == 201
+    messages = client.get("/api/llm/sessions/kept-0?include_messages=true").get_json()["messages"]
+    assert [m["content"] for m in messages] == ["kept", "and answered"]
+
+
+def test_concurrent_creates_by_every_path_never_pass_the_session_cap(make_app, alice, pool):
+    # Creates, first chat turns, imports and restores at once, by one user with no session:
+    # each path claims its slot under the same per-user lock (sql/022), so exactly `cap` land.
+    cap, each = 3, 4
+    app = make_app(max_sessions_per_user=cap, chat_max_concurrent_per_user=20)
+    client = client_for(app, alice)
+    backups = []
+    for i in range(each):
+        assert _import(client, f"restorable-{i}").status_code == 201
+        backups.append(client.delete(f"/api/llm/sessions/restorable-{i}?backup=true").get_json()["backup"]["backup_id"])
+    attempts = (
+        [lambda c, i=i: c.post("/api/llm/sessions", json={"session_id": f"created-{i}"}) for i in range(each)]
+        + [lambda c, i=i: send(c, f"chatted-{i}", "hello") for i in range(each)]
+        + [lambda c, i=i: _import(c, f"imported-{i}") for i in range(each)]
+        + [lambda c, b=b: c.post("/api/llm/sessions/restore", json={"backup_id": b}) for b in backups]
+    )
+    barrier, statuses = threading.Barrier(len(attempts)), []
+
+    def attempt(fn):
+        own = client_for(app, alice)
+        barrier.wait()
+        r = fn(own)
+        r.get_data()
+        statuses.append((r.status_code, r.get_json()["error"]["code"] if r.status_code >= 400 else None))
+
+    threads = [threading.Thread(target=attempt, args=(fn,)) for fn in attempts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(statuses) == len(attempts)
+    refused = [s for s in statuses if s[0] >= 400]
+    assert set(refused) == {(409, "quota_exceeded")} and len(statuses) - len(refused) == cap, statuses
+    with pool.connection() as conn:
+        assert conn.execute("select count(*) as n from chat_sessions where user_id = %s",
+                            (alice.id,)).fetchone()["n"] == cap
+        assert conn.execute("select sessions from chat_session_counts where user_id = %s",
+                            (alice.id,)).fetchone()["sessions"] == cap

@@ -110,3 +110,36 @@ def test_json_nested_past_the_parsers_limit_is_a_clean_400(api):
     r = api.post("/api/llm/sessions", data="[" * 100_000 + "]" * 100_000, content_type="application/json")
     assert r.status_code == 400
     assert r.get_json()["error"]["code"] == "invalid_json"
+
+
+def test_a_plain_value_error_is_a_500_with_a_traceback_not_a_rate_limiter_outage(make_app, alice, caplog):
+    # The in-memory limiter's storage errors were ValueError, registered as limiter outages: any
+    # ValueError from any code was a 503 rate_limit_unavailable, logged without a traceback.
+    from tests.helpers import client_for
+
+    app = make_app(rate_limits_enabled=True)  # memory://, as in production by default
+    rule = next(r for r in app.url_map.iter_rules() if r.rule == "/api/llm/sessions" and "GET" in r.methods)
+
+    def raises(**_):
+        raise ValueError("a bug somewhere: year 10000 is out of range")
+
+    app.view_functions[rule.endpoint] = raises
+    r = client_for(app, alice).get("/api/llm/sessions")
+    assert r.status_code == 500, r.get_json()
+    assert r.get_json() == {"success": False, "error": {"code": "internal_error", "message": "Something went wrong on our side"}}
+    assert "Retry-After" not in r.headers and "year 10000" not in r.get_data(as_text=True)
+    record = next(rec for rec in caplog.records if rec.getMessage() == "unhandled error")
+    assert record.error_class == "ValueError" and record.exc_info and record.exc_info[0] is ValueError  # the traceback
+    assert not any(rec.getMessage() == "rate limit counters unreachable" for rec in caplog.records)
+
+
+def test_a_real_rate_limiter_storage_outage_is_still_503(make_app, caplog):
+    # Port 9 (discard) on loopback: nothing answers, the connection is refused at once.
+    app = make_app(rate_limits_enabled=True, rate_limit_storage_url=f"redis://127.0.0.1:{_closed_port()}/0")
+    r = app.test_client().post("/api/auth/login", json={"email": "x@example.com", "password": "wrong"},
+                               headers={"X-Requested-With": "fetch"})
+    assert r.status_code == 503 and r.headers["Retry-After"] == "5"
+    assert r.get_json()["error"]["code"] == "rate_limit_unavailable"
+    record = next(rec for rec in caplog.records if rec.getMessage() == "rate limit counters unreachable")
+    assert record.error_class == "ConnectionError"
+    assert not any(rec.getMessage() == "unhandled error" for rec in caplog.records)

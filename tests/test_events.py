@@ -23,10 +23,11 @@ import psycopg
 import pytest
 
 from backend.events.hub import LISTENER_NAME
-from backend.events.store import LATEST_ID_SQL
+from backend.events.store import LATEST_ID_SQL, EventStore
 from backend.services import services_of
 from support.databases import scratch_database
-from tests.chat_support import named_session, turn
+from support.net import served_on_loopback
+from tests.chat_support import named_session, turn, wait_until
 from tests.helpers import User, client_for, failing_trigger, make_token, unique_session_id
 from tests.test_auth import BROWSER, signup
 from tests.test_server_model import production_server
@@ -447,7 +448,7 @@ def test_a_stream_starting_live_reads_nothing_until_woken_and_misses_nothing(cha
     # it in the wake-up), and an idle stream reads nothing at its heartbeats: a reconnect storm or
     # thousands of idle tabs cost the database nothing. The next change still arrives, in full.
     services = services_of(chat_app)
-    hub, store = services.event_hub, services.events._store
+    hub, store = services.event_hub, EventStore  # every store's reads (the class is the public surface)
     hub.start()
     assert hub.connected.wait(10)
     reads: list[str] = []
@@ -478,7 +479,7 @@ def test_a_stream_starting_live_reads_nothing_until_woken_and_misses_nothing(cha
 def test_a_resuming_stream_checks_its_cursor_and_reads_its_events_in_one_query(chat_app, alice, monkeypatch):
     # A reconnect storm of tabs with cursors costs one read each, not two.
     services = services_of(chat_app)
-    hub, store = services.event_hub, services.events._store
+    hub, store = services.event_hub, EventStore  # every store's reads (the class is the public surface)
     hub.start()
     assert hub.connected.wait(10)
     local = client_for(chat_app, alice)
@@ -499,3 +500,92 @@ def test_a_resuming_stream_checks_its_cursor_and_reads_its_events_in_one_query(c
     assert reads == ["resume"]
     assert [json.loads(e.split("data: ", 1)[1])["session"] for e in missed] == names
     stream.close()
+
+
+# --- the per-user cap (EVENTS_MAX_STREAMS_PER_USER) under simultaneous opens ---------------------------
+
+
+def _open_at_once(port: int, cookie: str, n: int) -> list[tuple[int, http.client.HTTPResponse, dict]]:
+    """n GET /api/llm/events by one cookie sign-in, sent together (each connected first, then all
+    released by one barrier); returns (status, response, error body) each, the streams left open."""
+    barrier = threading.Barrier(n)
+    results: list = []
+
+    def one():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.connect()
+        barrier.wait(30)
+        conn.request("GET", "/api/llm/events", headers={"Cookie": cookie, "Accept": "text/event-stream"})
+        r = conn.getresponse()  # holds the connection from here (the server closes after each response)
+        results.append((r.status, r, json.loads(r.read()) if r.status != 200 else {}))
+
+    threads = [threading.Thread(target=one, daemon=True) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == n
+    return results
+
+
+def _cookie_for(app, port: int) -> tuple[str, str]:
+    """A cookie sign-in (its streams read the database before they start): (cookie, user id)."""
+    email, password = signup(app)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("POST", "/api/auth/login", body=json.dumps({"email": email, "password": password}),
+                 headers={"Content-Type": "application/json", **BROWSER})
+    r = conn.getresponse()
+    assert r.status == 200
+    return r.getheader("Set-Cookie").split(";", 1)[0], json.loads(r.read())["data"]["user_id"]
+
+
+def _close_all(results) -> None:
+    for _, response, _ in results:
+        response.close()
+
+
+def test_simultaneous_opens_by_one_user_never_pass_the_cap(make_app):
+    cap, n = 3, 40
+    # Short heartbeats: a server learns that a stream's client left when it next writes to it.
+    app = make_app(events_max_streams_per_user=cap, events_heartbeat_seconds=0.2)
+    hub = services_of(app).event_hub
+    with served_on_loopback(app) as port:
+        cookie, user_id = _cookie_for(app, port)
+        results = _open_at_once(port, cookie, n)
+        try:
+            assert sorted(status for status, _, _ in results) == [200] * cap + [429] * (n - cap)
+            assert {body["error"]["code"] for status, _, body in results if status == 429} == {"too_many_streams"}
+            assert hub.subscribers_of(user_id) == cap
+        finally:
+            _close_all(results)
+        # Closed streams give their places back (and refused ones never held one).
+        assert wait_until(lambda: hub.subscribers_of(user_id) == 0)
+
+
+def test_simultaneous_opens_never_pass_the_cap_under_the_production_server(chat_app, database_url, fake_model, tmp_path):
+    cap, n = 3, 60
+    with production_server(database_url, fake_model, tmp_path, EVENTS_MAX_STREAMS_PER_USER=cap,
+                           EVENTS_HEARTBEAT_SECONDS=0.2) as (port, _, _):
+        cookie, _ = _cookie_for(chat_app, port)
+        results = _open_at_once(port, cookie, n)
+        try:
+            assert sorted(status for status, _, _ in results) == [200] * cap + [429] * (n - cap)
+        finally:
+            _close_all(results)
+
+        def room_again() -> bool:
+            [(status, response, _)] = _open_at_once(port, cookie, 1)
+            response.close()
+            return status == 200
+
+        assert wait_until(room_again)
+
+
+@pytest.mark.parametrize("cursor", ["²", "١٢", "9999999999999999999", "-1", "1e3"])
+def test_a_cursor_that_is_not_ascii_digits_gets_reset_not_a_broken_stream(make_app, alice, cursor):
+    # '²'.isdigit() is true, and int('²') fails: the stream used to break after its 200.
+    app = make_app(events_max_stream_seconds=0.2, events_heartbeat_seconds=0.1)
+    r = client_for(app, alice).get("/api/llm/events", query_string={"last_event_id": cursor})
+    assert r.status_code == 200
+    body = r.get_data(as_text=True)
+    assert "event: reset" in body

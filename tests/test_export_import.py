@@ -129,3 +129,61 @@ def test_a_failure_inside_an_import_writes_nothing(chat, alice, pool):
     assert user_rows_digest(pool, alice.id) == before
     assert thread_row_counts(pool, alice.thread_id(sid)) == NO_ROWS
     assert chat.get(f"/api/llm/sessions/{sid}").status_code == 404
+
+
+def test_an_import_past_either_history_cap_is_400_and_writes_nothing(make_app, alice, pool):
+    # What a session may hold (CHAT_HISTORY_MAX_MESSAGES, CHAT_HISTORY_MAX_BYTES) binds an import too:
+    # else one import makes a session no turn could, and every read of it decodes all of it.
+    app = make_app(chat_history_max_messages=4, chat_history_max_bytes=1024)
+    client = client_for(app, alice)
+    before = user_rows_digest(pool, alice.id)
+    for messages in ([{"role": "user", "content": "x"}] * 5,  # one message past the cap
+                     [{"role": "user", "content": "é" * 300}, {"role": "assistant", "content": "x" * 425}]):  # 1,025 bytes
+        r = client.post("/api/llm/sessions/import", json=document(messages, session_id="too-big"))
+        assert r.status_code == 400, r.get_json()
+        error = r.get_json()["error"]
+        assert error["code"] == "validation_error" and "messages" in error["fields"], error
+        assert user_rows_digest(pool, alice.id) == before
+        assert thread_row_counts(pool, alice.thread_id("too-big")) == NO_ROWS
+    # At the caps exactly, as a session may hold: accepted (and full: it takes no turn).
+    at_caps = [{"role": "user", "content": "é" * 300}, {"role": "assistant", "content": "x" * 424}]
+    assert client.post("/api/llm/sessions/import", json=document(at_caps)).status_code == 201
+    assert client.post("/api/llm/sessions/import", json=document([{"role": "user", "content": "x"}] * 4)).status_code == 201
+
+
+@pytest.mark.parametrize("stamp", ["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59"])
+def test_an_import_with_a_date_past_what_utc_can_hold_is_400_and_writes_nothing(chat, alice, pool, stamp):
+    # In UTC the first is in year 10,000 and the second in year 0: no datetime holds them, and once
+    # stored every read and export of the session failed (answered 503 rate_limit_unavailable).
+    before = user_rows_digest(pool, alice.id)
+    r = chat.post("/api/llm/sessions/import", json=document(
+        [{"role": "user", "content": "x", "created_at": "2026-01-01T00:00:00Z"},
+         {"role": "assistant", "content": "y", "created_at": stamp}], session_id="far-future"))
+    assert r.status_code == 400, r.get_json()
+    error = r.get_json()["error"]
+    assert error["code"] == "validation_error" and "messages.1.created_at" in error["fields"], error
+    assert user_rows_digest(pool, alice.id) == before
+    assert thread_row_counts(pool, alice.thread_id("far-future")) == NO_ROWS
+    # The latest and earliest dates UTC can hold still import, and read back.
+    edges = [{"role": "user", "content": "x", "created_at": "9999-12-31T23:59:59.999999+00:00"},
+             {"role": "assistant", "content": "y", "created_at": "0001-01-01T00:00:00Z"}]
+    assert chat.post("/api/llm/sessions/import", json=document(edges, session_id="edges")).status_code == 201
+    assert [m["created_at"] for m in chat.get("/api/llm/sessions/edges/export").get_json()["messages"]] == [
+        "9999-12-31T23:59:59.999999Z", "0001-01-01T00:00:00Z"]
+
+
+def test_a_session_stored_with_such_a_date_before_the_check_still_reads(chat_app, chat, alice):
+    # As an import made before the check left it: the message's time is shown as unknown (null).
+    from datetime import datetime
+
+    from backend.auth.service import AuthUser
+    from backend.services import services_of
+
+    services_of(chat_app).importer.import_session(
+        AuthUser(id=alice.id, business_id=alice.business_id, email=None, via="token"),
+        session_id="stored-far-future", session_name=None, is_archived=False,
+        messages=[{"role": "user", "content": "x", "created_at": datetime.fromisoformat("9999-12-31T23:59:59-23:59")}])
+    r = chat.get("/api/llm/sessions/stored-far-future?include_messages=true")
+    assert r.status_code == 200
+    assert [(m["content"], m["created_at"]) for m in r.get_json()["messages"]] == [("x", None)]
+    assert chat.get("/api/llm/sessions/stored-far-future/export").status_code == 200

@@ -325,7 +325,7 @@ def test_stream_cut_on_the_first_turn_keeps_a_consistent_session(chat, fake):
     fake.cut_stream_next(after_tokens=3)
     fake.reply = lambda body: "one two three four five six"
     events = turn(chat, sid, "first question")
-    assert {e.event for e in events[:-1]} == {"token"} and events[-1].event == "error"
+    assert events[0].event == "run" and {e.event for e in events[1:-1]} == {"token"} and events[-1].event == "error"
     assert reply_text(events) == "one two three "
     assert events[-1].data["code"] == "upstream_error"
     body = chat.get(f"/api/llm/sessions/{sid}?include_messages=true").get_json()
@@ -342,7 +342,7 @@ def test_upstream_stalling_mid_stream_on_a_brand_new_session(make_app, fake, ali
     sid = f"chat-{secrets.token_hex(6)}"
     fake.token_delay = 1.0  # streams only: the first token at once, the next after the read timeout
     events, _ = parse_sse(send(client, sid, "a question that stalls").get_data(as_text=True))
-    assert [e.event for e in events] == ["token", "error"]  # the stall is longer than any coalescing
+    assert [e.event for e in events] == ["run", "token", "error"]  # the stall is longer than any coalescing
     assert events[-1].data["code"] == "upstream_timeout"
     body = client.get(f"/api/llm/sessions/{sid}?include_messages=true").get_json()
     assert [m["role"] for m in body["messages"]] == ["user"]

@@ -51,6 +51,7 @@ def db_state(pool, user) -> dict:
                for name in ("checkpoints", "checkpoint_blobs", "checkpoint_writes")},
             "session_deletions": table("select * from session_deletions where user_id = %s", user.id),
             "runs": table("select user_id, session_id from chat_session_runs where user_id = %s", user.id),
+            "ended_runs": table("select * from chat_runs where user_id = %s", user.id),
             "app_users": table("select id, email, business_id from app_users"),
         }
 
@@ -234,6 +235,50 @@ def test_hostile_query_parameters(hostile, guard, victim, query, field):
     method = "delete" if field == "force" else "get"
     error = guard.refused(getattr(hostile, method)(f"/api/llm/sessions/{victim}?{query}"), 400, "validation_error")
     assert field in error["fields"]
+
+
+# --- control characters and lone surrogates -----------------------------------------------------
+
+# The fuzzer's find: a NUL in the sign-in email reached the database (which refuses it) as a 500.
+CONTROL_EMAILS = ["\x00a@example.com", "a@exa\x00mple.com", "a\x01@example.com", "a@example.com\x7f",
+                  "a\x85b@example.com", "\x1b[31m@example.com", "a@example.com\n"]
+
+
+@pytest.mark.parametrize("email", CONTROL_EMAILS, ids=repr)
+def test_control_characters_in_the_sign_in_email_are_400(hostile, guard, victim, email):
+    error = guard.refused(call(hostile, "login", victim, json={"email": email, "password": PASSWORD}),
+                          400, "validation_error")
+    assert error["fields"] == {"email": "must not contain control characters"}
+
+
+def test_the_document_says_the_sign_in_email_takes_no_control_characters(chat_app):
+    import jsonschema_rs
+
+    schema = chat_app.test_client().get("/api/openapi.json").get_json()["components"]["schemas"]["LoginBody"]
+    email = jsonschema_rs.validator_for(schema["properties"]["email"])
+    assert email.is_valid("a@example.com") and email.is_valid("Évaluation@exemple.fr")
+    assert not any(email.is_valid(e) for e in CONTROL_EMAILS)
+
+
+# Fields of every kind (constrained or not, on every body endpoint) where JSON can smuggle half
+# of a UTF-16 pair, which is not text: no database stores it.
+SURROGATE_FIELDS = [("create", "session_name"), ("create", "session_id"), ("rename", "session_name"),
+                    ("stream", "query"), ("login", "email"), ("login", "password")]
+
+
+@pytest.mark.parametrize("endpoint, field", SURROGATE_FIELDS)
+@pytest.mark.parametrize("escape", ["\\ud800", "\\udfff", "x\\ud83d", "\\ude00x", "\\ud83d\\ud83d"])
+def test_lone_surrogates_in_any_field_are_400(hostile, guard, victim, endpoint, field, escape):
+    body = {k: (v.format(sid=victim) if isinstance(v, str) else v) for k, v in BODY_ENDPOINTS[endpoint][2].items()}
+    raw = json.dumps({**body, field: "@@"}).replace('"@@"', f'"{escape}"')
+    error = guard.refused(call(hostile, endpoint, victim, data=raw, content_type="application/json"), 400, "invalid_json")
+    assert "surrogate" in error["message"]
+
+
+def test_a_surrogate_pair_is_text(api):
+    raw = '{"session_name": "rocket \\ud83d\\ude80"}'
+    created = api.post("/api/llm/sessions", data=raw, content_type="application/json")
+    assert created.status_code == 201 and created.get_json()["data"]["session_name"] == "rocket \U0001f680"
 
 
 # --- forged tokens, carrying the victim's own user id, on every protected endpoint ---------------

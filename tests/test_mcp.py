@@ -294,6 +294,7 @@ def test_http_restore_session_tool_and_a_used_backup(mcp_url, api, alice, pool):
     restored, again, no_backup = run(main)
     assert restored.structured_content["session"]["session_name"] == "Undo me"
     assert error_of(again)["code"] == "not_found"
+    assert "No recovery point has this backup_id" in again.content[0].text  # not "No such session"
     assert "backup_id" not in no_backup.structured_content and "No backup" in no_backup.content[0].text
     assert [r["action"] for r in audit_rows(pool, alice.id, sid)] == ["delete", "restore", "delete"]
 
@@ -358,6 +359,7 @@ def test_dry_run_reports_counts_and_changes_nothing_busy_needs_force(chat_mcp_ur
     dry = run(call, "delete_session", {"session_id": sid, "dry_run": True})
     assert dry.structured_content["deleted"] == {**counts, "chat_sessions": 1}
     assert dry.structured_content["reply_running"] is False and dry.structured_content["dry_run"] is True
+    assert run(call, "get_session", {"session_id": sid}).structured_content["reply_running"] is False
     assert "Nothing was changed" in dry.content[0].text
     assert everything_digest(pool, alice.id) == before
 
@@ -366,6 +368,7 @@ def test_dry_run_reports_counts_and_changes_nothing_busy_needs_force(chat_mcp_ur
         assert gate.wait_for_held(1)
         busy_dry = run(call, "delete_session", {"session_id": sid, "dry_run": True, "force": True})
         assert busy_dry.structured_content["reply_running"] is True
+        assert run(call, "get_session", {"session_id": sid}).structured_content["reply_running"] is True
         refused = run(call, "delete_session", {"session_id": sid})
         error = error_of(refused)
         assert error["code"] == "session_busy" and "force=true" in error["message"]
@@ -439,6 +442,8 @@ HOSTILE = [
     ("list_sessions", {"limit": "10"}),
     ("list_sessions", {"limit": 10.5}),
     ("list_sessions", {"query": "q" * 10_000}),
+    ("list_sessions", {"query": "nul\x00byte"}),  # the API's q refuses control characters: so does the tool
+    ("list_sessions", {"query": "\x1b[31m"}),
     ("list_sessions", {"cursor": "not-a-cursor"}),
     ("list_sessions", {"cursor": "x" * 100_000}),
     ("rename_session", {"session_id": "{sid}", "name": "x" * 10_000}),
@@ -483,6 +488,7 @@ def test_hostile_arguments_are_invalid_input_and_change_nothing(mcp_url, api, al
         assert error["code"] == "invalid_input", (name, args, error)
         assert result.content[0].text.startswith("invalid_input: ")
         assert len(result.content[0].text) < 2_000  # the hostile value is not echoed back whole
+        assert "(?:" not in result.content[0].text and "pattern" not in result.content[0].text  # words, no regex
     assert error_of(unknown)["code"] == "unknown_tool"
     assert everything_digest(pool, alice.id) == before
     assert api.get(f"/api/llm/sessions/{sid}").get_json()["data"]["session_name"] == "Stays as it is"
@@ -619,3 +625,85 @@ def test_a_tool_tells_a_busy_server_from_a_database_that_stopped_answering(make_
         finally:
             pool.putconn(held)
         assert error_of(stuck)["code"] == "database_unavailable"
+
+
+# --- tool arguments take exactly what the API takes ------------------------------------------------
+
+_TEXTS = ["", "plain", "  padded  ", "日本語 🚀", "nul\x00byte", "\x00", "tab\there", "line\nbreak", "\x1b[31m",
+          "a\x85b", "del\x7f", "evil\u202etxt", "%_", "x" * 200, "x" * 201, "x" * 512, "x" * 513]
+_INTS = [1, 50, 200, 201, 1000, 1001, 0, -1]
+_BOOLS = [True, False]
+# ("chat/1" is not among them: in a URL it is two path segments, an API 404 before any validation.)
+_IDS = ["chat-1", "a", "x" * 128, "x" * 129, "a b", "a\x00b", "a%b", "é", ".x", "..x", "x'; drop table t; --"]
+_UUIDS = ["00000000-0000-0000-0000-000000000000", str(uuid.uuid4()), "not-a-uuid", ""]
+
+
+def _query(value) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def _path_id(value: str) -> str:
+    from urllib.parse import quote
+
+    return quote(value, safe="")
+
+
+# (tool, its argument, the tool's other arguments, values to try, how the API takes the same value:
+#  value -> (method, path, query string, JSON body)). "{sid}" is a session of the caller's.
+COUNTERPARTS = [
+    ("list_sessions", "query", {}, _TEXTS, lambda v: ("get", "/api/llm/sessions", {"q": v}, None)),
+    ("list_sessions", "limit", {}, _INTS, lambda v: ("get", "/api/llm/sessions", {"limit": _query(v)}, None)),
+    ("list_sessions", "cursor", {}, ["", "not-a-cursor", "x" * 512, "x" * 513, "a\x00"],
+     lambda v: ("get", "/api/llm/sessions", {"cursor": v}, None)),
+    ("list_sessions", "include_archived", {}, _BOOLS,
+     lambda v: ("get", "/api/llm/sessions", {"include_archived": _query(v)}, None)),
+    ("get_session", "session_id", {}, _IDS, lambda v: ("get", f"/api/llm/sessions/{_path_id(v)}", {}, None)),
+    ("get_session", "messages_limit", {"session_id": "{sid}", "include_messages": True}, _INTS,
+     lambda v: ("get", "/api/llm/sessions/{sid}", {"include_messages": "true", "messages_limit": _query(v)}, None)),
+    ("get_session", "include_messages", {"session_id": "{sid}"}, _BOOLS,
+     lambda v: ("get", "/api/llm/sessions/{sid}", {"include_messages": _query(v)}, None)),
+    ("rename_session", "name", {"session_id": "{sid}"}, _TEXTS,
+     lambda v: ("put", "/api/llm/sessions/{sid}", {}, {"session_name": v})),
+    ("rename_session", "session_id", {"name": "Renamed"}, _IDS,
+     lambda v: ("put", f"/api/llm/sessions/{_path_id(v)}", {}, {"session_name": "Renamed"})),
+    ("archive_session", "archived", {"session_id": "{sid}"}, [True, False, None, "true", 1],
+     lambda v: ("put", "/api/llm/sessions/{sid}", {}, {"is_archived": v})),
+    ("export_session", "session_id", {}, _IDS, lambda v: ("get", f"/api/llm/sessions/{_path_id(v)}/export", {}, None)),
+    ("delete_session", "session_id", {"dry_run": True}, _IDS,
+     lambda v: ("delete", f"/api/llm/sessions/{_path_id(v)}", {}, None)),
+    ("delete_session", "force", {"session_id": "nothing-here"}, _BOOLS,
+     lambda v: ("delete", "/api/llm/sessions/nothing-here", {"force": _query(v)}, None)),
+    ("delete_session", "create_backup", {"session_id": "nothing-here"}, _BOOLS,
+     lambda v: ("delete", "/api/llm/sessions/nothing-here", {"backup": _query(v)}, None)),
+    ("restore_session", "backup_id", {}, _UUIDS, lambda v: ("post", "/api/llm/sessions/restore", {}, {"backup_id": v})),
+]
+
+
+@pytest.mark.parametrize("tool, argument, others, values, api_call", COUNTERPARTS,
+                         ids=[f"{c[0]}.{c[1]}" for c in COUNTERPARTS])
+def test_tool_arguments_are_validated_exactly_as_the_api_validates_them(mcp_url, api, alice, tool, argument, others,
+                                                                         values, api_call):
+    sid = named_session(api, "Parity")
+
+    def fill(value):
+        return value.replace("{sid}", sid) if isinstance(value, str) else value
+
+    def api_refuses(value) -> bool:
+        method, path, query, body = api_call(value)
+        kwargs = {"query_string": query} if query else {}
+        if body is not None:
+            kwargs["json"] = body
+        r = getattr(api, method)(fill(path), **kwargs)
+        assert r.status_code < 500, (value, r.get_json())
+        return r.status_code == 400
+
+    async def main():
+        async with http_session(mcp_url, alice.token) as mcp:
+            return [await mcp.call_tool(tool, {**{k: fill(v) for k, v in others.items()}, argument: value})
+                    for value in values]
+
+    for value, result in zip(values, run(main)):
+        error = result.structured_content.get("error") if result.is_error else None
+        assert error is None or error["code"] in ("invalid_input", "not_found", "session_busy"), (value, error)
+        tool_refuses = error is not None and error["code"] == "invalid_input"
+        assert tool_refuses == api_refuses(value), (tool, argument, value, error)

@@ -146,6 +146,13 @@ def test_cancellation_propagates(fake: FakeOpenAI) -> None:
     ("Hello\x00World\x07 Test", "Hello World Test"),
     ("Paris\n\nThis title captures the topic.", "Paris"),
     ("<think>short</think>Travel Plans", "Travel Plans"),
+    # Markdown never stays in a name, balanced or cut off by max_tokens.
+    ("Here Is a **Plan** for Q3", "Here Is a Plan"),
+    ("Here Is a **Plan", "Here Is a Plan"),
+    ("_Tax_ `return` ~~draft~~", "Tax Return Draft"),
+    ("[Bristol Sales](https://example.com) Notes", "Bristol Sales Notes"),
+    ("## Garden Design", "Garden Design"),
+    ("snake_case Migration", "Snake_case Migration"),  # an underscore inside a word is not markdown
 ])
 def test_clean_session_name(raw: str, expected: str) -> None:
     assert title_from_answer(raw) == expected

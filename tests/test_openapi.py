@@ -165,3 +165,69 @@ def test_response_fields_always_sent_are_required_and_left_out_ones_optional(ano
 def test_the_web_app_routes_are_not_api_operations(anon):
     paths = anon.get("/api/openapi.json").get_json()["paths"]
     assert "/" not in paths and not [p for p in paths if p.startswith("/assets")]
+    assert not [p for p in paths if p.startswith("/c/")]
+
+
+# --- what the typed client can check at compile time (issue: a typo in a body compiled) ---
+
+
+def _request_body_schemas(doc):
+    for path, path_item in doc["paths"].items():
+        for method, operation in path_item.items():
+            ref = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
+            if "$ref" in ref:
+                yield f"{method} {path}", _resolve(doc, ref)
+
+
+def test_every_request_body_is_a_closed_object(anon):
+    """additionalProperties: false on every body, so a misspelt field is a type error in the client."""
+    doc = anon.get("/api/openapi.json").get_json()
+    bodies = dict(_request_body_schemas(doc))
+    assert {"post /api/llm/sessions", "put /api/llm/sessions/{session_id}", "post /api/llm/query/stream"} <= set(bodies)
+    assert {where: s.get("additionalProperties") for where, s in bodies.items() if s.get("additionalProperties") is not False} == {}
+
+
+def test_error_codes_are_an_enum_holding_every_code_the_server_raises(anon):
+    """`error.code` lists the documented codes; every code a route can raise is among them (an AST scan of
+    backend/: ApiError(status, "code", ...) and error_response(status, "code", ...))."""
+    import ast
+    from pathlib import Path
+
+    codes = anon.get("/api/openapi.json").get_json()["components"]["schemas"]["ErrorDetail"]["properties"]["code"]["enum"]
+    raised = set()
+    for source in (Path(__file__).resolve().parent.parent / "backend").rglob("*.py"):
+        if "mcp_server" in source.parts:  # MCP's own results, not the HTTP API's
+            continue
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) in (
+                    "ApiError", "error_response") and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant):
+                raised.add(node.args[1].value)
+    assert {"session_busy", "validation_error", "csrf_failed", "run_finished"} <= raised
+    assert raised - set(codes) == set()
+    r = anon.get("/api/llm/sessions")
+    assert r.get_json()["error"]["code"] in codes
+
+
+def test_a_deletes_counts_are_a_fixed_set_of_tables(api, anon):
+    doc = anon.get("/api/openapi.json").get_json()
+    deleted = doc["components"]["schemas"]["SessionDeletedResponse"]["properties"]["deleted"]
+    tables = {"checkpoints", "checkpoint_blobs", "checkpoint_writes", "chat_sessions"}
+    assert set(deleted["properties"]) == set(deleted["required"]) == tables and deleted["additionalProperties"] is False
+    sid = api.post("/api/llm/sessions", json={}).get_json()["session_id"]
+    assert set(api.delete(f"/api/llm/sessions/{sid}").get_json()["deleted"]) == tables  # and the server agrees
+
+
+def test_every_streamed_event_has_a_named_schema(anon):
+    """Both streams' events are components (ChatStreamTokenEvent, SessionDeletedEvent, ...), which the web
+    app's SSE reader takes its types from; the events stream's `type` is each event's own name."""
+    doc = anon.get("/api/openapi.json").get_json()
+    schemas = doc["components"]["schemas"]
+    for path, method in (("/api/llm/query/stream", "post"), ("/api/llm/sessions/{session_id}/runs/{run_id}/stream", "get"),
+                         ("/api/llm/events", "get")):
+        events = doc["paths"][path][method]["responses"]["200"]["content"]["text/event-stream"]["itemSchema"]["oneOf"]
+        for event in events:
+            ref = event["properties"]["data"]["contentSchema"]["$ref"]
+            assert ref.split("/")[-1] in schemas, (path, event["properties"]["event"])
+    assert schemas["ChatStreamTokenEvent"]["properties"] == {"content": {"type": "string"}}
+    assert schemas["SessionDeletedEvent"]["properties"]["type"] == {"type": "string", "const": "session.deleted"}
+    assert schemas["RunStartedEvent"]["properties"]["run_id"] == {"type": "string"}

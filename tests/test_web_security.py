@@ -5,9 +5,11 @@ from __future__ import annotations
 import gc
 
 import pytest
+from flask import Flask
 
 from backend.rate_limits import SweptMemoryStorage
 from backend.services import services_of
+from backend.web import install_web_app
 from tests.chat_support import turn
 from tests.helpers import User, client_for, unique_session_id
 from tests.test_auth import BROWSER, signup
@@ -48,6 +50,8 @@ def test_login_itself_needs_the_header(app):
     email, password = signup(app)
     r = app.test_client().post("/api/auth/login", json={"email": email, "password": password})
     assert r.status_code == 403 and "Set-Cookie" not in r.headers
+    message = r.get_json()["error"]["message"]  # says what to send; no cookie is involved in a login
+    assert "X-Requested-With" in message and "cookie" not in message.lower()
 
 
 def test_foreign_origin_is_refused_even_with_the_header(signed_in):
@@ -194,3 +198,84 @@ def test_event_streams_per_user_are_capped(make_app, alice):
     services_of(app).event_hub.drain()  # ends the first stream
     first.get_data()
     first.close()
+
+
+# --- headers: CORS only for allowed origins, nosniff everywhere, the page's own policy ---------------
+
+
+def _cors_headers(response) -> list[str]:
+    return [name for name in response.headers.keys() if name.lower().startswith("access-control-")]
+
+
+def test_cors_headers_answer_only_an_allowed_origin(app, alice):
+    """No Access-Control-* at all without an Origin or with one not allowed; the full set for an allowed one."""
+    signed_in, anonymous = client_for(app, alice), app.test_client()
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "Content-Type"}
+    for origin in ({}, {"Origin": "https://evil.example"}, {"Origin": "null"}):
+        answers = {
+            "list": signed_in.get("/api/llm/sessions", headers=origin),
+            "401": anonymous.get("/api/auth/me", headers=origin),
+            "404": signed_in.get("/api/llm/sessions/no-such-session", headers=origin),
+            "preflight": anonymous.options("/api/llm/sessions", headers={**origin, **preflight}),
+        }
+        for name, r in answers.items():
+            assert _cors_headers(r) == [], (origin, name, dict(r.headers))
+    allowed = {"Origin": "http://localhost:3000"}
+    r = signed_in.get("/api/llm/sessions", headers=allowed)
+    assert r.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
+    assert r.headers["Access-Control-Allow-Credentials"] == "true"
+    ok = anonymous.options("/api/llm/sessions", headers={**allowed, **preflight})
+    assert ok.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
+    assert "POST" in ok.headers["Access-Control-Allow-Methods"]
+
+
+def test_every_response_says_nosniff(make_app, alice):
+    """Successes, errors, the document, a stream, and the 503 the connection cap answers before Flask."""
+    app = make_app(max_connections_per_worker=1, events_max_stream_seconds=5)
+    client, anonymous = client_for(app, alice), app.test_client()
+    sid = client.post("/api/llm/sessions", json={}).get_json()["session_id"]
+    answers = {
+        "201": client.post("/api/llm/sessions", json={}),
+        "200": client.get("/api/llm/sessions"),
+        "export": client.get(f"/api/llm/sessions/{sid}/export"),
+        "400": client.get("/api/llm/sessions?limit=-1"),
+        "401": anonymous.get("/api/llm/sessions"),
+        "404": client.get("/api/no-such-route"),
+        "405": client.patch("/api/llm/sessions"),
+        "document": anonymous.get("/api/openapi.json"),
+        "health": anonymous.get("/healthz"),
+    }
+    stream = client.get("/api/llm/events", buffered=False)  # holds the only connection slot
+    answers["stream"] = stream
+    answers["503"] = anonymous.get("/api/llm/sessions")
+    assert answers["503"].status_code == 503 and answers["stream"].status_code == 200
+    for name, r in answers.items():
+        assert r.headers.get_all("X-Content-Type-Options") == ["nosniff"], (name, r.status_code, dict(r.headers))
+    services_of(app).event_hub.drain()  # ends the stream
+    stream.get_data()
+    stream.close()
+
+
+PAGE = """<!doctype html><html><head><meta charset="UTF-8" />{meta}<title>Chats</title>
+<script type="module" crossorigin src="/assets/index-1.js"></script></head><body><div id="root"></div></body></html>"""
+
+
+@pytest.mark.parametrize(("meta", "connect_src"), [
+    ("""<meta http-equiv="Content-Security-Policy" content="default-src 'self'; script-src 'self'; """
+     """style-src 'self'; connect-src 'self' https://api.example.com; object-src 'none'">""",
+     "connect-src 'self' https://api.example.com"),
+    ("", "connect-src 'self'"),  # a build from before the policy was in index.html: same origin only
+], ids=["build-names-an-api-origin", "older-build"])
+def test_the_page_ships_the_builds_policy_refusing_frames(tmp_path, meta, connect_src):
+    """`/` sends the policy the build wrote (web/vite.config.ts), plus frame-ancestors, and no Referer off-site."""
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "index.html").write_text(PAGE.format(meta=meta))
+    (tmp_path / "assets" / "index-1.js").write_text("console.log('app')")
+    page = Flask(__name__)
+    assert install_web_app(page, tmp_path)
+    r = page.test_client().get("/")
+    policy = [part.strip() for part in r.headers["Content-Security-Policy"].split(";")]
+    assert "frame-ancestors 'none'" in policy and connect_src in policy
+    assert "script-src 'self'" in policy and "object-src 'none'" in policy
+    assert not any("unsafe" in part for part in policy)
+    assert r.headers["Referrer-Policy"] == "same-origin"

@@ -2,11 +2,13 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from backend.http import ApiModel, SuccessModel
+from backend.http import NO_CONTROL_CHARS_PATTERN, ApiModel, SuccessModel
 
 
 class LoginBody(ApiModel):
-    email: str = Field(min_length=3, max_length=254)
+    # No control characters: a NUL cannot even be looked up (PostgreSQL text refuses it).
+    email: str = Field(min_length=3, max_length=254, pattern=NO_CONTROL_CHARS_PATTERN,
+                       description="No control characters")
     password: str = Field(min_length=1, max_length=1024)
 
 

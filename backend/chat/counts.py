@@ -30,37 +30,40 @@ class MessageCounts:
 
     def end_run_and_count_messages(
         self, user_id: str, session_id: str, run_id: uuid.UUID | None, outcome: str = "error",
-        written: WrittenCheckpoint | None = None,
-    ) -> dict | None:
+        written: WrittenCheckpoint | None = None, final: str | None = None,
+    ) -> tuple[dict | None, bool]:
         """End the run and bring message_count (and history_bytes) level with the thread's history, atomically.
 
         `run_id` None ends whichever run of the session expired (its process
         died). `outcome` (done, error, cancelled) is what the run.finished
         event says; a reply that finished marks the session unread.
         `written`: the last checkpoint the run wrote, measured; used if it is still the latest.
-        Returns the session row, or None if the session is gone.
+        `final` (RunFinal.stored): how the run is kept for its readers (sql/023).
+        Returns the session row (None if the session is gone), and whether a message is queued
+        behind the run (its ender starts it).
         """
         if written is not None and run_id is not None:
-            row, counted = self._runs.end_counted_run(
+            row, counted, queued = self._runs.end_counted_run(
                 user_id, session_id, run_id, outcome, checkpoint_id=written.checkpoint_id,
-                message_count=written.message_count, history_bytes=written.history_bytes,
+                message_count=written.message_count, history_bytes=written.history_bytes, final=final,
             )
             if row is None or counted:
-                return row
+                return row, queued
         with self._pool.connection() as conn, conn.transaction():
             # With the session row locked no checkpoint write can land
             # (SessionCheckpointSaver), so the history read below is final.
             row = self._sessions.lock_and_flag_unread(conn, user_id, session_id, unread=outcome == "done")
             if row is None:
-                return None
+                return None, False
             if run_id is not None:
-                self._runs.end_run(conn, run_id, outcome)
+                self._runs.end_run(conn, run_id, outcome, final)
             elif not self._runs.end_expired_runs(conn, user_id, session_id, outcome):
-                return row  # a live run took over meanwhile; it will count
+                return row, False  # a live run took over meanwhile; it will count
+            queued = self._runs.has_queued(conn, user_id, session_id)
             count, size = self._threads.history_size(conn, row["thread_id"])
             delta = count - row["message_count"]
             if delta > 0:
                 self._sessions.increment_message_count(conn, user_id, session_id, delta)
             elif delta < 0:  # only a custom graph that removes messages gets here
                 self._sessions.set_message_count(conn, row["id"], count)
-            return self._sessions.set_history_bytes(conn, row["id"], size)
+            return self._sessions.set_history_bytes(conn, row["id"], size), queued

@@ -19,10 +19,10 @@ from psycopg_pool import ConnectionPool
 
 from backend.auth.service import AuthUser
 from backend.errors import ApiError
-from backend.sessions.service import build_thread_id, new_session_id
-from backend.sessions.store import SessionStore
+from backend.sessions.service import build_thread_id, new_session_id, quota_exceeded
+from backend.sessions.store import SessionQuotaExceeded, SessionStore
 from backend.sessions.thread_store import history_bytes
-from llm.messages import assistant_message, user_message
+from llm.messages import message_of
 
 log = logging.getLogger(__name__)
 
@@ -43,30 +43,45 @@ def last_node(graph: CompiledStateGraph) -> str:
 
 
 class SessionImporter:
-    def __init__(self, pool: ConnectionPool, store: SessionStore, graph: CompiledStateGraph, *, max_messages: int) -> None:
+    def __init__(
+        self, pool: ConnectionPool, store: SessionStore, graph: CompiledStateGraph, *, max_messages: int,
+        max_history_messages: int = 2**31 - 1, max_history_bytes: int = 2**63 - 1,
+        max_sessions_per_user: int = 2**31 - 1,
+    ) -> None:
         self._pool = pool
         self._store = store
         self._graph = graph
         self._as_node = last_node(graph)
-        self._max_messages = max_messages
+        # What one import may bring: IMPORT_MAX_MESSAGES, and what a session may hold
+        # (CHAT_HISTORY_MAX_MESSAGES, CHAT_HISTORY_MAX_BYTES), whichever is less.
+        self._max_messages = min(max_messages, max_history_messages)
+        self._max_bytes = max_history_bytes
+        self._max_sessions = max_sessions_per_user
 
     def import_session(
         self, user: AuthUser, *, session_id: str | None, session_name: str | None, is_archived: bool,
         messages: list[dict],
     ) -> dict:
         """Create the session with these messages ({role, content, created_at?}); returns its row."""
+        # A document past what a session may hold is refused as the invalid input it is (400, before
+        # anything is written), as a turn into a full session is refused (409 session_full).
         if len(messages) > self._max_messages:
             raise ApiError(400, "validation_error", f"At most {self._max_messages} messages can be imported",
                            {"messages": f"more than {self._max_messages} messages"})
+        size = history_bytes(messages)
+        if size > self._max_bytes:
+            raise ApiError(400, "validation_error",
+                           f"At most {self._max_bytes} bytes of message text can be imported",
+                           {"messages": f"{size} bytes of text (UTF-8), more than {self._max_bytes}"})
         session_id = session_id or new_session_id()
         thread_id = build_thread_id(user.id, user.business_id, session_id)
-        history = [(user_message if m["role"] == "user" else assistant_message)(m["content"], m.get("created_at"))
-                   for m in messages]
+        history = [message_of(m["role"], m["content"], m.get("created_at"), m.get("status")) for m in messages]
         taken = ApiError(409, "session_exists", "A session with this id exists; import under another session_id")
         try:
             with self._pool.connection() as conn, conn.transaction():
                 if self._store.session_or_thread_taken(conn, user.id, session_id, thread_id):
                     raise taken
+                self._store.claim_session_slot(conn, user.id, self._max_sessions)
                 row = self._store.insert_new(
                     conn, user_id=user.id, business_id=user.business_id, session_id=session_id,
                     thread_id=thread_id, session_name=session_name, is_archived=is_archived,
@@ -79,7 +94,9 @@ class SessionImporter:
                 graph.update_state({"configurable": {"thread_id": thread_id}}, {"messages": history},
                                    as_node=self._as_node)
                 self._store.increment_message_count(conn, user.id, session_id, len(history))
-                row = self._store.set_history_bytes(conn, row["id"], history_bytes(messages))
+                row = self._store.set_history_bytes(conn, row["id"], size)
+        except SessionQuotaExceeded:
+            raise quota_exceeded(self._max_sessions) from None
         except psycopg.errors.UniqueViolation:
             raise taken from None
         log.info("session imported", extra={"user_id": user.id, "session_id": session_id, "messages": len(history)})

@@ -1,7 +1,9 @@
 """Upkeep that keeps sessions consistent after crashes, in every server process.
 
 - Runs whose process died (lease expired): bring message_count level with the
-  history the dead run left, and free the session.
+  history the dead run left, and free the session (the run is kept as interrupted).
+- Messages queued in a session with no live run (its process died): start them.
+- Ended runs past RUN_REPLAY_SECONDS: forget them (their text and terminal event).
 - Sessions with messages but still the default name: name them.
 - LangGraph threads with no session (crashes, older versions): delete them.
 - Recovery points (undo of a delete) past their expiry: delete them.
@@ -23,6 +25,7 @@ from collections.abc import Callable
 
 from backend.chat.counts import MessageCounts
 from backend.chat.namer import SessionNamer
+from backend.chat.reply import INTERRUPTED_ERROR, RunFinal
 from backend.chat.run_store import RunStore
 from backend.sessions.cleanup import PurgeReport, SessionCleanup
 from backend.sessions.service import SessionService
@@ -59,6 +62,11 @@ class Maintenance:
         audit_retention_days: int | None = None,
         purge_events: Callable[[], int] | None = None,
         purge_sign_ins: Callable[[], int] | None = None,
+        run_replay_seconds: float = 600.0,
+        keep_interrupted_run: Callable[[dict], None] | None = None,
+        start_queued: Callable[[str, str], bool] | None = None,
+        owner: str = "upkeep",
+        claim_seconds: float = 15.0,
     ) -> None:
         self._session_store = session_store
         self._runs = runs
@@ -72,6 +80,11 @@ class Maintenance:
         self._audit_retention_days = audit_retention_days
         self._purge_events = purge_events
         self._purge_sign_ins = purge_sign_ins
+        self._run_replay_seconds = run_replay_seconds
+        self._keep_interrupted_run = keep_interrupted_run  # UnfinishedReplies.keep_interrupted
+        self._start_queued = start_queued  # ChatService.start_queued
+        self._owner = owner
+        self._claim_seconds = claim_seconds
         self._interval = interval_seconds
         self._sweep_interval = sweep_interval_seconds
         self.orphan_min_age_seconds = orphan_min_age_seconds
@@ -81,14 +94,36 @@ class Maintenance:
         self._thread: threading.Thread | None = None
 
     def reconcile_runs(self) -> int:
-        """Finish runs whose process died. Returns how many."""
+        """Finish runs whose process died: the user's message and the text written so far are kept
+        (the reply marked interrupted), and the run ends as interrupted for its readers. Returns how many."""
         finished = 0
         for run in self._runs.expired_runs():
-            self._counts.end_run_and_count_messages(run["user_id"], run["session_id"], None)
+            claimed = self._runs.claim_expired_run(run["run_id"], self._owner, self._claim_seconds)
+            if claimed is None:
+                continue  # another process is finishing it
+            if self._keep_interrupted_run is not None:
+                self._keep_interrupted_run(claimed)
+            final = RunFinal("interrupted", "error", INTERRUPTED_ERROR).stored(run["run_id"], claimed["reply"])
+            self._counts.end_run_and_count_messages(run["user_id"], run["session_id"], run["run_id"], "error",
+                                                    final=final)
             finished += 1
         if finished:
             log.info("expired runs reconciled", extra={"runs": finished})
         return finished
+
+    def start_stalled_queues(self) -> int:
+        """Start messages queued in sessions with no live run (their run's process died, or the
+        start waited for the user's cap). Returns how many started."""
+        if self._start_queued is None:
+            return 0
+        started = 0
+        for queue in self._runs.stalled_queues():
+            started += bool(self._start_queued(queue["user_id"], queue["session_id"]))
+        return started
+
+    def purge_ended_runs(self) -> int:
+        """Forget runs that ended before the replay window. Returns how many."""
+        return self._runs.purge_ended_runs(self._run_replay_seconds)
 
     def name_unnamed(self) -> int:
         """Queue naming for sessions whose naming was lost. Returns how many were queued."""
@@ -138,6 +173,8 @@ class Maintenance:
 
     def run_once(self, *, sweep: bool) -> None:
         self.reconcile_runs()
+        self.start_stalled_queues()
+        self.purge_ended_runs()
         self.name_unnamed()
         self._sessions.purge_expired_recovery_points()
         self.apply_retention()

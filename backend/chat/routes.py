@@ -28,7 +28,7 @@ def chat_api(chat: ChatService, importer: SessionImporter) -> APIBlueprint:
     @rate_limited(CHAT)
     def query_stream(body: QueryBody):
         """Send a message and stream the reply. The session is created on first use."""
-        turn = chat.start_turn(current_user._get_current_object(), body.session_id, body.query)
+        turn = chat.start_turn(current_user._get_current_object(), body.session_id, body.query, body.multitask_strategy)
         # No stream_with_context: the stream needs nothing from the request, and
         # keeping its context pushed would let it leak into other requests (and
         # their flask-login user) in the same thread. Bytes passed straight

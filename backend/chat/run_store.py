@@ -1,13 +1,17 @@
-"""All SQL for chat_session_runs: the lease that says "a reply is being written in this session".
+"""All SQL for runs: chat_session_runs, the lease that says "a reply is being written in this
+session" (with its text so far), and chat_runs, the runs that ended within the replay window.
 
-One row per session with a reply in progress, renewed by the writing process
-(RunLeases); a row whose lease expired belongs to a dead process and is taken
-over or reconciled. Methods that take a `conn` run inside the caller's
+One lease row per session with a reply in progress, renewed by the writing
+process (RunLeases), which writes the reply's text so far in the same
+statement; a row whose lease expired belongs to a dead process and is taken
+over or reconciled. When a lease row goes, a trigger keeps the run in
+chat_runs (sql/023). Methods that take a `conn` run inside the caller's
 transaction.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Sequence
 
@@ -31,30 +35,137 @@ START_RUN_IN_SESSION_SQL = (
     "select " + SESSION_ROW_COLUMNS
     + ", r.new_run_id from public.start_chat_run(%(user_id)s::text, %(session_id)s::text, %(run_id)s::uuid,"
     " %(owner)s::text, %(lease_seconds)s::float8, %(max_messages)s::integer, %(max_bytes)s::bigint,"
-    " %(max_runs)s::integer) as r"
+    " %(max_runs)s::integer, %(query)s::text) as r"
 )
 
 # A turn's end in one round trip when its history's size is known (sql/018): the
 # session row as it now is, and whether it counted (false: nothing was changed).
 END_COUNTED_RUN_SQL = (
     "select " + SESSION_ROW_COLUMNS
-    + ", r.counted from public.end_chat_run(%(user_id)s::text, %(session_id)s::text, %(run_id)s::uuid,"
+    + ", r.counted, r.queued, set_config('chat.run_final', %(final)s, true) as final from public.end_chat_run(%(user_id)s::text, %(session_id)s::text, %(run_id)s::uuid,"
     " %(outcome)s::text, %(checkpoint_id)s::text, %(message_count)s::integer, %(history_bytes)s::bigint) as r"
 )
 
+# Every lease of a process, and each reply's text past what was written before (`upto`
+# characters, null: nothing new). Rewriting from `upto` makes a retry after an unknown
+# outcome harmless: text written twice lands in the same place.
 RENEW_RUNS_SQL = """
-update chat_session_runs set lease_expires_at = now() + make_interval(secs => %s)
- where run_id = any(%s)
-returning run_id, cancel_requested_at is not null as cancel
+update chat_session_runs r set lease_expires_at = now() + make_interval(secs => %s),
+       reply = case when v.upto is null then r.reply else left(r.reply, v.upto) || v.more end
+  from unnest(%s::uuid[], %s::integer[], %s::text[]) as v(run_id, upto, more)
+ where r.run_id = v.run_id
+returning r.run_id, r.cancel_reason
 """
 
 REQUEST_CANCEL_SQL = """
-update chat_session_runs set cancel_requested_at = coalesce(cancel_requested_at, now())
+update chat_session_runs set cancel_requested_at = coalesce(cancel_requested_at, now()),
+       cancel_reason = coalesce(cancel_reason, 'delete')
  where user_id = %s and session_id = %s and lease_expires_at > now()
 returning run_id
 """
 
+# Stop one run, named: a cancel never reaches a newer run of the same session.
+REQUEST_RUN_CANCEL_SQL = """
+update chat_session_runs set cancel_requested_at = coalesce(cancel_requested_at, now()),
+       cancel_reason = coalesce(cancel_reason, %s)
+ where run_id = %s and user_id = %s and session_id = %s and lease_expires_at > now()
+returning run_id
+"""
+
+# The terminal event of the run this transaction ends, for chat_runs (sql/023's trigger, at commit).
+SET_RUN_FINAL_SQL = "select set_config('chat.run_final', %s, true)"
+
+# A session's runs: the one being written (or whose process died), those queued behind it, and those
+# ended within the window.
+RUN_COLUMNS = "run_id, status, created_at, started_at, ended_at"
+LIST_RUNS_SQL = """
+select run_id, case when lease_expires_at > now() then 'running' else 'interrupted' end as status,
+       started_at as created_at, started_at, null::timestamptz as ended_at
+  from chat_session_runs where user_id = %(user_id)s and session_id = %(session_id)s
+union all
+select run_id, 'queued', created_at, null, null
+  from chat_queued_runs where user_id = %(user_id)s and session_id = %(session_id)s
+union all
+select run_id, status, started_at as created_at, started_at, ended_at
+  from chat_runs
+ where user_id = %(user_id)s and session_id = %(session_id)s
+   and ended_at > now() - make_interval(secs => %(window)s)
+ order by created_at, run_id
+"""
+
+# One run with its text: queued, live (lease held), its process dead (lease expired), or ended within the window.
+READ_RUN_SQL = """
+select run_id, case when lease_expires_at > now() then 'running' else 'interrupted' end as status,
+       started_at as created_at, started_at, null::timestamptz as ended_at, reply,
+       null::text as final_event, null::jsonb as final_data
+  from chat_session_runs
+ where run_id = %(run_id)s and user_id = %(user_id)s and session_id = %(session_id)s
+union all
+select run_id, 'queued', created_at, null, null, '', null, null
+  from chat_queued_runs
+ where run_id = %(run_id)s and user_id = %(user_id)s and session_id = %(session_id)s
+union all
+select run_id, status, started_at, started_at, ended_at, reply, final_event, final_data
+  from chat_runs
+ where run_id = %(run_id)s and user_id = %(user_id)s and session_id = %(session_id)s
+   and ended_at > now() - make_interval(secs => %(window)s)
+ limit 1
+"""
+
+# An enqueue: the session row first (FOR KEY SHARE waits for a run's end holding FOR UPDATE, so
+# the end sees this message queued, or this sees the run gone), then its live run, if any.
+LOCK_SESSION_FOR_QUEUE_SQL = "select 1 from chat_sessions where user_id = %s and session_id = %s for key share"
+LIVE_RUN_OF_SESSION_SQL = (
+    "select run_id from chat_session_runs where user_id = %s and session_id = %s and lease_expires_at > now()"
+)
+QUEUE_LENGTH_SQL = "select count(*) as n from chat_queued_runs where user_id = %s and session_id = %s"
+ENQUEUE_SQL = "insert into chat_queued_runs (run_id, user_id, session_id, query) values (%s, %s, %s, %s)"
+HAS_QUEUED_SQL = "select exists (select 1 from chat_queued_runs where user_id = %s and session_id = %s) as queued"
+
+# The oldest message queued in a session, taken by one process only.
+QUEUE_HEAD_SQL = """
+select run_id, query from chat_queued_runs where user_id = %s and session_id = %s
+ order by created_at, run_id limit 1 for update skip locked
+"""
+DEQUEUE_SQL = "delete from chat_queued_runs where run_id = %s"
+
+# A queued run that will not run (Stop, or its session can take no turn): kept as ended for its reader.
+END_QUEUED_SQL = """
+with gone as (
+    delete from chat_queued_runs where user_id = %(user_id)s and session_id = %(session_id)s
+       and (%(run_id)s::uuid is null or run_id = %(run_id)s::uuid)
+    returning run_id, user_id, session_id, created_at)
+insert into chat_runs (run_id, user_id, session_id, status, started_at, reply, final_event, final_data)
+select run_id, user_id, session_id, %(status)s, created_at, '', 'error',
+       %(data)s::jsonb || jsonb_build_object('run_id', run_id)
+  from gone
+returning run_id
+"""
+
+# Sessions with a message queued and no live run: their queue is started by upkeep (a run ended by a
+# process that died, or a start that waited for the user's cap).
+STALLED_QUEUES_SQL = """
+select distinct q.user_id, q.session_id from chat_queued_runs q
+ where not exists (select 1 from chat_session_runs r
+                    where r.user_id = q.user_id and r.session_id = q.session_id and r.lease_expires_at > now())
+ limit %s
+"""
+
+PURGE_ENDED_RUNS_SQL = """
+delete from chat_runs where run_id in (
+    select run_id from chat_runs where ended_at < now() - make_interval(secs => %s) limit %s)
+"""
+
 RUN_IS_LIVE_SQL = "select 1 from chat_session_runs where user_id = %s and session_id = %s and lease_expires_at > now()"
+
+# One process takes a dead process's run to finish it (the lease again, under its own name): what it
+# had written, and the session's thread to keep it in.
+CLAIM_EXPIRED_RUN_SQL = """
+update chat_session_runs r set owner = %s, lease_expires_at = now() + make_interval(secs => %s)
+  from chat_sessions s
+ where r.run_id = %s and r.lease_expires_at < now() and s.user_id = r.user_id and s.session_id = r.session_id
+returning r.reply, r.query, r.started_at, s.thread_id, s.message_count
+"""
 
 EXPIRED_RUNS_SQL = "select user_id, session_id, run_id from chat_session_runs where lease_expires_at < now() limit %s"
 
@@ -79,6 +190,7 @@ class RunStore:
     def start_run_in_session(
         self, user_id: str, session_id: str, owner: str, lease_seconds: float, *, max_messages: int,
         max_bytes: int, max_runs: int, then_read: Callable[[dict], tuple[str, Sequence]] | None = None,
+        query: str | None = None,
     ) -> tuple[dict | None, uuid.UUID | None, dict | None]:
         """Read the session and, unless it is archived or full, take its lease under the
         user's lock (an expired lease, left by a dead process, is taken over), in one statement.
@@ -94,7 +206,7 @@ class RunStore:
         """
         params = {"user_id": user_id, "session_id": session_id, "run_id": uuid.uuid4(), "owner": owner,
                   "lease_seconds": lease_seconds, "max_messages": max_messages, "max_bytes": max_bytes,
-                  "max_runs": max_runs}
+                  "max_runs": max_runs, "query": query}
         read_row = None
         with self._pool.connection() as conn:
             row = conn.execute(START_RUN_IN_SESSION_SQL, params).fetchone()
@@ -107,37 +219,126 @@ class RunStore:
 
     def end_counted_run(
         self, user_id: str, session_id: str, run_id: uuid.UUID, outcome: str, *, checkpoint_id: str,
-        message_count: int, history_bytes: int,
-    ) -> tuple[dict | None, bool]:
+        message_count: int, history_bytes: int, final: str | None = None,
+    ) -> tuple[dict | None, bool, bool]:
         """End the run and set the session's counts in one statement, if `checkpoint_id` (measured
         as `message_count` messages of `history_bytes`) is the thread's latest checkpoint.
 
-        Returns (session row, True) when done; (session row, False) when another
-        checkpoint is the latest and nothing was changed; (None, False) when the
-        session is gone.
+        Returns (session row, True, whether a message is queued behind it) when done; (session
+        row, False, False) when another checkpoint is the latest and nothing was changed; (None,
+        False, False) when the session is gone.
         """
         with self._pool.connection() as conn:
             row = conn.execute(
                 END_COUNTED_RUN_SQL,
                 {"user_id": user_id, "session_id": session_id, "run_id": run_id, "outcome": outcome,
-                 "checkpoint_id": checkpoint_id, "message_count": message_count, "history_bytes": history_bytes},
+                 "checkpoint_id": checkpoint_id, "message_count": message_count, "history_bytes": history_bytes,
+                 "final": final or ""},
             ).fetchone()
         if row is None:
-            return None, False
-        return row, row.pop("counted")
+            return None, False, False
+        row.pop("final")
+        return row, row.pop("counted"), row.pop("queued")
 
     @staticmethod
-    def renew_runs_on(conn: Connection, run_ids: list[uuid.UUID], lease_seconds: float) -> dict[uuid.UUID, bool]:
-        """Extend these leases, on the caller's connection (autocommit, dict rows); return
-        {run_id: cancel requested} for those still held. The lease keeper's own connection:
-        a pooled one could wait in the pool's queue longer than a lease lasts."""
-        rows = conn.execute(RENEW_RUNS_SQL, (lease_seconds, run_ids)).fetchall()
-        return {r["run_id"]: r["cancel"] for r in rows}
+    def renew_runs_on(
+        conn: Connection, progress: Sequence[tuple[uuid.UUID, int | None, str | None]], lease_seconds: float,
+    ) -> dict[uuid.UUID, str | None]:
+        """Extend these leases and write each reply's new text ((run_id, written so far, what
+        follows), or None twice when nothing is new), on the caller's connection (autocommit,
+        dict rows); return {run_id: why a cancel was asked, or None} for those still held. The
+        lease keeper's own connection: a pooled one could wait in the pool's queue longer than a
+        lease lasts."""
+        run_ids, upto, more = (list(column) for column in zip(*progress)) if progress else ([], [], [])
+        rows = conn.execute(RENEW_RUNS_SQL, (lease_seconds, run_ids, upto, more)).fetchall()
+        return {r["run_id"]: r["cancel_reason"] for r in rows}
 
     def request_cancel(self, user_id: str, session_id: str) -> bool:
-        """Ask whichever process writes this session's reply to stop. True if one is live."""
+        """Ask whichever process writes this session's reply to stop (a forced delete). True if one is live."""
         with self._pool.connection() as conn:
             return conn.execute(REQUEST_CANCEL_SQL, (user_id, session_id)).fetchone() is not None
+
+    def request_run_cancel(self, user_id: str, session_id: str, run_id: uuid.UUID, reason: str = "user") -> bool:
+        """Ask whichever process writes this run to stop it: `reason` user (Stop), interrupt or
+        rollback (a new message). False if it is not live."""
+        with self._pool.connection() as conn:
+            return conn.execute(REQUEST_RUN_CANCEL_SQL, (reason, run_id, user_id, session_id)).fetchone() is not None
+
+    def list_runs(self, user_id: str, session_id: str, window_seconds: float) -> list[dict]:
+        with self._pool.connection() as conn:
+            return conn.execute(
+                LIST_RUNS_SQL, {"user_id": user_id, "session_id": session_id, "window": window_seconds},
+            ).fetchall()
+
+    def read_run(self, user_id: str, session_id: str, run_id: uuid.UUID, window_seconds: float) -> dict | None:
+        """The run with its text so far (`final_event` set once it ended), or None past the window."""
+        with self._pool.connection() as conn:
+            return conn.execute(
+                READ_RUN_SQL,
+                {"user_id": user_id, "session_id": session_id, "run_id": run_id, "window": window_seconds},
+            ).fetchone()
+
+    def enqueue(self, user_id: str, session_id: str, run_id: uuid.UUID, query: str, max_queued: int) -> str | None:
+        """Queue a message behind the session's live run: 'queued'; 'free' when no run is live
+        (start it instead); 'full' at `max_queued`; None when the user has no such session."""
+        with self._pool.connection() as conn, conn.transaction():
+            if conn.execute(LOCK_SESSION_FOR_QUEUE_SQL, (user_id, session_id)).fetchone() is None:
+                return None
+            if conn.execute(LIVE_RUN_OF_SESSION_SQL, (user_id, session_id)).fetchone() is None:
+                return "free"
+            if conn.execute(QUEUE_LENGTH_SQL, (user_id, session_id)).fetchone()["n"] >= max_queued:
+                return "full"
+            conn.execute(ENQUEUE_SQL, (run_id, user_id, session_id, query))
+            return "queued"
+
+    def live_run_of(self, user_id: str, session_id: str) -> uuid.UUID | None:
+        with self._pool.connection() as conn:
+            row = conn.execute(LIVE_RUN_OF_SESSION_SQL, (user_id, session_id)).fetchone()
+        return row["run_id"] if row else None
+
+    def start_queued_run(
+        self, user_id: str, session_id: str, owner: str, lease_seconds: float, *, max_messages: int,
+        max_bytes: int, max_runs: int, then_read: Callable[[dict], tuple[str, Sequence]],
+    ) -> tuple[dict | None, uuid.UUID | None, str | None, dict | None]:
+        """Start the oldest message queued in the session, under its own run id, if the session can
+        take a turn (start_run_in_session's rules), in one transaction: (session row, run id, the
+        message, the read's first row). No run id: nothing queued, another process took it, or the
+        session is busy, archived, full or at the user's cap (the session row says which)."""
+        with self._pool.connection() as conn, conn.transaction():
+            head = conn.execute(QUEUE_HEAD_SQL, (user_id, session_id)).fetchone()
+            if head is None:
+                return None, None, None, None
+            row = conn.execute(START_RUN_IN_SESSION_SQL, {
+                "user_id": user_id, "session_id": session_id, "run_id": head["run_id"], "owner": owner,
+                "lease_seconds": lease_seconds, "max_messages": max_messages, "max_bytes": max_bytes,
+                "max_runs": max_runs, "query": head["query"]}).fetchone()
+            if row is None or row["new_run_id"] is None:
+                return row, None, None, None
+            conn.execute(DEQUEUE_SQL, (head["run_id"],))
+            with conn.cursor(binary=True) as cur:
+                read_row = cur.execute(*then_read(row)).fetchone()
+        return row, row.pop("new_run_id"), head["query"], read_row
+
+    def end_queued(self, user_id: str, session_id: str, run_id: uuid.UUID | None, status: str, error: dict) -> int:
+        """Take queued runs out of the queue (one, or all of the session's with `run_id` None) and keep
+        them as ended with `error` for their readers. Returns how many."""
+        with self._pool.connection() as conn:
+            return len(conn.execute(END_QUEUED_SQL, {
+                "user_id": user_id, "session_id": session_id, "run_id": run_id, "status": status,
+                "data": json.dumps(error)}).fetchall())
+
+    @staticmethod
+    def has_queued(conn: Connection, user_id: str, session_id: str) -> bool:
+        return conn.execute(HAS_QUEUED_SQL, (user_id, session_id)).fetchone()["queued"]
+
+    def stalled_queues(self, limit: int = 100) -> list[dict]:
+        with self._pool.connection() as conn:
+            return conn.execute(STALLED_QUEUES_SQL, (limit,)).fetchall()
+
+    def purge_ended_runs(self, window_seconds: float, limit: int = 1000) -> int:
+        """Forget runs that ended before the replay window; how many went."""
+        with self._pool.connection() as conn:
+            return conn.execute(PURGE_ENDED_RUNS_SQL, (window_seconds, limit)).rowcount
 
     def run_is_live(self, user_id: str, session_id: str) -> bool:
         """Whether a reply is being written in the session, by any process."""
@@ -149,14 +350,23 @@ class RunStore:
         """run_is_live on the caller's connection (inside its transaction)."""
         return conn.execute(RUN_IS_LIVE_SQL, (user_id, session_id)).fetchone() is not None
 
+    def claim_expired_run(self, run_id: uuid.UUID, owner: str, lease_seconds: float) -> dict | None:
+        """Take a dead process's run to finish it: {reply, query, started_at, thread_id, message_count}
+        (the session's, counted before the run), or None if another process did."""
+        with self._pool.connection() as conn:
+            return conn.execute(CLAIM_EXPIRED_RUN_SQL, (owner, lease_seconds, run_id)).fetchone()
+
     def expired_runs(self, limit: int = 100) -> list[dict]:
         with self._pool.connection() as conn:
             return conn.execute(EXPIRED_RUNS_SQL, (limit,)).fetchall()
 
     @staticmethod
-    def end_run(conn: Connection, run_id: uuid.UUID, outcome: str) -> None:
-        """Remove the run row (`outcome`: done, error or cancelled, for the run.finished event)."""
+    def end_run(conn: Connection, run_id: uuid.UUID, outcome: str, final: str | None = None) -> None:
+        """Remove the run row (`outcome`: done, error or cancelled, for the run.finished event;
+        `final`, RunFinal.json, how the run is kept for its readers)."""
         conn.execute(SET_RUN_OUTCOME_SQL, (outcome,))
+        if final:
+            conn.execute(SET_RUN_FINAL_SQL, (final,))
         conn.execute(END_RUN_SQL, (run_id,))
 
     @staticmethod

@@ -6,6 +6,10 @@ RUN_RENEW_SECONDS, and learns from the same statement whether another process
 asked for a cancel (a forced delete). A process that dies stops renewing; its
 leases expire and the sessions are free again.
 
+The same statement writes each reply's text past what it wrote before, so a
+reader on another process can follow the reply (one write per reply per
+renewal at most, never one per token).
+
 The keeper renews on a connection of its own, not the pool's: in a burst,
 requests queue for pooled connections for up to DB_POOL_QUEUE_SECONDS, longer
 than a lease lasts, and a renewal waiting its turn there would let the leases
@@ -27,6 +31,7 @@ import psycopg
 from psycopg import Connection
 from psycopg_pool import PoolTimeout
 
+from backend.chat.reply import ReplyBuffer
 from backend.chat.run_store import RunStore
 from backend.process_thread import ProcessThread
 
@@ -87,6 +92,14 @@ class ActiveRun:
     session_id: str
     cancel: CancelToken = field(default_factory=CancelToken)
     started: float = field(default_factory=time.monotonic)
+    reply: ReplyBuffer = field(default_factory=ReplyBuffer)
+    read_upto: int = 0  # characters its furthest reader in this process has been sent
+
+
+# Why another process asked a run to stop (chat_session_runs.cancel_reason) -> CancelToken's reason.
+CANCEL_REASONS = {"delete": "cancel_requested", "user": "user_cancelled", "interrupt": "interrupted_by_message",
+                  "rollback": "rolled_back"}
+
 
 
 class RunLeases:
@@ -110,12 +123,13 @@ class RunLeases:
 
     def start_in_session(
         self, user_id: str, session_id: str, *, max_messages: int, max_bytes: int, max_runs: int,
-        then_read: Callable[[dict], tuple[str, Sequence]] | None = None,
+        then_read: Callable[[dict], tuple[str, Sequence]] | None = None, query: str | None = None,
     ) -> tuple[dict | None, ActiveRun | None, dict | None]:
-        """The session and its lease in one statement, then `then_read` (RunStore.start_run_in_session)."""
+        """The session and its lease (keeping `query`, the user's message) in one statement, then
+        `then_read` (RunStore.start_run_in_session)."""
         session, run_id, read_row = self._store.start_run_in_session(
             user_id, session_id, self.owner, self._lease_seconds, max_messages=max_messages, max_bytes=max_bytes,
-            max_runs=max_runs, then_read=then_read,
+            max_runs=max_runs, then_read=then_read, query=query,
         )
         return session, None if run_id is None else self.track(run_id, user_id, session_id), read_row
 
@@ -135,6 +149,22 @@ class RunLeases:
         with self._lock:
             return list(self._runs.values())
 
+    def start_queued(
+        self, user_id: str, session_id: str, *, max_messages: int, max_bytes: int, max_runs: int,
+        then_read: Callable[[dict], tuple[str, Sequence]],
+    ) -> tuple[dict | None, ActiveRun | None, str | None, dict | None]:
+        """The oldest message queued in the session, started here (RunStore.start_queued_run)."""
+        session, run_id, query, read_row = self._store.start_queued_run(
+            user_id, session_id, self.owner, self._lease_seconds, max_messages=max_messages, max_bytes=max_bytes,
+            max_runs=max_runs, then_read=then_read,
+        )
+        return session, None if run_id is None else self.track(run_id, user_id, session_id), query, read_row
+
+    def get(self, run_id: uuid.UUID) -> ActiveRun | None:
+        """The run, if this process is writing it."""
+        with self._lock:
+            return self._runs.get(run_id)
+
     def renew_now(self) -> None:
         """One renewal pass: extend every lease, pass on cancels, stop runs that lost theirs."""
         runs = self.active()
@@ -144,21 +174,28 @@ class RunLeases:
         for run in runs:
             if now - run.started > self._turn_max:
                 run.cancel.set("turn_deadline")  # a reply (or a reader) that never ends
-        held = self._renew([r.run_id for r in runs])
-        for run in runs:
+        unstored = [run.reply.unstored() for run in runs]
+        held = self._renew([
+            (run.run_id, None, None) if new is None else (run.run_id, new[0], new[1])
+            for run, new in zip(runs, unstored)
+        ])
+        for run, new in zip(runs, unstored):
             if run.run_id not in held:
                 # The run row is gone: the session was deleted, or the lease
                 # expired and another run took over. Either way, stop writing.
                 run.cancel.set("lease_lost")
-            elif held[run.run_id]:
-                run.cancel.set("cancel_requested")
+                continue
+            if new is not None:
+                run.reply.stored_chars = new[2]
+            if held[run.run_id]:
+                run.cancel.set(CANCEL_REASONS.get(held[run.run_id], "cancel_requested"))
 
-    def _renew(self, run_ids: list[uuid.UUID]) -> dict[uuid.UUID, bool]:
+    def _renew(self, progress: list[tuple[uuid.UUID, int | None, str | None]]) -> dict[uuid.UUID, str | None]:
         with self._conn_lock:
             try:
                 if self._conn is None:
                     self._conn = self._connect()
-                return self._store.renew_runs_on(self._conn, run_ids, self._lease_seconds)
+                return self._store.renew_runs_on(self._conn, progress, self._lease_seconds)
             except psycopg.Error:
                 self._close_connection()  # opened again on the next pass
                 raise

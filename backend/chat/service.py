@@ -1,25 +1,27 @@
 """A chat turn: take the session, run the graph, stream its tokens, count, release.
 
-The graph runs in a worker thread of its own (a greenlet under the gevent
-server) and hands tokens to the response through a queue, so the response can
-send heartbeats while the model is quiet, and a client that goes away cancels
-the reply without waiting for it. Tokens that queued up while the previous
-event was being written go out as one event (a lone token is never held back),
-and a client that stops reading can hold at most STREAM_BUFFER_CHARS of reply
-before the reply is stopped. Whatever happens, the worker ends the run with
+A turn is a run (its id in the lease row): the graph runs in a worker thread of
+its own (a greenlet under the gevent server) and appends the reply to the run's
+ReplyBuffer, which every reader in this process follows from its own cursor:
+the stream that sent the message, and any tab that joins (backend/runs). The
+stream sends heartbeats while the model is quiet; text that arrived while the
+previous event was being written goes out as one event (a lone token is never
+held back). A client that goes away leaves the run going to its end
+(RUN_ON_DISCONNECT=continue) or stops it (cancel, where a client that stops
+reading can also hold at most STREAM_BUFFER_CHARS of reply before the reply is
+stopped). Whatever happens, the worker ends the run with
 MessageCounts.end_run_and_count_messages, which makes message_count equal to
-the history the turn left behind.
+the history the turn left behind and keeps the run for late readers (sql/023).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import queue
 import threading
 import time
+import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import openai
 import psycopg
@@ -29,9 +31,12 @@ from langgraph.graph.state import CompiledStateGraph
 from backend.auth.service import AuthUser
 from backend.chat.checkpointer import RunCheckpoints, SessionGone
 from backend.chat.counts import MessageCounts
+from backend.chat.follow import SESSION_DELETED, RunReaders, run_event, sse_event
 from backend.chat.namer import SessionNamer
+from backend.chat.reply import RunFinal
 from backend.chat.run_store import RunStore
 from backend.chat.runs import ActiveRun, RunLeases
+from backend.chat.unfinished import UnfinishedReplies, user_message_id
 from backend.errors import ApiError, NotFound
 from backend.sessions.service import SessionService
 from llm.chat_model import ChatModel, ReplyCancelled
@@ -47,26 +52,39 @@ CANCEL_ERRORS = {
     "client_disconnected": ("cancelled", "The client went away"),
     "slow_client": ("slow_client", "The reply was stopped: the client did not read it fast enough"),
     "turn_deadline": ("turn_too_long", "The reply was stopped: it took longer than this server allows"),
+    "user_cancelled": ("cancelled", "The reply was stopped"),
+    "interrupted_by_message": ("cancelled", "The reply was stopped: a new message was sent"),
+    "rolled_back": ("cancelled", "The reply was withdrawn with its message: a new message replaced it"),
 }
+# Stops after which the text written so far is kept as the reply, marked stopped.
+KEEPS_PARTIAL_REPLY = {"user_cancelled", "interrupted_by_message"}
+# multitask_strategy -> the cancel reason that stops the session's current run for the new message.
+STOP_FOR_NEW_MESSAGE = {"interrupt": "interrupt", "rollback": "rollback"}
 
 
-def sse_event(event: str, data: dict) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+def final_status(event: str, data: dict) -> str:
+    """A run's status in lists, from its terminal event."""
+    if event == "done":
+        return "done"
+    return {"cancelled": "cancelled", "interrupted": "interrupted"}.get(data.get("code"), "error")
+
+
+@dataclass(frozen=True)
+class QueuedTurn:
+    """A message queued behind the session's running reply (multitask_strategy=enqueue)."""
+
+    user_id: str
+    session_id: str
+    run_id: uuid.UUID
 
 
 @dataclass
 class Turn:
-    user: AuthUser
     session: dict
     run: ActiveRun
     query: str
     # What the run's saver knows of its thread: the checkpoint read with the lease, the last one written.
     checkpoints: RunCheckpoints | None = None
-    events: queue.Queue = field(default_factory=queue.Queue)
-    # Characters of reply text queued and sent: each written by one side only
-    # (the graph's thread, the response), so their difference needs no lock.
-    queued_chars: int = 0
-    sent_chars: int = 0
 
 
 class ChatService:
@@ -89,6 +107,10 @@ class ChatService:
         max_history_messages: int | None = None,
         max_history_bytes: int | None = None,
         max_replies_per_user: int | None = None,
+        cancel_on_disconnect: bool = False,
+        readers: RunReaders,
+        max_queued_per_session: int = 10,
+        stop_wait_seconds: float = 10.0,
     ) -> None:
         self._sessions = sessions
         self._runs = runs
@@ -106,19 +128,65 @@ class ChatService:
         self._max_history = max_history_messages or 2**31 - 1
         self._max_bytes = max_history_bytes or 2**62
         self._max_runs = max_replies_per_user or 2**31 - 1
+        self._cancel_on_disconnect = cancel_on_disconnect
+        self._readers = readers
+        self._max_queued = max_queued_per_session
+        self._stop_wait = stop_wait_seconds
+        self._unfinished = UnfinishedReplies(graph)
 
-    def start_turn(self, user: AuthUser, session_id: str, query: str) -> Turn:
-        """Everything that can fail with a status code, before any byte is streamed."""
-        try:
-            # The common case, a session that exists: one pooled connection, two statements.
-            session, run, checkpoints = self._start_in_session(user, session_id)
-            if session is None:  # ids are made by the frontend: created on first use
-                self._sessions.get_or_create(user, session_id)
-                session, run, checkpoints = self._start_in_session(user, session_id)
-        except psycopg.errors.ForeignKeyViolation:
-            raise NotFound("The session was deleted") from None
-        if session is None:  # deleted again between its creation and the start
-            raise NotFound("The session was deleted")
+    def start_turn(self, user: AuthUser, session_id: str, query: str, strategy: str = "reject") -> Turn | QueuedTurn:
+        """Everything that can fail with a status code, before any byte is streamed. While a reply
+        runs in the session, `strategy` says what this message does: reject (409 session_busy),
+        enqueue (wait its turn), interrupt (stop that reply, keeping its text) or rollback (stop
+        it, discarding it and its message), then run."""
+        for attempt in range(2):
+            try:
+                # The common case, a session that exists: one pooled connection, two statements.
+                session, run, checkpoints = self._start_in_session(user, session_id, query)
+                if session is None:  # ids are made by the frontend: created on first use
+                    self._sessions.get_or_create(user, session_id)
+                    session, run, checkpoints = self._start_in_session(user, session_id, query)
+            except psycopg.errors.ForeignKeyViolation:
+                raise NotFound("The session was deleted") from None
+            if session is None:  # deleted again between its creation and the start
+                raise NotFound("The session was deleted")
+            self._refuse_if_closed(session)
+            if run is not None:
+                break
+            busy_with = self._runs.live_run_of(user.id, session_id)
+            if busy_with is None:
+                if self._runs.live_runs(user.id) >= self._max_runs:
+                    raise ApiError(
+                        429, "too_many_streams",
+                        f"You have {self._max_runs} replies being written already; wait for one to finish",
+                        headers={"Retry-After": "5"},
+                    )
+                continue  # the reply ended meanwhile: try again
+            if strategy == "enqueue":
+                queued = self._enqueue(user, session_id, query)
+                if queued is not None:
+                    return queued
+                continue  # the reply ended meanwhile
+            if strategy in STOP_FOR_NEW_MESSAGE and attempt == 0:
+                self._stop_for_new_message(user.id, session_id, busy_with, STOP_FOR_NEW_MESSAGE[strategy])
+                continue
+            raise self._busy()
+        else:
+            raise self._busy()
+        if session["message_count"] == 0 and session["name_source"] == "default":
+            self._namer.submit(user.id, session_id, query)
+        return self._launch(Turn(session=session, run=run, query=query, checkpoints=checkpoints))
+
+    @staticmethod
+    def _busy() -> ApiError:
+        return ApiError(
+            409, "session_busy",
+            "A reply is still being written in this session; wait for it to finish, stop it, or send with "
+            "multitask_strategy enqueue, interrupt or rollback",
+        )
+
+    def _refuse_if_closed(self, session: dict) -> None:
+        """An archived or full session takes no turn."""
         if session["is_archived"]:
             raise ApiError(409, "session_archived", "This session is archived; unarchive it to send messages")
         if session["message_count"] >= self._max_history:
@@ -127,89 +195,105 @@ class ChatService:
         if session["history_bytes"] >= self._max_bytes:
             raise ApiError(409, "session_full", "This conversation has reached the most text a session may hold; "
                            "start a new session to go on")
-        if run is None and self._runs.live_runs(user.id) >= self._max_runs:
-            raise ApiError(
-                429, "too_many_streams",
-                f"You have {self._max_runs} replies being written already; wait for one to finish",
-                headers={"Retry-After": "5"},
-            )
-        if run is None:
-            raise ApiError(
-                409, "session_busy",
-                "A reply is still being written in this session; wait for it to finish before sending another message",
-            )
-        if session["message_count"] == 0 and session["name_source"] == "default":
-            self._namer.submit(user.id, session_id, query)
-        turn = Turn(user=user, session=session, run=run, query=query, checkpoints=checkpoints)
+
+    def _launch(self, turn: Turn) -> Turn:
         # Started now, not when the response is first read: a turn whose
         # response is never read still ends and frees its session.
+        run = turn.run
         try:
             threading.Thread(target=self._run_turn, args=(turn,), name="chat-turn", daemon=True).start()
         except RuntimeError:  # no thread to be had: free the session again
             self._leases.forget(run)
-            self._counts.end_run_and_count_messages(user.id, session_id, run.run_id)
+            self._counts.end_run_and_count_messages(run.user_id, run.session_id, run.run_id)
             raise ApiError(503, "overloaded", "The server is too busy; try again shortly", headers={"Retry-After": "5"}) from None
         return turn
 
+    def _enqueue(self, user: AuthUser, session_id: str, query: str) -> QueuedTurn | None:
+        """Queue the message behind the session's reply; None if that reply ended meanwhile."""
+        run_id = uuid.uuid4()
+        state = self._runs.enqueue(user.id, session_id, run_id, query, self._max_queued)
+        if state is None:
+            raise NotFound("The session was deleted")
+        if state == "full":
+            raise ApiError(429, "queue_full", f"{self._max_queued} messages are already waiting in this session",
+                           headers={"Retry-After": "5"})
+        return QueuedTurn(user.id, session_id, run_id) if state == "queued" else None
+
+    def _stop_for_new_message(self, user_id: str, session_id: str, run_id: uuid.UUID, reason: str) -> None:
+        """Stop the session's reply for a new message and wait (FORCE_DELETE_WAIT_SECONDS at most)
+        until its session is free."""
+        local = self._readers.local(user_id, session_id, run_id)
+        if local is not None:
+            local.cancel.set({"interrupt": "interrupted_by_message", "rollback": "rolled_back"}[reason])
+        elif not self._runs.request_run_cancel(user_id, session_id, run_id, reason):
+            return  # it ended meanwhile
+        deadline = time.monotonic() + self._stop_wait
+        while self._runs.live_run_of(user_id, session_id) == run_id and time.monotonic() < deadline:
+            time.sleep(0.02)  # its process notices within RUN_RENEW_SECONDS, then ends the run
+
+    def start_queued(self, user_id: str, session_id: str) -> bool:
+        """Start the oldest message queued in the session here, if the session is free. A session
+        that can take no more turns (archived, full) ends its queued messages with that error."""
+        checkpointer = self._graph.checkpointer
+        session, run, query, row = self._leases.start_queued(
+            user_id, session_id, max_messages=self._max_history, max_bytes=self._max_bytes, max_runs=self._max_runs,
+            then_read=lambda session: checkpointer.latest_checkpoint_query(session["thread_id"]),
+        )
+        if run is None:
+            if session is not None:
+                try:
+                    self._refuse_if_closed(session)
+                except ApiError as closed:
+                    self._runs.end_queued(user_id, session_id, None, "error",
+                                          {"code": closed.code, "message": closed.message})
+            return False
+        try:
+            self._launch(Turn(session=session, run=run, query=query,
+                              checkpoints=RunCheckpoints(session["thread_id"], row)))
+        except ApiError:
+            return False
+        return True
+
+    def cancel_queued(self, user_id: str, session_id: str, run_id: uuid.UUID) -> bool:
+        """Take a queued message out of the queue; its reader gets `cancelled`."""
+        code, message = CANCEL_ERRORS["user_cancelled"]
+        return self._runs.end_queued(user_id, session_id, run_id, "cancelled", {"code": code, "message": message}) > 0
+
     def _start_in_session(
-        self, user: AuthUser, session_id: str,
+        self, user: AuthUser, session_id: str, query: str,
     ) -> tuple[dict | None, ActiveRun | None, RunCheckpoints | None]:
         """The session, its lease and, on the same pooled connection, the checkpoint the turn starts from."""
         checkpointer = self._graph.checkpointer
         session, run, row = self._leases.start_in_session(
             user.id, session_id, max_messages=self._max_history, max_bytes=self._max_bytes, max_runs=self._max_runs,
-            then_read=lambda session: checkpointer.latest_checkpoint_query(session["thread_id"]),
+            then_read=lambda session: checkpointer.latest_checkpoint_query(session["thread_id"]), query=query,
         )
         return session, run, RunCheckpoints(session["thread_id"], row) if run is not None else None
 
-    def stream(self, turn: Turn) -> Iterator[bytes]:
-        """The SSE body, as bytes (the route passes it straight to the server): tokens, then
-        `done` or `error`; heartbeats while the model is quiet."""
-        events = turn.events
-        finished = False
-        try:
-            yield b": stream open\n\n"
-            while True:
-                try:
-                    kind, payload = events.get(timeout=self._heartbeat)
-                except queue.Empty:
-                    yield b": keep-alive\n\n"
-                    continue
-                if kind != "token":
-                    finished = True
-                    yield sse_event(kind, payload)
-                    return
-                # Whatever else is queued already joins this event: one write
-                # instead of many when the stream falls behind, no wait otherwise.
-                pieces, end = [payload], None
-                while end is None:
-                    try:
-                        kind, payload = events.get_nowait()
-                    except queue.Empty:
-                        break
-                    if kind == "token":
-                        pieces.append(payload)
-                    else:
-                        end = sse_event(kind, payload)
-                text = pieces[0] if len(pieces) == 1 else "".join(pieces)
-                turn.sent_chars += len(text)
-                if end is None:
-                    yield sse_event("token", {"content": text})
-                else:
-                    finished = True
-                    yield sse_event("token", {"content": text}) + end
-                    return
-        finally:
-            if not finished:
-                turn.run.cancel.set("client_disconnected")
+    def stream(self, turn: Turn | QueuedTurn) -> Iterator[bytes]:
+        """The SSE body of the turn's own request, as bytes (the route passes it straight to the
+        server): the `run` event, then the reply as RunReaders sends it (a queued message: once
+        it runs, wherever it runs)."""
+        if isinstance(turn, QueuedTurn):
+            try:
+                body = self._readers.join(turn.user_id, turn.session_id, turn.run_id, None)
+            except ApiError:  # the session went before the first byte
+                body = iter([run_event(turn.run_id, turn.session_id, "queued")
+                             + sse_event("error", {**SESSION_DELETED, "run_id": str(turn.run_id)}, 1)])
+            yield from body
+            return
+        run = turn.run
+        yield b": stream open\n\n" + run_event(run.run_id, run.session_id, "running")
+        on_leave = (lambda: run.cancel.set("client_disconnected")) if self._cancel_on_disconnect else None
+        yield from self._readers.follow(run, 0, on_leave=on_leave)
 
     def _send_token(self, turn: Turn, text: str) -> None:
-        turn.queued_chars += len(text)
-        if turn.queued_chars - turn.sent_chars > self._buffer_limit:
+        run = turn.run
+        if self._cancel_on_disconnect and run.reply.chars + len(text) - run.read_upto > self._buffer_limit:
             # The client stopped reading: stop paying for a reply nobody takes.
-            turn.run.cancel.set("slow_client")
+            run.cancel.set("slow_client")
             raise ReplyCancelled()
-        turn.events.put(("token", text))
+        run.reply.append(text)
 
     def _run_turn(self, turn: Turn) -> None:
         run, started = turn.run, time.perf_counter()
@@ -220,14 +304,24 @@ class ChatService:
         except Exception as exc:  # noqa: BLE001 - every failure becomes an `error` event
             error = self._describe_failure(run, exc)
         finally:
+            reply = run.reply.text()
+            if error is not None and reply and run.cancel.reason in KEEPS_PARTIAL_REPLY:
+                self._unfinished.keep_stopped(turn.session["thread_id"], turn.checkpoints, reply)
+            elif error is not None and run.cancel.reason == "rolled_back":
+                self._unfinished.roll_back(turn.session["thread_id"], turn.checkpoints, user_message_id(run.run_id))
             # A session's first turn leaves one checkpoint: nothing to prune.
             if self._prune_history and turn.session["message_count"] > 0:
                 self._prune(turn)
             outcome = "done" if error is None else ("cancelled" if run.cancel.is_set() else "error")
+            final = (RunFinal("done", "done", {}) if error is None
+                     else RunFinal(final_status("error", {"code": error[0]}), "error",
+                                   {"code": error[0], "message": error[1]}))
+            queued = False
             try:
-                session = self._counts.end_run_and_count_messages(
+                session, queued = self._counts.end_run_and_count_messages(
                     run.user_id, run.session_id, run.run_id, outcome,
                     written=turn.checkpoints.written if turn.checkpoints else None,
+                    final=final.stored(run.run_id, reply),
                 )
             except Exception:  # noqa: BLE001 - a later reconcile repairs the count
                 log.exception("finishing a run failed", extra={"session_id": run.session_id})
@@ -237,13 +331,13 @@ class ChatService:
         if error is None and session is None:
             error = CANCEL_ERRORS["lease_lost"]
         if error:
-            turn.events.put(("error", {"code": error[0], "message": error[1]}))
+            run.reply.finish("error", {"code": error[0], "message": error[1], "run_id": str(run.run_id)})
         else:
-            turn.events.put((
+            run.reply.finish(
                 "done",
                 {"session_id": run.session_id, "message_count": session["message_count"],
-                 "session_name": session["session_name"]},
-            ))
+                 "session_name": session["session_name"], "run_id": str(run.run_id)},
+            )
         log.info(
             "turn finished",
             extra={
@@ -251,6 +345,11 @@ class ChatService:
                 "tokens": tokens, "duration_ms": round((time.perf_counter() - started) * 1000, 1),
             },
         )
+        if queued:  # a message waits behind this reply: this process, now free of it, starts it
+            try:
+                self.start_queued(run.user_id, run.session_id)
+            except Exception:  # noqa: BLE001 - upkeep starts stalled queues
+                log.exception("starting a queued message failed", extra={"session_id": run.session_id})
 
     def _stream_graph(self, turn: Turn) -> int:
         """Run the graph, passing its tokens on; returns how many were sent."""
@@ -270,7 +369,8 @@ class ChatService:
         config = {"configurable": {"thread_id": turn.session["thread_id"]}}
         last_reply = None
         stream = self._graph.stream(
-            {"messages": [user_message(turn.query)]}, config, context=context, stream_mode=self._stream_modes,
+            {"messages": [user_message(turn.query, message_id=user_message_id(run.run_id))]}, config,
+            context=context, stream_mode=self._stream_modes,
             # Keeping only the latest checkpoint, the steps in between need not
             # be written at all: one write when the turn ends (also on error).
             # Full history keeps LangGraph's checkpoint per step, for time travel.

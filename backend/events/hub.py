@@ -73,9 +73,14 @@ class EventHub:
         when it starts, so its first stream finds LISTEN in place."""
         self._listener.ensure_running()
 
-    def subscribe(self, user_id: str) -> Subscriber:
+    def subscribe(self, user_id: str, limit: int | None = None) -> Subscriber | None:
+        """A new subscriber of the user's wake-ups; None if the user has `limit` already
+        (the check and the claim are one step under the lock: simultaneous opens cannot
+        all see room for one more)."""
         subscriber = Subscriber(user_id)
         with self._lock:
+            if limit is not None and len(self._subscribers.get(user_id, ())) >= limit:
+                return None
             self._subscribers[user_id].append(subscriber)
         self._listener.ensure_running()
         return subscriber

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pydantic import Field
 
 from backend.http import QueryModel, json_object, sse_event_schema
+from backend.sessions.models import DELETED_ROWS_SCHEMA
 
 _STRING, _BOOLEAN = {"type": "string"}, {"type": "boolean"}
 _SESSION = {"$ref": "#/components/schemas/SessionOut"}
-_COUNTS = {"type": "object", "additionalProperties": {"type": "integer"}}
+_COUNTS = DELETED_ROWS_SCHEMA  # the same fixed set of tables as the delete's response
 
 
 class EventsQuery(QueryModel):
@@ -33,7 +34,8 @@ API returns it):
 - `session.created` (a create, a first chat turn, an import, a restore), `session.updated` (rename,
   archive, the auto name, a new message count, the unread flag);
 - `session.deleted` with `deleted` (rows removed per table) and `forced`;
-- `run.started`, `run.finished` with `outcome` (`done`, `error`, `cancelled`): a reply in that session.
+- `run.started` with `run_id`, `run.finished` with `run_id` and `outcome` (`done`, `error`,
+  `cancelled`): a reply in that session (join it at `/api/llm/sessions/{id}/runs/{run_id}/stream`).
 
 Reconnect with `Last-Event-ID` (or `?last_event_id=`) to receive every event missed, then live ones.
 A cursor older than the retention (or unknown) gets one `event: reset`: reload the list. Lines
@@ -48,9 +50,9 @@ EVENTS_RESPONSE = {
                     sse_event_schema("session.created", _with_session()),
                     sse_event_schema("session.updated", _with_session()),
                     sse_event_schema("session.deleted", _with_session(deleted=_COUNTS, forced=_BOOLEAN)),
-                    sse_event_schema("run.started", _with_session()),
+                    sse_event_schema("run.started", _with_session(run_id=_STRING)),
                     sse_event_schema("run.finished", _with_session(
-                        outcome={"type": "string", "enum": ["done", "error", "cancelled"]})),
+                        run_id=_STRING, outcome={"type": "string", "enum": ["done", "error", "cancelled"]})),
                     sse_event_schema("reset", json_object(type=_STRING)),
                     sse_event_schema("auth_expired", json_object(type=_STRING)),
                 ]

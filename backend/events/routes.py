@@ -43,16 +43,23 @@ def events_api(events_service: EventService | None, auth: AuthService) -> APIBlu
         """Live changes to the caller's sessions, resumable with Last-Event-ID."""
         if events_service is None:
             raise ApiError(503, "events_disabled", "Live events are turned off on this server (EVENTS_ENABLED=false)")
-        if not events_service.has_room_for(current_user.id):
-            raise ApiError(429, "too_many_streams", "Too many event streams are open for this account; close a tab",
-                           headers={"Retry-After": "30"})
         last_event_id = request.headers.get("Last-Event-ID") or query.last_event_id
         user = current_user._get_current_object()
-        return Response(
-            events_service.stream(user.id, last_event_id, _credentials_valid_until(auth, user)),
-            mimetype="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            direct_passthrough=True,  # bytes, straight to the server: the least an idle stream can hold
-        )
+        valid_until = _credentials_valid_until(auth, user)
+        # The cap's check and the stream's place are taken in one step (EventService.open_stream).
+        body = events_service.open_stream(user.id, last_event_id, valid_until)
+        if body is None:
+            raise ApiError(429, "too_many_streams", "Too many event streams are open for this account; close a tab",
+                           headers={"Retry-After": "30"})
+        try:
+            return Response(
+                body,
+                mimetype="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                direct_passthrough=True,  # bytes, straight to the server: the least an idle stream can hold
+            )
+        except BaseException:
+            body.close()
+            raise
 
     return bp

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 import psycopg
 from psycopg_pool import PoolTimeout
 
-from backend.events.hub import EventHub
+from backend.events.hub import EventHub, Subscriber
 from backend.events.store import EventStore
 from backend.sessions.models import SessionOut
 
@@ -38,10 +38,32 @@ def render_event(row: dict) -> str:
     session = payload if row["type"] in ("session.created", "session.updated") else payload.get("session")
     if session:
         data["session"] = SessionOut.model_validate(session).model_dump(mode="json")
-    for key in ("deleted", "forced", "outcome"):
+    for key in ("deleted", "forced", "outcome", "run_id"):
         if key in payload:
             data[key] = payload[key]
     return f"id: {row['id']}\nevent: {row['type']}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+class EventStream:
+    """A stream's body that gives its place back when the server closes it, even if it
+    was never iterated (a client gone before the first byte): a generator that never
+    started runs no `finally`."""
+
+    __slots__ = ("_body", "_hub", "_subscriber")
+
+    def __init__(self, body: Iterator[bytes], hub: EventHub, subscriber: Subscriber) -> None:
+        self._body = body
+        self._hub = hub
+        self._subscriber = subscriber
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._body
+
+    def close(self) -> None:
+        try:
+            self._body.close()
+        finally:
+            self._hub.unsubscribe(self._subscriber)
 
 
 class EventService:
@@ -56,27 +78,43 @@ class EventService:
         self._max_stream = max_stream_seconds
         self._max_per_user = max_streams_per_user
 
-    def has_room_for(self, user_id: str) -> bool:
-        """Whether this user may open another stream in this process."""
-        return self._hub.subscribers_of(user_id) < self._max_per_user
+    def open_stream(
+        self, user_id: str, last_event_id: str | None, valid_until: Callable[[], float | None] | None = None,
+    ) -> EventStream | None:
+        """The SSE body for one client (see `stream`), its place among the user's
+        EVENTS_MAX_STREAMS_PER_USER streams in this process already taken; None when
+        they are all taken. Checking and taking the place is one step (the hub's
+        lock), before anything else runs (a cookie sign-in's database read above
+        all), so simultaneous opens cannot all find room for one more."""
+        subscriber = self._hub.subscribe(user_id, limit=self._max_per_user)
+        if subscriber is None:
+            return None
+        try:
+            return EventStream(self.stream(user_id, last_event_id, valid_until, subscriber), self._hub, subscriber)
+        except BaseException:
+            self._hub.unsubscribe(subscriber)
+            raise
 
     def stream(
         self, user_id: str, last_event_id: str | None, valid_until: Callable[[], float | None] | None = None,
+        subscriber: Subscriber | None = None,
     ) -> Iterator[bytes]:
         """The SSE body for one client, as bytes.
 
         `valid_until()` says until when (epoch seconds) the client's credentials
         hold, None once they do not (signed out): asked at the start, when that
         time comes, and when the stream is woken with nothing new to send (a
-        sign-out wakes the user's streams).
+        sign-out wakes the user's streams). `subscriber`: the place `open_stream`
+        took (without one, one is taken here, with no cap).
         """
-        expires_at = valid_until() if valid_until else None
         # Subscribed before the first read: a change committed after that read wakes us.
-        subscriber = self._hub.subscribe(user_id)
+        if subscriber is None:
+            subscriber = self._hub.subscribe(user_id)
         # Streams are renewed now and then (the client reconnects from its
         # cursor), so connections rebalance over processes as they come and go.
         ends_at = time.monotonic() + self._max_stream
         try:
+            expires_at = valid_until() if valid_until else None
             cursor, reset, first = self._start(user_id, last_event_id)
             yield b"retry: 2000\n: stream open\n\n"
             if reset:
@@ -134,7 +172,8 @@ class EventService:
         client's first events (read with the check of its cursor)."""
         if last_event_id is None or last_event_id == "":
             return self._live_from(user_id), False, []  # a new client: live from now
-        if not last_event_id.isdigit() or len(last_event_id) > MAX_CURSOR_DIGITS:
+        # ASCII digits only: str.isdigit() also takes '²', which int() refuses.
+        if not (last_event_id.isascii() and last_event_id.isdigit()) or len(last_event_id) > MAX_CURSOR_DIGITS:
             return self._live_from(user_id), True, []
         cursor = int(last_event_id)
         first = self._store.resume(user_id, cursor, READ_BATCH)

@@ -14,10 +14,13 @@ itself (`RequestThreadCalls`), so the database is used exactly as by any other
 request, under gevent or threads alike. Stateless: nothing is kept between
 requests, and any worker of any process can answer.
 
-Before the SDK sees anything, the request is authenticated with the API's own
-bearer tokens (AuthService): no token, a malformed header, a forged or an
-expired token is a 401 in the API's error shape, and no tool runs. The user is
-then the acting user of that request only.
+Before the SDK sees anything, and before any of the body is read, the request
+is authenticated from its headers with the API's own bearer tokens
+(AuthService): no token, a malformed header, a forged or an expired token is a
+401 in the API's error shape, and no tool runs. The user is then the acting
+user of that request only. The body is read after that (within
+REQUEST_BODY_TIMEOUT_SECONDS), and only then is the rate limit's exemption
+(reads are not session writes) decided from it.
 
 Limits: no server-initiated stream and no session (GET and DELETE answer
 405), so no resumability; a request idle for REQUEST_TIMEOUT_SECONDS is cancelled.
@@ -60,32 +63,40 @@ def install_http(app: Flask, path: str = PATH) -> None:
     server = build_server(services.tools)
     loop = McpLoop()
 
-    def mcp_endpoint() -> Response:
-        user_or_refusal = _authenticate(services)
-        if isinstance(user_or_refusal, Response):
-            return user_or_refusal
-        body = request.get_data(cache=True)  # bounded by MAX_CONTENT_LENGTH (413 past it)
+    def mcp_endpoint(user: AuthUser) -> Response:
+        body = request.get_data(cache=True)  # read already (mcp_view)
         exchange = RequestThreadCalls(loop.get())
-        started = exchange.start(_serve(server, _asgi_scope(path), body, user_or_refusal, exchange))
+        started = exchange.start(_serve(server, _asgi_scope(path), body, user, exchange))
         if started is None:
-            log.warning("mcp request timed out", extra={"user_id": user_or_refusal.id})
+            log.warning("mcp request timed out", extra={"user_id": user.id})
             return error_response(504, "timeout", "The MCP request took too long")
         status, headers = started
         # The body streams as the SDK writes it (progress notifications as they happen).
         return Response(exchange.body(), status=status, headers=headers, direct_passthrough=True)
 
-    mcp_endpoint.__doc__ = "MCP over streamable HTTP (bearer token)."
-    view = mcp_endpoint
+    limited = mcp_endpoint
     limiter = app.extensions.get("rate_limiter")
     if limiter is not None and limiter.enabled:
         from backend.rate_limits import caller_key
 
-        view = limiter.shared_limit(
+        limited = limiter.shared_limit(
             services.session_write_rate_limit, scope="session-writes", key_func=caller_key,
-            exempt_when=lambda: not _is_write_call(),
+            exempt_when=lambda: not _is_write_call(),  # reads the body: only ever after authentication
         )(mcp_endpoint)
+
+    def mcp_view() -> Response:
+        """MCP over streamable HTTP (bearer token)."""
+        # Who is calling, from the headers alone: a caller without a valid token is refused
+        # before any of the body is waited for (a body that never comes holds a connection).
+        user_or_refusal = _authenticate(services)
+        if isinstance(user_or_refusal, Response):
+            return user_or_refusal
+        # Bounded by MAX_CONTENT_LENGTH (413) and REQUEST_BODY_TIMEOUT_SECONDS (408).
+        request.get_data(cache=True)
+        return limited(user_or_refusal)
+
     # POST only: stateless, there is no server-initiated stream to GET (it would never end) and no session to DELETE.
-    app.add_url_rule(path, ENDPOINT, view, methods=["POST"])
+    app.add_url_rule(path, ENDPOINT, mcp_view, methods=["POST"])
 
 
 def _authenticate(services: McpServices) -> AuthUser | Response:

@@ -164,9 +164,16 @@ def tool_error(code: str, message: str, fields: dict[str, str] | None = None) ->
                                 structured_content={"error": error}, is_error=True)
 
 
-def api_error_result(exc: ApiError) -> types.CallToolResult:
+# Where a tool's error means something else than the code's usual hint.
+_TOOL_HINTS = {
+    ("restore_session", "not_found"): "No recovery point has this backup_id: it expired, was used already, or "
+                                      "never existed. A backup_id comes from delete_session with backup=true.",
+}
+
+
+def api_error_result(exc: ApiError, tool: str | None = None) -> types.CallToolResult:
     code = "invalid_input" if exc.code == "validation_error" else exc.code
-    return tool_error(code, _HINTS.get(code, exc.message), exc.fields)
+    return tool_error(code, _TOOL_HINTS.get((tool, code)) or _HINTS.get(code, exc.message), exc.fields)
 
 
 def _require_user() -> AuthUser:
@@ -225,7 +232,7 @@ def build_server(tools: t.SessionTools) -> Server:
                 result = await _in_worker(spec.run, user, args)
         except ApiError as exc:
             log.info("mcp tool refused", extra={"tool": spec.name, "user_id": user.id, "code": exc.code})
-            return api_error_result(exc)
+            return api_error_result(exc, spec.name)
         except (psycopg.OperationalError, PoolTimeout) as exc:
             event, code, message = database_failure(exc)
             log.warning(event, extra={"tool": spec.name, "error_class": type(exc).__name__})

@@ -17,13 +17,16 @@ from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, Strict
 
 from backend.auth.service import AuthUser
 from backend.sessions.models import (
-    MAX_SESSION_NAME,
     ExportedSession,
     MessageOut,
+    MessagesLimit,
+    PageCursor,
+    PageLimit,
+    SearchText,
     SessionExport,
     SessionId,
     SessionName,
@@ -31,32 +34,30 @@ from backend.sessions.models import (
 )
 from backend.sessions.service import SessionService
 
-# The HTTP API's own limits (ListSessionsQuery, GetSessionQuery).
-MAX_PAGE = 200
-MAX_MESSAGES = 1000
-MAX_CURSOR = 512
-
 
 class ToolArgs(BaseModel):
     # Unknown arguments (a user_id above all) are refused, not ignored.
     model_config = ConfigDict(extra="forbid")
 
 
+# Every argument with an HTTP counterpart has the API's own type (backend/sessions/models.py:
+# SessionId, SessionName, PageLimit, PageCursor, SearchText, MessagesLimit), so a tool refuses
+# exactly what the API refuses; only strictness differs (JSON has real types, a query string
+# has none): a number or a boolean must be one, not a string of one.
 class ListSessionsArgs(ToolArgs):
     include_archived: StrictBool = Field(default=False, description="Include archived sessions")
-    limit: Annotated[StrictInt, Field(ge=1, le=MAX_PAGE)] = Field(default=50, description="Page size, 1-200")
-    cursor: Annotated[str, Field(min_length=1, max_length=MAX_CURSOR)] | None = Field(
-        default=None, description="next_cursor from the previous page"
-    )
-    query: Annotated[str, Field(min_length=1, max_length=MAX_SESSION_NAME)] | None = Field(
-        default=None, description="Only sessions whose name contains this text (case-insensitive)"
+    limit: Annotated[PageLimit, Strict()] = Field(default=50, description="Page size, 1-200")
+    cursor: PageCursor | None = Field(default=None, description="next_cursor from the previous page")
+    query: SearchText | None = Field(
+        default=None, description="Only sessions whose name contains this text (case-insensitive); "
+                                   "at most 200 characters, no control characters; empty: no filter"
     )
 
 
 class GetSessionArgs(ToolArgs):
     session_id: SessionId
     include_messages: StrictBool = Field(default=False, description="Include the conversation")
-    messages_limit: Annotated[StrictInt, Field(ge=1, le=MAX_MESSAGES)] = Field(
+    messages_limit: Annotated[MessagesLimit, Strict()] = Field(
         default=200, description="At most this many messages, the newest (1-1,000)"
     )
 
@@ -103,6 +104,7 @@ class SessionDetail(BaseModel):
     session: SessionOut
     messages: list[MessageOut] | None = Field(default=None, description="With include_messages: newest last")
     has_more_messages: bool | None = Field(default=None, description="Older messages exist before these")
+    reply_running: bool = Field(default=False, description="A reply is being written in the session now")
 
 
 class SessionResult(BaseModel):
@@ -143,10 +145,12 @@ class SessionTools:
 
     def get_session(self, user: AuthUser, args: GetSessionArgs) -> SessionDetail:
         row = self.sessions.get(user, args.session_id)
+        running = self.sessions.reply_running(user, args.session_id)
         if not args.include_messages:
-            return SessionDetail(session=SessionOut.model_validate(row))
+            return SessionDetail(session=SessionOut.model_validate(row), reply_running=running)
         messages, start = self.sessions.messages_page(row, limit=args.messages_limit, before=None)
-        return SessionDetail(session=SessionOut.model_validate(row), messages=messages, has_more_messages=start > 0)
+        return SessionDetail(session=SessionOut.model_validate(row), messages=messages, has_more_messages=start > 0,
+                             reply_running=running)
 
     def rename_session(self, user: AuthUser, args: RenameSessionArgs) -> SessionResult:
         row = self.sessions.update(user, args.session_id, session_name=args.name, is_archived=None)

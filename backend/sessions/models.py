@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from datetime import datetime, timezone
 from typing import Annotated, Literal
 from uuid import UUID
 
@@ -15,11 +16,12 @@ from pydantic import (
     Field,
     StrictBool,
     StringConstraints,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
-from backend.http import ApiModel, DocumentedModel, QueryModel, SuccessModel, UtcDatetime
+from backend.http import NO_CONTROL_CHARS_PATTERN, ApiModel, DocumentedModel, QueryModel, SuccessModel, UtcDatetime
 
 # 1-128 of [A-Za-z0-9_.:-], but not "." or "..": URL clients (fetch, urllib3)
 # remove such path segments, so a session with that id could never be opened
@@ -132,31 +134,46 @@ class SessionPath(BaseModel):
     session_id: SessionId
 
 
+# What the list and get parameters take: the API's queries below, and the MCP tools'
+# arguments (backend/mcp_server/tools.py), which use these same types.
+MAX_PAGE = 200
+MAX_MESSAGES_PAGE = 1000
+MAX_CURSOR = 512
+
+
+def check_search_text(value: str) -> str | None:
+    if any(unicodedata.category(ch) == "Cc" for ch in value):
+        raise ValueError("must not contain control characters")
+    return value or None  # empty: no filter
+
+
+PageLimit = Annotated[int, Field(ge=1, le=MAX_PAGE)]
+PageCursor = Annotated[str, Field(max_length=MAX_CURSOR)]
+MessagesLimit = Annotated[int, Field(ge=1, le=MAX_MESSAGES_PAGE)]
+SearchText = Annotated[
+    str,
+    # The validator, for the document: no control characters (Cc).
+    Field(max_length=MAX_SESSION_NAME, json_schema_extra={"pattern": NO_CONTROL_CHARS_PATTERN}),
+    AfterValidator(check_search_text),
+]
+
+
 class ListSessionsQuery(QueryModel):
     include_archived: bool = False
     unread: bool | None = Field(default=None, description="true: only sessions with an unread reply; false: only read ones")
-    limit: int = Field(default=50, ge=1, le=200)
+    limit: PageLimit = 50
     offset: int = Field(default=0, ge=0, le=10_000_000)
-    cursor: str | None = Field(default=None, max_length=512, description="next_cursor from the previous page")
-    q: str | None = Field(
-        default=None, max_length=MAX_SESSION_NAME,
-        # The validator below, for the document: no control characters (Cc).
-        json_schema_extra={"pattern": r"^[^\x00-\x1f\x7f-\x9f]*$"},
+    cursor: PageCursor | None = Field(default=None, description="next_cursor from the previous page")
+    q: SearchText | None = Field(
+        default=None,
         description="Only sessions whose name contains this text, case-insensitively (% and _ match themselves); "
                     "at most 200 characters, no control characters; empty: no filter",
     )
 
-    @field_validator("q")
-    @classmethod
-    def _searchable(cls, value: str | None) -> str | None:
-        if value is not None and any(unicodedata.category(ch) == "Cc" for ch in value):
-            raise ValueError("must not contain control characters")
-        return value or None
-
 
 class GetSessionQuery(QueryModel):
     include_messages: bool = False
-    messages_limit: int = Field(default=200, ge=1, le=1000, description="At most this many messages, the newest")
+    messages_limit: MessagesLimit = Field(default=200, description="At most this many messages, the newest")
     messages_before: int | None = Field(
         default=None, ge=0, description="Only messages before this position (messages_start of the previous page)"
     )
@@ -189,6 +206,8 @@ class MessageOut(BaseModel):
     role: Literal["user", "assistant"]
     content: str
     created_at: UtcDatetime | None = None
+    status: Literal["stopped", "interrupted"] | None = Field(
+        default=None, description="Set on a reply that did not finish: stopped (Stop) or interrupted (a crash)")
 
 
 class SessionCreatedResponse(SuccessModel):
@@ -225,9 +244,22 @@ class RecoveryPoint(BaseModel):
     expires_at: UtcDatetime
 
 
+# The tables a delete removes rows from, each always counted: a fixed set of keys in the document
+# (the typed client then knows them), while the value stays the store's own dict.
+DELETED_ROWS_SCHEMA = {
+    "type": "object",
+    "description": "Rows removed per table",
+    "required": ["checkpoints", "checkpoint_blobs", "checkpoint_writes", "chat_sessions"],
+    "properties": {name: {"type": "integer"} for name in
+                   ("checkpoints", "checkpoint_blobs", "checkpoint_writes", "chat_sessions")},
+    "additionalProperties": False,
+}
+DeletedRows = Annotated[dict[str, int], WithJsonSchema(DELETED_ROWS_SCHEMA)]
+
+
 class SessionDeletedResponse(SuccessModel):
     session_id: str
-    deleted: dict[str, int] = Field(description="Rows removed per table")
+    deleted: DeletedRows
     backup: RecoveryPoint | None = Field(
         default=None, description="Only with backup=true (and a session row to keep): how to undo, until when"
     )
@@ -260,12 +292,25 @@ class ImportedMessage(ApiModel):
     role: Literal["user", "assistant"]
     content: MessageText = Field(description="Not blank, no control characters (as a message sent in a turn)")
     created_at: AwareDatetime | None = Field(default=None, description="ISO 8601 with a time zone, as exported")
+    status: Literal["stopped", "interrupted"] | None = Field(default=None, description="As exported (replies only)")
 
     @field_validator("created_at", mode="before")
     @classmethod
     def _a_timestamp_string(cls, value: object) -> object:
         if value is not None and not isinstance(value, str):  # not epoch numbers: the document says a string
             raise ValueError("must be an ISO 8601 date-time string")
+        return value
+
+    @field_validator("created_at")
+    @classmethod
+    def _within_utc(cls, value: datetime | None) -> datetime | None:
+        # Times leave the server in UTC: 9999-12-31T23:59:59-23:59 is in year 10,000 there, which no
+        # datetime holds, so once stored every read and export of the session would fail.
+        if value is not None:
+            try:
+                value.astimezone(timezone.utc)
+            except OverflowError:
+                raise ValueError("must be within years 1 to 9999 in UTC") from None
         return value
 
 
@@ -326,7 +371,7 @@ class BulkDeleteBody(ApiModel):
 class BulkDeleteResult(BaseModel):
     session_id: str
     status: Literal["deleted", "not_found", "busy"]
-    deleted: dict[str, int] | None = Field(default=None, description="Rows removed per table, when deleted")
+    deleted: DeletedRows | None = Field(default=None, description="Rows removed per table, when deleted")
     backup: RecoveryPoint | None = Field(default=None, description="When deleted with backup=true")
 
 

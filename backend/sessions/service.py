@@ -63,6 +63,12 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
         raise ApiError(400, "validation_error", "Invalid cursor", {"cursor": "not a cursor this server issued"}) from None
 
 
+def quota_exceeded(max_sessions: int) -> ApiError:
+    """What every path that creates a session answers at MAX_SESSIONS_PER_USER (SessionQuotaExceeded)."""
+    return ApiError(409, "quota_exceeded", f"You have {max_sessions} sessions, the most allowed; "
+                    "delete some to create more")
+
+
 class Replies(Protocol):
     """What a delete needs of the replies being written: the chat area provides it (create_app wires it in)."""
 
@@ -122,8 +128,7 @@ class SessionService:
                 max_sessions=self._max_sessions,
             )
         except SessionQuotaExceeded:
-            raise ApiError(409, "quota_exceeded", f"You have {self._max_sessions} sessions, the most allowed; "
-                           "delete some to create more") from None
+            raise quota_exceeded(self._max_sessions) from None
         except SessionCreateRaced:
             raise ApiError(409, "conflict", "The session was deleted while being created; try again") from None
         except psycopg.errors.UniqueViolation:
@@ -160,6 +165,11 @@ class SessionService:
         if row is None:
             raise NotFound()
         return row
+
+    def reply_running(self, user: AuthUser, session_id: str) -> bool:
+        """Whether a reply is being written in the session now, by any process."""
+        with self._pool.connection() as conn:
+            return self._replies.is_writing(conn, user.id, session_id)
 
     def messages_page(self, row: dict, *, limit: int, before: int | None) -> tuple[list[dict], int]:
         """The newest `limit` messages before position `before` (all: None); and where they start."""
@@ -259,7 +269,8 @@ class SessionService:
 
         404 for a recovery point that is unknown, expired, already used or
         another user's (indistinguishable); 409 if the session id (or its
-        thread) is taken again meanwhile: then nothing changes.
+        thread) is taken again meanwhile, or the user has MAX_SESSIONS_PER_USER
+        sessions (the recovery point is kept for later): then nothing changes.
         """
         with self._pool.connection() as conn, conn.transaction():
             backup = self._deletions.lock_recovery_point(conn, user.id, backup_id)
@@ -270,6 +281,10 @@ class SessionService:
                     409, "session_exists",
                     "A session with this id exists again; delete or rename it before restoring",
                 )
+            try:
+                self._store.claim_session_slot(conn, user.id, self._max_sessions)
+            except SessionQuotaExceeded:
+                raise quota_exceeded(self._max_sessions) from None
             row = self._deletions.restore_recovery_point(conn, backup)
         restored = row.pop("restored")
         log.info("session restored", extra={"user_id": user.id, "session_id": row["session_id"], "rows_restored": restored})

@@ -92,12 +92,18 @@ select {SESSION_COLUMNS} from chat_sessions
 # `sessions` (all) or `sessions - archived` (active); 0 for a user who never had one.
 KEPT_COUNT = "coalesce((select {column} from chat_session_counts where user_id = %(user_id)s), 0)"
 
-# Created only while the user has fewer than max_sessions.
+# The cap on a user's sessions, one mechanism for every path that creates one (sql/022): true
+# while the user has fewer than max_sessions, and the user's lock is held until the transaction
+# ends, so the insert that follows it (in the same transaction) cannot pass the cap with another.
+CLAIM_SESSION_SLOT = "public.claim_session_slot(%(user_id)s, %(max_sessions)s)"
+CLAIM_SESSION_SLOT_SQL = f"select {CLAIM_SESSION_SLOT} as free"
+
+# Created only while the user has fewer than max_sessions: one statement, the claim in it.
 INSERT_IF_ABSENT_SQL = f"""
 insert into chat_sessions (user_id, business_id, session_id, thread_id, session_name, name_source)
 select %(user_id)s, %(business_id)s, %(session_id)s, %(thread_id)s, coalesce(%(session_name)s, 'New Chat'),
        case when %(session_name)s::text is null then 'default' else 'user' end
- where {KEPT_COUNT.format(column="sessions")} < %(max_sessions)s
+ where {CLAIM_SESSION_SLOT}
 on conflict (user_id, session_id) do nothing
 returning {SESSION_COLUMNS}
 """
@@ -318,6 +324,14 @@ class SessionStore:
                     raise SessionQuotaExceeded(max_sessions)
                 raise SessionCreateRaced()  # deleted by a concurrent request between the two statements
         return existing, False
+
+    @staticmethod
+    def claim_session_slot(conn: Connection, user_id: str, max_sessions: int) -> None:
+        """Inside the caller's transaction, before it inserts a session (an import, a restore):
+        raises SessionQuotaExceeded when the user has max_sessions; else the slot is the
+        caller's until its transaction ends (sql/022), whoever else creates meanwhile."""
+        if not conn.execute(CLAIM_SESSION_SLOT_SQL, {"user_id": user_id, "max_sessions": max_sessions}).fetchone()["free"]:
+            raise SessionQuotaExceeded(max_sessions)
 
     @staticmethod
     def insert_new(
