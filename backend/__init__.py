@@ -24,6 +24,7 @@ from backend.overload import ConnectionLimit
 from backend.rate_limits import init_rate_limits
 from backend.request_body import BodyDeadline, document_body_timeout
 from backend.runs.routes import runs_api
+from backend.usage.routes import usage_api
 from backend.services import Services, build_services
 from backend.sessions.routes import sessions_api
 from backend.shallow_streams import ShallowStreams, under_gevent
@@ -125,6 +126,7 @@ def _register_blueprints(app: OpenAPI, services: Services) -> None:
     app.register_api(sessions_api(services.sessions, services.cleanup))
     app.register_api(chat_api(services.chat, services.importer))
     app.register_api(runs_api(services.runs))
+    app.register_api(usage_api(services.usage))
     app.register_api(events_api(services.events, services.auth))
     # The OpenAPI document at /api/openapi.json, as the frontend's contract.
     app.add_url_rule("/api/openapi.json", "openapi_json", lambda: app.api_doc)

@@ -97,6 +97,28 @@ def register_cli(app: Flask, services: Services) -> None:
             raise click.ClickException(f"{exc.message}: {exc.fields or ''}".rstrip(": ")) from None
         click.echo(f"created user {user.id} ({user.email}) in business {user.business_id}")
 
+    @app.cli.command("set-quota")
+    @click.option("--user-id", default=None, help="The user the quota is for")
+    @click.option("--business-id", default=None, help="Or the business (every user of it together)")
+    @click.option("--period", type=click.Choice(["day", "month"]), required=True, help="UTC day or calendar month")
+    @click.option("--max-tokens", type=click.IntRange(min=0), default=None, help="Input + output tokens")
+    @click.option("--max-cost", type=click.FloatRange(min=0), default=None,
+                  help="In the prices file's currency (MODEL_PRICES_FILE)")
+    def set_quota(user_id: str | None, business_id: str | None, period: str, max_tokens: int | None,
+                  max_cost: float | None) -> None:
+        """Set a usage quota; with neither limit, remove it (DEFAULT_USER_QUOTA_* apply again to a user)."""
+        try:
+            row = services.usage.set_quota(user_id=user_id, business_id=business_id, period=period,
+                                           max_tokens=max_tokens, max_cost=max_cost)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        who = f"user {user_id}" if user_id is not None else f"business {business_id}"
+        if row is None:
+            click.echo(f"removed the {period} quota of {who}")
+        else:
+            click.echo(f"{who}: per {period}, at most {row['max_tokens'] if row['max_tokens'] is not None else 'any'} "
+                       f"tokens and {row['max_cost_micros'] / 1e6 if row['max_cost_micros'] is not None else 'any'} cost")
+
     @app.cli.command("list-users")
     def list_users() -> None:
         """The users who sign in with a password: id (what `mcp --user-id` takes), business, email."""
@@ -117,8 +139,10 @@ _FLASK_OPTIONS = {"--app": True, "-A": True, "--env-file": True, "-e": True, "--
 def asking_only_for_help() -> bool:
     """Whether this process is `flask ... --help` (or `flask` alone): the command list and each
     command's help need the app's commands, not its database, so nothing should start one."""
+    from flask.cli import FlaskGroup
+
     context = click.get_current_context(silent=True)
-    if context is None or context.find_root().info_name != "flask":
+    if context is None or not isinstance(context.find_root().command, FlaskGroup):
         return False
     args = sys.argv[1:]
     if "--help" in args or "-h" in args:

@@ -105,6 +105,16 @@ class Settings(BaseSettings):
     # 'full': keep every checkpoint, for LangGraph time travel / replay.
     checkpoint_history: Literal["latest", "full"] = "latest"
 
+    # Usage (backend/usage): prices per model, per million tokens (JSON or TOML; unset: every
+    # call costs 0); quotas every user has unless `flask set-quota` gives them their own
+    # (tokens: input + output; cost: in the prices file's currency); how long the ledger is kept.
+    model_prices_file: Path | None = None
+    default_user_quota_day_tokens: int | None = Field(default=None, ge=0)
+    default_user_quota_day_cost: float | None = Field(default=None, ge=0)
+    default_user_quota_month_tokens: int | None = Field(default=None, ge=0)
+    default_user_quota_month_cost: float | None = Field(default=None, ge=0)
+    usage_retention_days: int | None = Field(default=None, ge=1)
+
     # Auto-naming of sessions from their first message.
     naming_model: str = "gpt-4o-mini"
     naming_timeout_seconds: float = Field(default=10.0, gt=0)
@@ -162,6 +172,8 @@ class Settings(BaseSettings):
     @field_validator(
         "database_url", "database_direct_url", "supabase_url", "supabase_jwt_secret", "secret_key", "session_cookie_secure",
         "openai_api_key", "openai_base_url", "system_prompt", "retention_inactive_days", "audit_retention_days",
+        "model_prices_file", "default_user_quota_day_tokens", "default_user_quota_day_cost",
+        "default_user_quota_month_tokens", "default_user_quota_month_cost", "usage_retention_days",
         mode="before",
     )
     @classmethod

@@ -38,7 +38,7 @@ ERROR_CODES = (
     "conflict", "email_taken", "session_busy", "session_archived", "session_full", "session_exists",
     "thread_conflict", "quota_exceeded", "queue_full", "run_finished",
     "payload_too_large", "unsupported_media_type",
-    "rate_limited", "too_many_streams",
+    "rate_limited", "too_many_streams", "usage_limit_reached",
     "internal_error", "http_error", "events_disabled",
     "database_unavailable", "overloaded", "auth_unavailable", "rate_limit_unavailable",
 )

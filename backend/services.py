@@ -31,6 +31,9 @@ from backend.sessions.deletion_store import DeletionStore
 from backend.sessions.service import SessionService
 from backend.sessions.store import SessionStore
 from backend.sessions.thread_store import ThreadStore
+from backend.usage.prices import Prices
+from backend.usage.service import UsageService, micros
+from backend.usage.store import UsageStore
 from llm.chat_model import ChatModel, OfflineChatModel, OpenAIChatModel
 from llm.client import ModelSettings, make_async_client, make_client
 from llm.graph import load_graph_factory, stream_modes_for
@@ -47,6 +50,7 @@ class Services:
     cleanup: SessionCleanup
     chat: ChatService
     runs: RunService
+    usage: UsageService
     importer: SessionImporter
     leases: RunLeases
     namer: SessionNamer
@@ -89,6 +93,22 @@ def build_chat_model(settings: Settings) -> ChatModel:
     return OpenAIChatModel(make_client(model_settings(settings)), settings.openai_model, settings.openai_max_tokens)
 
 
+def build_usage(settings: Settings, db: Database) -> UsageService:
+    return UsageService(
+        UsageStore(db.pool), Prices(settings.model_prices_file),
+        default_quotas={
+            "day": {"tokens": settings.default_user_quota_day_tokens,
+                    "cost_micros": micros(settings.default_user_quota_day_cost)},
+            "month": {"tokens": settings.default_user_quota_month_tokens,
+                      "cost_micros": micros(settings.default_user_quota_month_cost)},
+        },
+        max_output_tokens=settings.openai_max_tokens, context_tokens=settings.chat_context_max_tokens,
+        # A running turn's reservation outlives any turn (CHAT_TURN_MAX_SECONDS) and its lease.
+        reserve_seconds=settings.chat_turn_max_seconds + settings.run_lease_seconds,
+        retention_days=settings.usage_retention_days,
+    )
+
+
 def build_services(settings: Settings, db: Database) -> Services:
     checkpointer = SessionCheckpointSaver(db.pool)
     sessions_store, run_store, thread_store = SessionStore(db.pool), RunStore(db.pool), ThreadStore(db.pool)
@@ -96,12 +116,14 @@ def build_services(settings: Settings, db: Database) -> Services:
     leases = RunLeases(run_store, lease_seconds=settings.run_lease_seconds, renew_seconds=settings.run_renew_seconds,
                        turn_max_seconds=settings.chat_turn_max_seconds, connect=db.dedicated_connection)
     offline = settings.model_offline
+    usage = build_usage(settings, db)
     namer = SessionNamer(
         sessions_store,
         thread_store,
         lambda: None if offline else make_async_client(model_settings(settings)),
         model=settings.naming_model,
         timeout_seconds=settings.naming_timeout_seconds,
+        usage=usage,
     )
     deletions = DeletionStore(db.pool)
     sessions = SessionService(
@@ -112,7 +134,10 @@ def build_services(settings: Settings, db: Database) -> Services:
         checkpointer=checkpointer,
         backup_retention_seconds=settings.backup_retention_seconds,
         max_sessions_per_user=settings.max_sessions_per_user,
+        usage_of=usage.usage_of_session,
     )
+    chat_model = build_chat_model(settings)
+    chat_model_name = chat_model.name
     graph_factory = load_graph_factory(settings.chat_graph_factory)
     graph = graph_factory().compile(checkpointer=checkpointer)
     readers = RunReaders(runs=run_store, leases=leases, replay_seconds=settings.run_replay_seconds,
@@ -125,7 +150,7 @@ def build_services(settings: Settings, db: Database) -> Services:
         namer=namer,
         graph=graph,
         stream_modes=stream_modes_for(graph_factory),
-        model=build_chat_model(settings),
+        model=chat_model,
         system_prompt=settings.system_prompt,
         heartbeat_seconds=settings.sse_heartbeat_seconds,
         stream_buffer_chars=settings.stream_buffer_chars,
@@ -138,6 +163,7 @@ def build_services(settings: Settings, db: Database) -> Services:
         readers=readers,
         max_queued_per_session=settings.run_queue_max_per_session,
         stop_wait_seconds=settings.force_delete_wait_seconds,
+        usage=usage,
     )
     verifier = TokenVerifier(
         jwt_secret=settings.supabase_jwt_secret,
@@ -175,6 +201,8 @@ def build_services(settings: Settings, db: Database) -> Services:
         retention_archived_only=settings.retention_archived_only,
         audit_retention_days=settings.audit_retention_days,
         purge_events=events.purge_expired if events else None,
+        purge_usage=usage.purge,
+        interrupted_usage=lambda run, claimed: usage.interrupted_run_rows(run, claimed, chat_model_name),
         purge_sign_ins=auth.purge_ended_sign_ins,
         run_replay_seconds=settings.run_replay_seconds,
         keep_interrupted_run=UnfinishedReplies(graph).keep_interrupted,
@@ -193,6 +221,7 @@ def build_services(settings: Settings, db: Database) -> Services:
             sessions=sessions, runs=run_store, readers=readers, chat=chat, replay_seconds=settings.run_replay_seconds,
             stop_wait_seconds=settings.force_delete_wait_seconds,
         ),
+        usage=usage,
         importer=SessionImporter(
             db.pool, sessions_store, graph, max_messages=settings.import_max_messages,
             max_history_messages=settings.chat_history_max_messages, max_history_bytes=settings.chat_history_max_bytes,

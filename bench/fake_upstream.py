@@ -121,7 +121,13 @@ async def stream(writer: asyncio.StreamWriter, body: dict) -> None:
         word = f"w{i} "
         writer.write(event({"role": "assistant", "content": word} if i == 0 else {"content": word}, None))
         await writer.drain()
-    writer.write(event({}, "stop") + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+    usage = b""
+    if (body.get("stream_options") or {}).get("include_usage"):  # as OpenAI does: a last chunk, no choices
+        payload = {**base, "choices": [], "usage": {"prompt_tokens": len(json.dumps(body.get("messages"))) // 4,
+                                                    "completion_tokens": tokens,
+                                                    "total_tokens": len(json.dumps(body.get("messages"))) // 4 + tokens}}
+        usage = chunk(b"data: " + json.dumps(payload).encode() + b"\n\n")
+    writer.write(event({}, "stop") + usage + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
     await writer.drain()
 
 

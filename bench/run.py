@@ -22,7 +22,7 @@ import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench import data, scenarios
+from bench import data, runs, scenarios
 from bench.lifecycle import lifecycle
 from bench.long_replies import long_replies
 from bench.subscribers import subscribers
@@ -136,7 +136,7 @@ def context_table(results: Results) -> str:
 
 
 SCENARIOS = ("growth", "counting", "delete", "listing", "crud", "streaming", "long_replies", "lifecycle",
-             "subscribers")
+             "subscribers", "rejoin", "readers")
 
 
 def run(quick: bool, only: set[str] | None = None) -> int:
@@ -265,6 +265,18 @@ def run(quick: bool, only: set[str] | None = None) -> int:
                 production = start_server("production", {"RATE_LIMITS_ENABLED": "true", "MAINTENANCE_INTERVAL_SECONDS": "60"})
                 long_replies(production, upstream, db, sizes, results)
                 production.stop()
+            # 10. Runs: clients that drop and rejoin (half on another host), and one run with many readers.
+            if only & {"rejoin", "readers"}:
+                settle("runs")
+                production_env = {"RATE_LIMITS_ENABLED": "true", "MAINTENANCE_INTERVAL_SECONDS": "60"}
+                first = start_server("runs", production_env)
+                second = start_server("runs-second-host", production_env)
+                if "rejoin" in only:
+                    runs.rejoin(first, second, db, 50 if quick else 200, results)
+                if "readers" in only:
+                    runs.readers(first, second, db, 50, results)
+                second.stop()
+                first.stop()
             # 9. Idle event streams by the thousand, on a fresh production server.
             if "subscribers" in only:
                 settle("subscribers")

@@ -28,6 +28,7 @@ import os
 import random
 import tempfile
 import time
+import urllib.request
 import warnings
 from pathlib import Path
 
@@ -87,9 +88,8 @@ def text_of(events) -> str:
     return "".join(d["content"] for _, name, d in events if name == "token")
 
 
-def saved_reply(db_url: str, user_id: str, session_id: str, port: int) -> str | None:
-    import urllib.request
-
+def saved_reply(user_id: str, session_id: str, port: int) -> str | None:
+    """The session's last assistant message, as the API returns it."""
     request = urllib.request.Request(f"http://{HOST}:{port}/api/llm/sessions/{session_id}?include_messages=true",
                                      headers=auth(user_id))
     with urllib.request.urlopen(request, timeout=30) as response:
@@ -172,7 +172,7 @@ def rejoin(first: AppServer, second: AppServer, db_url: str, n: int, results: Re
     done = [o for o in out if not isinstance(o, BaseException)]
     lost = doubled = mismatched = 0
     for o in done:
-        saved = saved_reply(db_url, o["user_id"], o["session_id"], first.port)
+        saved = saved_reply(o["user_id"], o["session_id"], first.port)
         got = o["before"] + o["after"]
         if got != saved:
             mismatched += 1
@@ -283,6 +283,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.runs", description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default="long_replies,rejoin,readers")
     parser.add_argument("--quick", action="store_true", help="x100 long replies, 50 rejoins")
+    parser.add_argument("--rejoins", type=int, default=None, help="replies that drop and rejoin (200; quick 50)")
+    parser.add_argument("--readers", type=int, default=50, help="readers of the one run")
     add_root_argument(parser)
     args = parser.parse_args()
     only = {s.strip() for s in args.only.split(",") if s.strip()}
@@ -304,9 +306,9 @@ def main() -> int:
                 second = AppServer("runs-second", db, upstream.base_url, PRODUCTION, workdir, root=root).start()
                 servers.append(second)
                 if "rejoin" in only:
-                    rejoin(first, second, db, 50 if args.quick else 200, results)
+                    rejoin(first, second, db, args.rejoins or (50 if args.quick else 200), results)
                 if "readers" in only:
-                    readers(first, second, db, 50, results)
+                    readers(first, second, db, args.readers, results)
             for server in servers:
                 errors = server.errors_logged()
                 if errors:

@@ -88,20 +88,25 @@ def main() -> int:
         for name in ("get_tuple", "put", "put_writes"):
             setattr(cp, name, timed(f"checkpointer.{name}", getattr(cp, name)))
         model = chat._model
-        original_stream = model.stream
+        # A turn's calls go through stream_metered (llm/usage.py's MeteredModel) when the model has it.
+        metered = hasattr(model, "stream_metered")
+        original_stream = model.stream_metered if metered else model.stream
 
-        def model_stream(messages, cancel):
+        def model_stream(messages, cancel, **kwargs):
             with _lock:
                 _marks.append(("model.stream called", time.perf_counter(), time.perf_counter()))
             first = True
-            for piece in original_stream(messages, cancel):
+            for piece in original_stream(messages, cancel, **kwargs):
                 if first:
                     with _lock:
                         _marks.append(("model: first token back from upstream", time.perf_counter(), time.perf_counter()))
                     first = False
                 yield piece
 
-        model.stream = model_stream
+        if metered:
+            model.stream_metered = model_stream
+        else:
+            model.stream = model_stream
         if args.durability:  # a what-if for the diagnostic only: the graph's stream() with another durability
             graph_stream = chat._graph.stream
             chat._graph.stream = functools.partial(graph_stream, durability=args.durability)

@@ -9,6 +9,7 @@ import openai
 from openai.types.chat import ChatCompletion
 
 from llm.transport import shut_down, socket_of
+from llm.usage import CallUsage, usage_from_openai
 
 OFFLINE_MODEL_NAME = "offline"
 
@@ -43,8 +44,18 @@ class OpenAIChatModel:
         self._max_tokens = max_tokens  # the most a reply may cost upstream
 
     def stream(self, messages: list[dict[str, Any]], cancel: CancelSignal) -> Iterator[str]:
+        return self.stream_metered(messages, cancel)
+
+    def stream_metered(
+        self, messages: list[dict[str, Any]], cancel: CancelSignal, *, max_tokens: int | None = None,
+        on_usage: Callable[[CallUsage], None] | None = None,
+    ) -> Iterator[str]:
+        """stream(), asking the upstream for its usage (`stream_options.include_usage`): `on_usage`
+        gets an llm.usage.CallUsage when the last chunk carries it. `max_tokens` lowers the
+        configured limit for this call (what the caller's quota leaves)."""
         if cancel.is_set():
             raise ReplyCancelled()
+        limit = self._max_tokens if max_tokens is None else min(max_tokens, self._max_tokens or max_tokens)
         # The SDK's low-level post, not chat.completions.create: create() walks
         # every message through its type-driven transform first, which took
         # 27 ms for a 100-turn conversation (and grows with it) against 2.7 ms
@@ -59,7 +70,8 @@ class OpenAIChatModel:
         response = self._client.post(
             "/chat/completions",
             body={"model": self.name, "messages": messages, "stream": True,
-                  **({"max_tokens": self._max_tokens} if self._max_tokens else {})},
+                  **({"stream_options": {"include_usage": True}} if on_usage is not None else {}),
+                  **({"max_tokens": limit} if limit else {})},
             cast_to=ChatCompletion,
             stream=True,
             stream_cls=openai.Stream[object],
@@ -77,6 +89,10 @@ class OpenAIChatModel:
                     text = _delta_text(chunk)
                     if text:
                         yield text
+                    elif on_usage is not None and isinstance(chunk, dict) and chunk.get("usage"):
+                        usage = usage_from_openai(self.name, chunk["usage"])
+                        if usage is not None:
+                            on_usage(usage)
         except Exception:
             if cancel.is_set():
                 raise ReplyCancelled() from None

@@ -11,7 +11,11 @@ import logging
 import re
 import unicodedata
 
+from collections.abc import Callable
+
 import openai
+
+from llm.usage import CallUsage, estimate_tokens, usage_from_openai
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +71,12 @@ async def generate_session_name(
     timeout_seconds: float = 10.0,
     retries: int = 2,
     backoff_seconds: float = 0.25,
+    on_usage: Callable[[CallUsage], None] | None = None,
 ) -> str:
     """A 1-5 word title from the model, else heuristic_session_name(). Never raises
     (except CancelledError). `retries` extra attempts follow any error or unusable
-    answer, with exponential backoff starting at `backoff_seconds`."""
+    answer, with exponential backoff starting at `backoff_seconds`. `on_usage` gets each
+    answered attempt's usage (llm.usage.CallUsage: reported, or estimated without one)."""
     message = first_message if isinstance(first_message, str) else ""
     excerpt = message.strip()[:MAX_INPUT_CHARS]
     if client is None or not excerpt:  # offline, or nothing worth a model call
@@ -93,6 +99,10 @@ async def generate_session_name(
                 timeout_seconds,
             )
             raw = response.choices[0].message.content if response.choices else None
+            if on_usage is not None:  # every answered attempt is a call that costs
+                on_usage(usage_from_openai(model, getattr(response, "usage", None)) or CallUsage(
+                    model=model, input_tokens=estimate_tokens(NAMING_SYSTEM_PROMPT + excerpt) + 12,
+                    output_tokens=estimate_tokens(raw or ""), source="estimated"))
             name = title_from_answer(raw or "")
             if name:
                 logger.debug("Session named by model on attempt %d/%d", attempt, attempts)

@@ -222,6 +222,33 @@ begin
 end;
 $$;
 
+-- run.queued: a message waits behind the session's reply (another tab can show it, and join it).
+alter table public.session_events drop constraint if exists session_events_type_check;
+alter table public.session_events add constraint session_events_type_check check (type in
+    ('session.created', 'session.updated', 'session.deleted', 'run.started', 'run.finished', 'run.queued'));
+
+create or replace function public.chat_queued_runs_emit_event()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+    perform public.emit_session_event(new.user_id, new.session_id, 'run.queued', jsonb_build_object(
+        'run_id', new.run_id,
+        'session', (select to_jsonb(s) from public.chat_sessions s
+                     where s.user_id = new.user_id and s.session_id = new.session_id)));
+    return null;
+end;
+$$;
+
+drop trigger if exists chat_queued_runs_emit_event on public.chat_queued_runs;
+create constraint trigger chat_queued_runs_emit_event
+    after insert on public.chat_queued_runs
+    deferrable initially deferred
+    for each row execute function public.chat_queued_runs_emit_event();
+
+revoke execute on function public.chat_queued_runs_emit_event() from public;
+
 -- A turn's end (sql/018) also says whether a message is queued behind it.
 drop function if exists public.end_chat_run(text, text, uuid, text, text, integer, bigint);
 create or replace function public.end_chat_run(

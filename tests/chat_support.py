@@ -102,5 +102,7 @@ def fake(fake_model):
     fake_model.reply = model_reply
     fake_model.token_delay = 0.0
     fake_model.first_token_delay = 0.0
+    fake_model.report_usage = True
+    fake_model.cached_tokens = 0
     yield fake_model
     assert fake_model.faults_pending == 0, "a test left scripted faults unused"

@@ -101,6 +101,8 @@ class FakeOpenAI:
         self.first_token_delay = first_token_delay  # also delays non-streamed answers
         self.model = model
         self.honor_max_tokens = honor_max_tokens  # cut at max_tokens words, finish_reason "length"
+        self.report_usage = True  # False: no `usage`, even when stream_options.include_usage asks
+        self.cached_tokens = 0  # reported as prompt_tokens_details.cached_tokens (at most the prompt's)
         self.stream_started = threading.Event()  # set when a stream's first token is flushed
         self.client_disconnected = threading.Event()  # set when a client vanished mid-response
         self._cond = threading.Condition()  # guards everything below
@@ -286,7 +288,7 @@ class _Handler(BaseHTTPRequestHandler):
             "model": body.get("model") or self.server.fake.model,
             "choices": [{"index": 0, "finish_reason": finish, "logprobs": None,
                          "message": {"role": "assistant", "content": "".join(tokens)}}],
-            "usage": _usage(body, tokens),
+            **({"usage": _usage(body, tokens, self.server.fake.cached_tokens)} if self.server.fake.report_usage else {}),
         }).encode()
         self._send_head(200, "application/json", {"Content-Length": str(len(data))})
         if cut:  # promise the full body, deliver half, hang up
@@ -324,8 +326,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # abrupt: no final chunk, no [DONE], no chunked terminator
             return
         send_chunk({} if tokens else {"role": "assistant", "content": ""}, finish)
-        if (body.get("stream_options") or {}).get("include_usage"):
-            self._sse({**base, "choices": [], "usage": _usage(body, tokens)})
+        if fake.report_usage and (body.get("stream_options") or {}).get("include_usage"):
+            self._sse({**base, "choices": [], "usage": _usage(body, tokens, fake.cached_tokens)})
         self._write_chunk(b"data: [DONE]\n\n")
         self._write(b"0\r\n\r\n")  # end of the chunked body
 
@@ -360,7 +362,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
-def _usage(body: dict[str, Any], tokens: list[str]) -> dict[str, int]:
+def _usage(body: dict[str, Any], tokens: list[str], cached: int = 0) -> dict[str, Any]:
+    """Tokens as words: the prompt's words, the reply's pieces."""
     prompt = sum(len(_content_text(m.get("content")).split())
                  for m in body.get("messages") or [] if isinstance(m, dict))
-    return {"prompt_tokens": prompt, "completion_tokens": len(tokens), "total_tokens": prompt + len(tokens)}
+    usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": len(tokens),
+                             "total_tokens": prompt + len(tokens)}
+    if cached:
+        usage["prompt_tokens_details"] = {"cached_tokens": min(cached, prompt)}
+    return usage

@@ -5,6 +5,7 @@ that a tool starts, drives a few turns through the real chat service and prints 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -53,3 +54,26 @@ def test_the_upkeep_cost_tool_times_each_step_against_the_full_comparison(server
     for step in ("reconcile_runs", "name_unnamed", "purge_expired_recovery_points", "retention: one look for due",
                  "apply_retention (upkeep's step)", "orphan search ", "orphan search, full comparison"):
         assert sum(line.startswith(f"pass 2: {step}") for line in out.stdout.splitlines()) == 1, (step, out.stdout)
+
+
+def test_the_runs_tool_rejoins_and_reads_one_run_many_times(server_url):
+    env = {**os.environ, "BENCH_DATABASE_URL": server_url}
+    out = subprocess.run([sys.executable, "-m", "bench.runs", "--only", "rejoin,readers", "--rejoins", "4",
+                          "--readers", "4"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {row["name"]: row for row in json.loads(out.stdout[out.stdout.index("{"):])["rows"]}
+    assert rows["rejoin x4: characters lost or doubled"]["value"] == 0, out.stderr[-3000:]
+    assert rows["one run, 4 readers: complete"]["value"] == 4
+
+
+def test_the_usage_cost_tool_compares_turns_and_times_the_usage_reads(server_url):
+    env = {**os.environ, "BENCH_DATABASE_URL": server_url}
+    out = subprocess.run([sys.executable, "-m", "bench.usage_cost", "--before", str(ROOT), "--turns", "3",
+                          "--rounds", "1", "--ledger", "500"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for name in ("before", "usage", "usage+quota"):
+        assert f"round 1 {name:>12}: server " in out.stdout and "(3 of 3 ok)" in out.stdout, out.stdout
+    assert "quota check (user day + month, business month): p50" in out.stdout, out.stdout
+    for group_by in ("day", "model", "session"):
+        assert f"GET /api/llm/usage?group_by={group_by} over a year (500 turns): p50" in out.stdout, out.stdout

@@ -140,6 +140,11 @@ def test_every_event_type_crosses_processes_with_the_exact_session(server, chat_
         after_turn = api_session(local, sid)
         assert events[1].data["session"] == after_turn  # count and unread in one event
         assert after_turn["message_count"] == 2 and after_turn["has_unread"] is True
+        e = tab.next()  # what the turn cost, after it ended (backend/usage)
+        assert e.event == "usage.updated" and e.data["run_id"] == events[2].data["run_id"]
+        spent = local.get(f"/api/llm/sessions/{sid}/usage").get_json()["data"]
+        assert e.data["kind"] == "chat" and spent["calls"] == 1 and e.data["usage"] == {
+            key: spent[key] for key in ("calls", "input_tokens", "output_tokens", "cost_micros", "currency")}
 
         forced = local.delete(f"/api/llm/sessions/{sid}").get_json()
         e = tab.next()
@@ -180,7 +185,7 @@ def test_rolled_back_changes_emit_nothing(server, chat_app, alice, pool):
     try:
         # Made after the tab opened and seen by it, so no event from before the
         # failures can still be on its way (a new stream may repeat the change
-        # just before it: README).
+        # just before it: docs/api.md).
         local.post("/api/llm/sessions", json={"session_id": failing, "session_name": "x"})
         tab.until(lambda ev: ev.event == "session.created" and ev.data["session_id"] == failing)
         with failing_trigger(pool, "chat_sessions", "update", "fail-"):

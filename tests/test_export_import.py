@@ -35,7 +35,7 @@ def test_export_is_the_users_own_view_as_an_attachment(chat, alice):
     doc = r.get_json()
     assert doc["format"] == "chat-session/v1"
     assert set(doc["session"]) == {"session_id", "session_name", "is_archived", "message_count", "created_at",
-                                   "updated_at", "last_message_at"}
+                                   "updated_at", "last_message_at", "usage"}  # usage: tests/test_usage.py
     assert doc["session"]["session_name"] == "Exported" and doc["session"]["message_count"] == 2
     assert [(m["role"], m["content"]) for m in doc["messages"]] == [
         ("user", "first question"), ("assistant", "Echo: first question")]

@@ -45,6 +45,7 @@ OPERATIONS = [
     ("/api/llm/events", "get"),
     ("/api/llm/sessions/{session_id}/runs", "get"), ("/api/llm/sessions/{session_id}/runs/{run_id}/stream", "get"),
     ("/api/llm/sessions/{session_id}/runs/{run_id}/cancel", "post"),
+    ("/api/llm/usage", "get"), ("/api/llm/sessions/{session_id}/usage", "get"),
     ("/healthz", "get"), ("/readyz", "get"),
 ]
 STREAM = "POST /api/llm/query/stream"

@@ -312,6 +312,7 @@ PROTECTED = [
     ("put", "/api/llm/sessions/{sid}", {"session_name": "Forged"}), ("delete", "/api/llm/sessions/{sid}", None),
     ("delete", "/api/llm/sessions/{sid}?force=true", None),
     ("post", "/api/llm/query/stream", {"session_id": "{sid}", "query": SECRET_QUERY}), ("get", "/api/auth/me", None),
+    ("get", "/api/llm/usage", None), ("get", "/api/llm/sessions/{sid}/usage", None),
 ]
 
 

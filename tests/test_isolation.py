@@ -78,6 +78,8 @@ BOB_ACTIONS = [
     ("delete", "/api/llm/sessions/{}", {}),
     ("delete", "/api/llm/sessions/{}?force=false", {}),
     ("delete", "/api/llm/sessions/{}?force=true", {}),
+    ("get", "/api/llm/sessions/{}/usage", {}),
+    ("get", "/api/llm/sessions/{}/export", {}),
 ]
 
 
@@ -97,6 +99,7 @@ def test_bob_gets_what_a_missing_session_gets(chat_app, alice, bob, pool, alices
 
     listed = b.get("/api/llm/sessions?include_archived=true&limit=200").get_json()
     assert listed["total"] == 0 and listed["data"] == []
+    assert b.get("/api/llm/usage?group_by=session").get_json()["total"]["calls"] == 0
     assert fingerprint(pool, alice, sid) == before
     assert audit_rows(pool, bob) == 0  # refused deletes leave no audit row either
 

@@ -11,6 +11,9 @@ EXPECTED_OPERATIONS = {
     ("/api/auth/login", "post"): {"200", "400", "401", "403", "413", "429", "500", "503"},
     ("/api/auth/me", "get"): {"200", "401", "500", "503"},
     ("/api/llm/query/stream", "post"): {"200", "400", "401", "403", "404", "409", "413", "429", "500", "503"},
+    ("/api/llm/sessions/{session_id}/runs", "get"): {"200", "400", "401", "404", "500", "503"},
+    ("/api/llm/sessions/{session_id}/runs/{run_id}/stream", "get"): {"200", "400", "401", "404", "500", "503"},
+    ("/api/llm/sessions/{session_id}/runs/{run_id}/cancel", "post"): {"200", "400", "401", "403", "404", "409", "500", "503"},
     ("/healthz", "get"): {"200"},
     ("/readyz", "get"): {"200", "503"},
 }
@@ -61,6 +64,11 @@ def test_stream_is_documented_as_server_sent_events(anon):
     body = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
     schema = anon.get("/api/openapi.json").get_json()["components"]["schemas"][body]
     assert schema["properties"]["query"]["maxLength"] == 32000
+    assert schema["properties"]["multitask_strategy"]["enum"] == ["reject", "enqueue", "interrupt", "rollback"]
+    for path, method in (("/api/llm/query/stream", "post"), ("/api/llm/sessions/{session_id}/runs/{run_id}/stream", "get")):
+        events = anon.get("/api/openapi.json").get_json()["paths"][path][method]["responses"]["200"]["content"][
+            "text/event-stream"]["itemSchema"]["oneOf"]
+        assert [e["properties"]["event"]["const"] for e in events] == ["run", "token", "done", "error"], path
 
 
 # --- what generated clients (openapi-typescript) read: defaults, required, nullable ---

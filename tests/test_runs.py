@@ -57,6 +57,15 @@ class Stream:
         self.response.close()
 
 
+def start_held(client, sid: str, gate, query: str = "first") -> tuple[Stream, str]:
+    """A turn whose model is held after its first token (fake.hold_streams): its stream, past the
+    `run` event, and its run id."""
+    stream = Stream(send(client, sid, query, buffered=False))
+    run_id = stream.next_event().data["run_id"]
+    assert gate.wait_for_held(1)
+    return stream, run_id
+
+
 def join(client, sid: str, run_id: str, cursor: str | None = None, **kwargs):
     headers = {} if cursor is None else {"Last-Event-ID": cursor}
     return client.get(f"/api/llm/sessions/{sid}/runs/{run_id}/stream", headers=headers, **kwargs)
@@ -98,9 +107,7 @@ def test_a_join_mid_reply_gets_the_reply_so_far_then_live_text_equal_to_the_save
     sid = named_session(chat)
     fake.reply = lambda body: LONG_REPLY
     with fake.hold_streams() as gate:
-        original = Stream(send(chat, sid, "go", buffered=False))
-        run_id = original.next_event().data["run_id"]
-        assert gate.wait_for_held(1)
+        original, run_id = start_held(chat, sid, gate, "go")
         first = original.next_event()  # the first token, then the model is held
         joined = Stream(join(reader, sid, run_id, buffered=False))
         assert joined.next_event().event == "run"
@@ -143,9 +150,7 @@ def test_resuming_mid_reply_on_the_other_process_from_the_last_id_seen(chat, fak
     sid = named_session(chat)
     fake.reply = lambda body: LONG_REPLY
     with fake.hold_streams() as gate:
-        original = Stream(send(chat, sid, "go", buffered=False))
-        run_id = original.next_event().data["run_id"]
-        assert gate.wait_for_held(1)
+        original, run_id = start_held(chat, sid, gate, "go")
         seen = original.next_event()
         original.close()  # the phone went to the background
         resumed = Stream(join(client_for(other_process, alice), sid, run_id, seen.id, buffered=False))
@@ -160,9 +165,7 @@ def test_many_readers_each_get_the_whole_reply(chat, fake, alice, other_process)
     sid = named_session(chat)
     fake.reply = lambda body: LONG_REPLY
     with fake.hold_streams() as gate:
-        original = Stream(send(chat, sid, "go", buffered=False))
-        run_id = original.next_event().data["run_id"]
-        assert gate.wait_for_held(1)
+        original, run_id = start_held(chat, sid, gate, "go")
         readers = [Stream(join(client, sid, run_id, buffered=False))
                    for client in [chat, client_for(other_process, alice)] * 5]
         gate.release()
@@ -177,9 +180,7 @@ def test_stop_from_any_process_keeps_the_text_so_far_marked_stopped(chat, fake, 
     sid = named_session(chat)
     fake.reply = lambda body: LONG_REPLY
     with fake.hold_streams() as gate:
-        original = Stream(send(chat, sid, "go", buffered=False))
-        run_id = original.next_event().data["run_id"]
-        assert gate.wait_for_held(1)
+        original, run_id = start_held(chat, sid, gate, "go")
         first = original.next_event().data["content"]
         joined = Stream(join(client_for(other_process, alice), sid, run_id, buffered=False))
         stopped = stopper.post(f"/api/llm/sessions/{sid}/runs/{run_id}/cancel")
@@ -264,6 +265,24 @@ def test_events_name_the_run(chat, fake, pool, alice):
     assert [(r["type"], r["run_id"]) for r in rows] == [("run.started", run_id), ("run.finished", run_id)]
 
 
+def test_a_queued_message_is_an_event_naming_its_run(chat, fake, pool, alice):
+    sid = named_session(chat)
+    with fake.hold_streams() as gate:
+        first, first_run = start_held(chat, sid, gate)
+        queued = Stream(send_with(chat, sid, "second", "enqueue", buffered=False))
+        queued_run = queued.next_event().data["run_id"]
+        gate.release()
+        first.rest()
+        queued.rest()
+    with pool.connection() as conn:
+        rows = conn.execute("select type, payload->>'run_id' as run_id from session_events"
+                            " where user_id = %s and session_id = %s and type like 'run.%%' order by id",
+                            (alice.id, sid)).fetchall()
+    assert [(r["type"], r["run_id"]) for r in rows] == [
+        ("run.started", first_run), ("run.queued", queued_run), ("run.finished", first_run),
+        ("run.started", queued_run), ("run.finished", queued_run)]
+
+
 def test_a_forced_delete_leaves_no_run_rows(chat, fake, pool, alice):
     sid = named_session(chat)
     parse_sse(send(chat, sid, "hello").get_data(as_text=True))
@@ -308,9 +327,7 @@ def transcript(client, sid: str) -> list[tuple]:
 def test_enqueue_waits_its_turn_and_then_streams_its_own_reply(chat, fake, pool):
     sid = named_session(chat)
     with fake.hold_streams() as gate:
-        first = Stream(send(chat, sid, "first", buffered=False))
-        first_run = first.next_event().data["run_id"]
-        assert gate.wait_for_held(1)
+        first, first_run = start_held(chat, sid, gate, "first")
         queued = Stream(send_with(chat, sid, "second", "enqueue", buffered=False))
         head = queued.next_event()
         assert head.event == "run" and head.data["status"] == "queued" and head.data["run_id"] != first_run
@@ -328,9 +345,7 @@ def test_enqueue_waits_its_turn_and_then_streams_its_own_reply(chat, fake, pool)
 def test_a_queued_message_whose_client_went_away_still_runs(chat, fake, pool):
     sid = named_session(chat)
     with fake.hold_streams() as gate:
-        first = Stream(send(chat, sid, "first", buffered=False))
-        first.next_event()
-        assert gate.wait_for_held(1)
+        first, _ = start_held(chat, sid, gate, "first")
         queued = Stream(send_with(chat, sid, "second", "enqueue", buffered=False))
         queued_run = queued.next_event().data["run_id"]
         queued.close()  # the phone went to sleep with its message queued
@@ -345,9 +360,7 @@ def test_a_queued_message_whose_client_went_away_still_runs(chat, fake, pool):
 def test_a_queued_message_can_be_cancelled_and_never_runs(chat, fake, pool):
     sid = named_session(chat)
     with fake.hold_streams() as gate:
-        first = Stream(send(chat, sid, "first", buffered=False))
-        first.next_event()
-        assert gate.wait_for_held(1)
+        first, _ = start_held(chat, sid, gate, "first")
         queued = Stream(send_with(chat, sid, "never mind", "enqueue", buffered=False))
         queued_run = queued.next_event().data["run_id"]
         cancelled = chat.post(f"/api/llm/sessions/{sid}/runs/{queued_run}/cancel")
@@ -366,9 +379,7 @@ def test_interrupt_stops_the_running_reply_keeping_its_text_then_runs(chat, fake
     sid = named_session(chat)
     fake.reply = lambda body: LONG_REPLY if body["messages"][-1]["content"] == "first" else "Echo: now this"
     with fake.hold_streams() as gate:
-        first = Stream(send(chat, sid, "first", buffered=False))
-        first.next_event()
-        assert gate.wait_for_held(1)
+        first, _ = start_held(chat, sid, gate, "first")
         partial = first.next_event().data["content"]
         second = send_with(chat, sid, "now this", "interrupt", buffered=False)  # held after its first token too
         ended = first.rest()[-1]
@@ -385,9 +396,7 @@ def test_rollback_discards_the_running_reply_and_its_message_then_runs(chat, fak
     parse_sse(send(chat, sid, "earlier").get_data(as_text=True))
     fake.reply = lambda body: LONG_REPLY if body["messages"][-1]["content"] == "oops" else "Echo: instead"
     with fake.hold_streams() as gate:
-        first = Stream(send(chat, sid, "oops", buffered=False))
-        first.next_event()
-        assert gate.wait_for_held(1)
+        first, _ = start_held(chat, sid, gate, "oops")
         second = send_with(chat, sid, "instead", "rollback", buffered=False)
         assert first.rest()[-1].data["code"] == "cancelled"
     events, _ = parse_sse(second.get_data(as_text=True))
@@ -402,9 +411,7 @@ def test_reject_is_the_default_and_the_queue_is_capped(make_app, fake, alice):
     client = client_for(app, alice)
     sid = named_session(client)
     with fake.hold_streams() as gate:
-        first = Stream(send(client, sid, "first", buffered=False))
-        first.next_event()
-        assert gate.wait_for_held(1)
+        first, _ = start_held(client, sid, gate)
         busy = send(client, sid, "second")
         assert busy.status_code == 409 and busy.get_json()["error"]["code"] == "session_busy"
         queued = Stream(send_with(client, sid, "second", "enqueue", buffered=False))
@@ -425,9 +432,7 @@ def test_enqueue_on_a_free_session_just_runs(chat, fake):
 def test_a_forced_delete_with_a_queued_message_leaves_nothing(chat, fake, pool, alice):
     sid = named_session(chat)
     with fake.hold_streams() as gate:
-        first = Stream(send(chat, sid, "first", buffered=False))
-        first.next_event()
-        assert gate.wait_for_held(1)
+        first, _ = start_held(chat, sid, gate, "first")
         queued = Stream(send_with(chat, sid, "second", "enqueue", buffered=False))
         queued.next_event()
         assert chat.delete(f"/api/llm/sessions/{sid}?force=true").status_code == 200

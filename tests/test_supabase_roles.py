@@ -1,5 +1,6 @@
 """On a Supabase database, the Data API's roles (the anon and authenticated keys) read only the
-caller's own sessions, session counts and events, write nothing, and call none of the migrations' functions.
+caller's own sessions, session counts, events and usage (the ledger, its daily totals and the
+usage_daily view), write nothing, and call none of the migrations' functions.
 
 A scratch database gets Supabase's roles, an `auth.uid()` reading `request.jwt.claims`, and
 Supabase's default privileges (everything in `public` granted to anon, authenticated and
@@ -76,6 +77,7 @@ def test_data_api_roles_read_only_their_own_rows_and_change_nothing(supabase_db)
         assert client.post("/api/llm/sessions", json={"session_id": "s1", "session_name": f"of {who}"}).status_code == 201
         assert client.delete("/api/llm/sessions/s1?backup=true").status_code == 200
         assert client.post("/api/llm/sessions", json={"session_id": "s2"}).status_code == 201
+        spend(app, who)
 
     with psycopg.connect(url) as owner:
         before = digest(owner)
@@ -94,7 +96,8 @@ def test_data_api_roles_read_only_their_own_rows_and_change_nothing(supabase_db)
                     rows = []
                 conn.rollback()
             owners = {r[0].get("user_id") for r in rows}
-            if role == "authenticated" and table in ("chat_sessions", "chat_session_counts", "session_events"):
+            if role == "authenticated" and table in ("chat_sessions", "chat_session_counts", "session_events",
+                                                     "usage_ledger", "usage_daily_totals"):
                 assert owners == {alice}, (table, owners)  # their own, and only their own
             else:
                 assert rows == [], (role, table)
@@ -113,6 +116,34 @@ def test_data_api_roles_read_only_their_own_rows_and_change_nothing(supabase_db)
 
     with psycopg.connect(url) as owner:
         assert digest(owner) == before  # nothing anywhere changed
+
+
+def spend(app, user_id: str) -> None:
+    """A ledger row of the user's (backend/usage), as a naming call of session s2 would write."""
+    from backend.services import services_of
+    from llm.usage import CallUsage
+
+    services_of(app).usage.record_naming(
+        {"user_id": user_id, "business_id": "biz-1", "session_id": "s2", "id": None}, [CallUsage("m", 10, 2)])
+
+
+def test_the_usage_daily_view_shows_a_user_their_own_days_and_the_anon_key_nothing(supabase_db):
+    url, app = supabase_db
+    alice, bob = str(uuid.uuid4()), str(uuid.uuid4())
+    for who in (alice, bob):
+        spend(app, who)
+    with psycopg.connect(url) as conn:  # the dashboard (the owner) sees everyone's
+        users = {r[0] for r in conn.execute("select user_id from usage_daily")}
+        assert {alice, bob} <= users
+    with psycopg.connect(url) as conn:
+        as_role(conn, "authenticated", alice)
+        rows = conn.execute("select user_id, calls, input_tokens from usage_daily").fetchall()
+        assert rows == [(alice, 1, 10)]
+        conn.rollback()
+    with psycopg.connect(url) as conn:
+        as_role(conn, "anon", None)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("select * from usage_daily").fetchall()
 
 
 def test_data_api_roles_can_call_none_of_the_functions(supabase_db):

@@ -19,6 +19,7 @@ from backend.chat.checkpointer import WrittenCheckpoint
 from backend.chat.run_store import RunStore
 from backend.sessions.store import SessionStore
 from backend.sessions.thread_store import ThreadStore
+from backend.usage.store import UsageStore
 
 
 class MessageCounts:
@@ -30,7 +31,7 @@ class MessageCounts:
 
     def end_run_and_count_messages(
         self, user_id: str, session_id: str, run_id: uuid.UUID | None, outcome: str = "error",
-        written: WrittenCheckpoint | None = None, final: str | None = None,
+        written: WrittenCheckpoint | None = None, final: str | None = None, usage: list[dict] | None = None,
     ) -> tuple[dict | None, bool]:
         """End the run and bring message_count (and history_bytes) level with the thread's history, atomically.
 
@@ -39,6 +40,8 @@ class MessageCounts:
         event says; a reply that finished marks the session unread.
         `written`: the last checkpoint the run wrote, measured; used if it is still the latest.
         `final` (RunFinal.stored): how the run is kept for its readers (sql/023).
+        `usage`: the run's ledger rows (UsageService.ledger_rows), recorded with the end, in the
+        same statement or transaction (and the run's quota reservation released).
         Returns the session row (None if the session is gone), and whether a message is queued
         behind the run (its ender starts it).
         """
@@ -46,10 +49,14 @@ class MessageCounts:
             row, counted, queued = self._runs.end_counted_run(
                 user_id, session_id, run_id, outcome, checkpoint_id=written.checkpoint_id,
                 message_count=written.message_count, history_bytes=written.history_bytes, final=final,
+                usage=usage,
             )
             if row is None or counted:
                 return row, queued
+            usage = None  # recorded by that statement all the same
         with self._pool.connection() as conn, conn.transaction():
+            if usage or run_id is not None:  # billing outlives the session: recorded even if it is gone
+                UsageStore.record_on(conn, usage or [], run_id)
             # With the session row locked no checkpoint write can land
             # (SessionCheckpointSaver), so the history read below is final.
             row = self._sessions.lock_and_flag_unread(conn, user_id, session_id, unread=outcome == "done")

@@ -61,6 +61,8 @@ class Maintenance:
         retention_archived_only: bool = False,
         audit_retention_days: int | None = None,
         purge_events: Callable[[], int] | None = None,
+        purge_usage: Callable[[], int] | None = None,
+        interrupted_usage: Callable[[dict, dict], list[dict]] | None = None,
         purge_sign_ins: Callable[[], int] | None = None,
         run_replay_seconds: float = 600.0,
         keep_interrupted_run: Callable[[dict], None] | None = None,
@@ -79,6 +81,8 @@ class Maintenance:
         self._retention_archived_only = retention_archived_only
         self._audit_retention_days = audit_retention_days
         self._purge_events = purge_events
+        self._purge_usage = purge_usage
+        self._interrupted_usage = interrupted_usage
         self._purge_sign_ins = purge_sign_ins
         self._run_replay_seconds = run_replay_seconds
         self._keep_interrupted_run = keep_interrupted_run  # UnfinishedReplies.keep_interrupted
@@ -104,8 +108,10 @@ class Maintenance:
             if self._keep_interrupted_run is not None:
                 self._keep_interrupted_run(claimed)
             final = RunFinal("interrupted", "error", INTERRUPTED_ERROR).stored(run["run_id"], claimed["reply"])
+            # The dead process's model call never reported: estimated from what it wrote.
+            usage = self._interrupted_usage(run, claimed) if self._interrupted_usage is not None else None
             self._counts.end_run_and_count_messages(run["user_id"], run["session_id"], run["run_id"], "error",
-                                                    final=final)
+                                                    final=final, usage=usage)
             finished += 1
         if finished:
             log.info("expired runs reconciled", extra={"runs": finished})
@@ -167,6 +173,8 @@ class Maintenance:
             self._cleanup.purge_audit_rows(self._audit_retention_days)
         if self._purge_events:
             self._purge_events()  # live events past EVENTS_RETENTION_SECONDS
+        if self._purge_usage:
+            self._purge_usage()  # expired quota reservations; ledger rows past USAGE_RETENTION_DAYS
         if self._purge_sign_ins:
             self._purge_sign_ins()  # cookie sign-ins that ended
         return report

@@ -18,20 +18,24 @@ import openai
 
 from backend.sessions.store import SessionStore
 from backend.sessions.thread_store import ThreadStore
+from backend.usage.service import UsageService
 from llm.naming import generate_session_name
+from llm.usage import CallUsage
 
 log = logging.getLogger(__name__)
 
 
 class SessionNamer:
     def __init__(
-        self, sessions: SessionStore, threads: ThreadStore, client_factory, *, model: str, timeout_seconds: float
+        self, sessions: SessionStore, threads: ThreadStore, client_factory, *, model: str, timeout_seconds: float,
+        usage: UsageService | None = None,
     ) -> None:
         self._sessions = sessions
         self._threads = threads
         self._client_factory = client_factory  # () -> AsyncOpenAI | None (None: offline)
         self._model = model
         self._timeout = timeout_seconds
+        self._usage = usage
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: openai.AsyncOpenAI | None = None
         self._lock = threading.Lock()
@@ -61,9 +65,13 @@ class SessionNamer:
                 first_message = await asyncio.to_thread(self._threads.first_user_message, claimed["thread_id"])
             if not first_message:
                 return None
+            calls: list[CallUsage] = []
             name = await generate_session_name(
-                first_message, client=self._async_client(), model=self._model, timeout_seconds=self._timeout
+                first_message, client=self._async_client(), model=self._model, timeout_seconds=self._timeout,
+                on_usage=calls.append,
             )
+            if calls and self._usage is not None:
+                await asyncio.to_thread(self._usage.record_naming, claimed, calls)
             applied = await asyncio.to_thread(self._sessions.apply_auto_name, user_id, session_id, name)
             log.info("session named", extra={"user_id": user_id, "session_id": session_id, "applied": applied})
             return name if applied else None

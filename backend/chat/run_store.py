@@ -19,6 +19,7 @@ from psycopg import Connection
 from psycopg_pool import ConnectionPool
 
 from backend.sessions.store import SESSION_COLUMNS
+from backend.usage.store import LEDGER_CTE, ledger_json
 
 # The user's live replies, for the per-user cap (start_chat_run, sql/017, counts them under the user's lock).
 LIVE_RUNS_OF_USER = (
@@ -28,20 +29,29 @@ LIVE_RUNS_OF_USER = (
 # The session row's columns as returned by sql/017 and sql/018 (a composite `session_row`).
 SESSION_ROW_COLUMNS = ", ".join(f"(r.session_row).{c.strip()}" for c in SESSION_COLUMNS.split(","))
 
-# The common start of a turn in one round trip (sql/017): the session row (read
-# only, to say why a run could not start) and, unless it is archived or full or
-# the user's cap is reached, its lease, taken under the user's lock.
+# The common start of a turn in one round trip (sql/017, through sql/024's start_chat_turn): the
+# session row (read only, to say why a run could not start) and, unless it is archived or full or
+# the user's cap is reached, its lease, taken under the user's lock; with a usage quota, the turn's
+# allowance checked and reserved under the same lock (`blocked`: over quota, no session row).
 START_RUN_IN_SESSION_SQL = (
     "select " + SESSION_ROW_COLUMNS
-    + ", r.new_run_id from public.start_chat_run(%(user_id)s::text, %(session_id)s::text, %(run_id)s::uuid,"
+    + ", r.new_run_id, r.granted_tokens, r.blocked, r.retry_after_seconds, r.tokens_left, r.cost_left_micros"
+    " from public.start_chat_turn(%(user_id)s::text, %(session_id)s::text, %(run_id)s::uuid,"
     " %(owner)s::text, %(lease_seconds)s::float8, %(max_messages)s::integer, %(max_bytes)s::bigint,"
-    " %(max_runs)s::integer, %(query)s::text) as r"
+    " %(max_runs)s::integer, %(query)s::text, coalesce(%(now)s::timestamptz, now()), %(defaults)s::jsonb,"
+    " %(want_tokens)s::integer, %(context_tokens)s::integer, %(price_input)s::float8, %(price_output)s::float8,"
+    " %(reserve_seconds)s::float8) as r"
 )
+# A start without quotas to apply (start_chat_turn's parameters for them).
+NO_USAGE_LIMITS = {"now": None, "defaults": None, "want_tokens": 2**31 - 1, "context_tokens": None,
+                   "price_input": 0.0, "price_output": 0.0, "reserve_seconds": 0.0}
+USAGE_GRANT_COLUMNS = ("granted_tokens", "blocked", "retry_after_seconds", "tokens_left", "cost_left_micros")
 
 # A turn's end in one round trip when its history's size is known (sql/018): the
-# session row as it now is, and whether it counted (false: nothing was changed).
+# session row as it now is, and whether it counted (false: nothing was changed). The
+# run's usage goes into the ledger in the same statement, whatever else happens (LEDGER_CTE).
 END_COUNTED_RUN_SQL = (
-    "select " + SESSION_ROW_COLUMNS
+    "with " + LEDGER_CTE + " select " + SESSION_ROW_COLUMNS
     + ", r.counted, r.queued, set_config('chat.run_final', %(final)s, true) as final from public.end_chat_run(%(user_id)s::text, %(session_id)s::text, %(run_id)s::uuid,"
     " %(outcome)s::text, %(checkpoint_id)s::text, %(message_count)s::integer, %(history_bytes)s::bigint) as r"
 )
@@ -164,7 +174,7 @@ CLAIM_EXPIRED_RUN_SQL = """
 update chat_session_runs r set owner = %s, lease_expires_at = now() + make_interval(secs => %s)
   from chat_sessions s
  where r.run_id = %s and r.lease_expires_at < now() and s.user_id = r.user_id and s.session_id = r.session_id
-returning r.reply, r.query, r.started_at, s.thread_id, s.message_count
+returning r.reply, r.query, r.started_at, s.thread_id, s.message_count, s.business_id, s.id as session_row_id
 """
 
 EXPIRED_RUNS_SQL = "select user_id, session_id, run_id from chat_session_runs where lease_expires_at < now() limit %s"
@@ -190,7 +200,7 @@ class RunStore:
     def start_run_in_session(
         self, user_id: str, session_id: str, owner: str, lease_seconds: float, *, max_messages: int,
         max_bytes: int, max_runs: int, then_read: Callable[[dict], tuple[str, Sequence]] | None = None,
-        query: str | None = None,
+        query: str | None = None, usage_limits: dict | None = None,
     ) -> tuple[dict | None, uuid.UUID | None, dict | None]:
         """Read the session and, unless it is archived or full, take its lease under the
         user's lock (an expired lease, left by a dead process, is taken over), in one statement.
@@ -203,10 +213,14 @@ class RunStore:
         Returns (session row, run id, the read's first row): no session row when
         the user has no such session; a row and no run id when it is archived,
         full, at the user's cap or a live run holds it.
+
+        `usage_limits` (UsageService.start_limits): the quotas' parameters of start_chat_turn.
+        The row's `usage_grant` says what the turn was granted, or that it is over quota
+        (`blocked`; then the session columns are null and no run started).
         """
         params = {"user_id": user_id, "session_id": session_id, "run_id": uuid.uuid4(), "owner": owner,
                   "lease_seconds": lease_seconds, "max_messages": max_messages, "max_bytes": max_bytes,
-                  "max_runs": max_runs, "query": query}
+                  "max_runs": max_runs, "query": query, **(usage_limits or NO_USAGE_LIMITS)}
         read_row = None
         with self._pool.connection() as conn:
             row = conn.execute(START_RUN_IN_SESSION_SQL, params).fetchone()
@@ -215,25 +229,26 @@ class RunStore:
                     read_row = cur.execute(*then_read(row)).fetchone()
         if row is None:
             return None, None, None
+        row["usage_grant"] = {key: row.pop(key) for key in USAGE_GRANT_COLUMNS}
         return row, row.pop("new_run_id"), read_row
 
     def end_counted_run(
         self, user_id: str, session_id: str, run_id: uuid.UUID, outcome: str, *, checkpoint_id: str,
-        message_count: int, history_bytes: int, final: str | None = None,
+        message_count: int, history_bytes: int, final: str | None = None, usage: list[dict] | None = None,
     ) -> tuple[dict | None, bool, bool]:
         """End the run and set the session's counts in one statement, if `checkpoint_id` (measured
         as `message_count` messages of `history_bytes`) is the thread's latest checkpoint.
 
         Returns (session row, True, whether a message is queued behind it) when done; (session
         row, False, False) when another checkpoint is the latest and nothing was changed; (None,
-        False, False) when the session is gone.
+        False, False) when the session is gone. `usage` (ledger rows) is recorded in every case.
         """
         with self._pool.connection() as conn:
             row = conn.execute(
                 END_COUNTED_RUN_SQL,
                 {"user_id": user_id, "session_id": session_id, "run_id": run_id, "outcome": outcome,
                  "checkpoint_id": checkpoint_id, "message_count": message_count, "history_bytes": history_bytes,
-                 "final": final or ""},
+                 "final": final or "", "usage": ledger_json(usage or [])},
             ).fetchone()
         if row is None:
             return None, False, False
@@ -299,6 +314,7 @@ class RunStore:
     def start_queued_run(
         self, user_id: str, session_id: str, owner: str, lease_seconds: float, *, max_messages: int,
         max_bytes: int, max_runs: int, then_read: Callable[[dict], tuple[str, Sequence]],
+        usage_limits: dict | None = None,
     ) -> tuple[dict | None, uuid.UUID | None, str | None, dict | None]:
         """Start the oldest message queued in the session, under its own run id, if the session can
         take a turn (start_run_in_session's rules), in one transaction: (session row, run id, the
@@ -311,7 +327,9 @@ class RunStore:
             row = conn.execute(START_RUN_IN_SESSION_SQL, {
                 "user_id": user_id, "session_id": session_id, "run_id": head["run_id"], "owner": owner,
                 "lease_seconds": lease_seconds, "max_messages": max_messages, "max_bytes": max_bytes,
-                "max_runs": max_runs, "query": head["query"]}).fetchone()
+                "max_runs": max_runs, "query": head["query"], **(usage_limits or NO_USAGE_LIMITS)}).fetchone()
+            if row is not None:
+                row["usage_grant"] = {key: row.pop(key) for key in USAGE_GRANT_COLUMNS}
             if row is None or row["new_run_id"] is None:
                 return row, None, None, None
             conn.execute(DEQUEUE_SQL, (head["run_id"],))

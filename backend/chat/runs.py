@@ -124,12 +124,13 @@ class RunLeases:
     def start_in_session(
         self, user_id: str, session_id: str, *, max_messages: int, max_bytes: int, max_runs: int,
         then_read: Callable[[dict], tuple[str, Sequence]] | None = None, query: str | None = None,
+        usage_limits: dict | None = None,
     ) -> tuple[dict | None, ActiveRun | None, dict | None]:
         """The session and its lease (keeping `query`, the user's message) in one statement, then
         `then_read` (RunStore.start_run_in_session)."""
         session, run_id, read_row = self._store.start_run_in_session(
             user_id, session_id, self.owner, self._lease_seconds, max_messages=max_messages, max_bytes=max_bytes,
-            max_runs=max_runs, then_read=then_read, query=query,
+            max_runs=max_runs, then_read=then_read, query=query, usage_limits=usage_limits,
         )
         return session, None if run_id is None else self.track(run_id, user_id, session_id), read_row
 
@@ -151,12 +152,12 @@ class RunLeases:
 
     def start_queued(
         self, user_id: str, session_id: str, *, max_messages: int, max_bytes: int, max_runs: int,
-        then_read: Callable[[dict], tuple[str, Sequence]],
+        then_read: Callable[[dict], tuple[str, Sequence]], usage_limits: dict | None = None,
     ) -> tuple[dict | None, ActiveRun | None, str | None, dict | None]:
         """The oldest message queued in the session, started here (RunStore.start_queued_run)."""
         session, run_id, query, read_row = self._store.start_queued_run(
             user_id, session_id, self.owner, self._lease_seconds, max_messages=max_messages, max_bytes=max_bytes,
-            max_runs=max_runs, then_read=then_read,
+            max_runs=max_runs, then_read=then_read, usage_limits=usage_limits,
         )
         return session, None if run_id is None else self.track(run_id, user_id, session_id), query, read_row
 

@@ -39,9 +39,11 @@ from backend.chat.runs import ActiveRun, RunLeases
 from backend.chat.unfinished import UnfinishedReplies, user_message_id
 from backend.errors import ApiError, NotFound
 from backend.sessions.service import SessionService
+from backend.usage.service import UsageService
 from llm.chat_model import ChatModel, ReplyCancelled
 from llm.graph import ChatContext
 from llm.messages import text_of, user_message
+from llm.usage import CallUsage, MeteredModel, estimate_tokens
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,9 @@ class Turn:
     query: str
     # What the run's saver knows of its thread: the checkpoint read with the lease, the last one written.
     checkpoints: RunCheckpoints | None = None
+    # The most output tokens its quotas leave it (None: no quota applies), and its model calls' usage.
+    max_tokens: int | None = None
+    meter: MeteredModel | None = None
 
 
 class ChatService:
@@ -111,6 +116,7 @@ class ChatService:
         readers: RunReaders,
         max_queued_per_session: int = 10,
         stop_wait_seconds: float = 10.0,
+        usage: UsageService | None = None,
     ) -> None:
         self._sessions = sessions
         self._runs = runs
@@ -133,6 +139,7 @@ class ChatService:
         self._max_queued = max_queued_per_session
         self._stop_wait = stop_wait_seconds
         self._unfinished = UnfinishedReplies(graph)
+        self._usage = usage
 
     def start_turn(self, user: AuthUser, session_id: str, query: str, strategy: str = "reject") -> Turn | QueuedTurn:
         """Everything that can fail with a status code, before any byte is streamed. While a reply
@@ -175,7 +182,8 @@ class ChatService:
             raise self._busy()
         if session["message_count"] == 0 and session["name_source"] == "default":
             self._namer.submit(user.id, session_id, query)
-        return self._launch(Turn(session=session, run=run, query=query, checkpoints=checkpoints))
+        return self._launch(Turn(session=session, run=run, query=query, checkpoints=checkpoints,
+                                 max_tokens=session["usage_grant"]["granted_tokens"]))
 
     @staticmethod
     def _busy() -> ApiError:
@@ -238,9 +246,14 @@ class ChatService:
         session, run, query, row = self._leases.start_queued(
             user_id, session_id, max_messages=self._max_history, max_bytes=self._max_bytes, max_runs=self._max_runs,
             then_read=lambda session: checkpointer.latest_checkpoint_query(session["thread_id"]),
+            usage_limits=self._usage_limits(),
         )
         if run is None:
-            if session is not None:
+            if session is not None and session["usage_grant"]["blocked"]:
+                refusal = self._usage.refusal(session["usage_grant"])
+                self._runs.end_queued(user_id, session_id, None, "error",
+                                      {"code": refusal.code, "message": refusal.message})
+            elif session is not None:
                 try:
                     self._refuse_if_closed(session)
                 except ApiError as closed:
@@ -249,7 +262,8 @@ class ChatService:
             return False
         try:
             self._launch(Turn(session=session, run=run, query=query,
-                              checkpoints=RunCheckpoints(session["thread_id"], row)))
+                              checkpoints=RunCheckpoints(session["thread_id"], row),
+                              max_tokens=session["usage_grant"]["granted_tokens"]))
         except ApiError:
             return False
         return True
@@ -262,13 +276,36 @@ class ChatService:
     def _start_in_session(
         self, user: AuthUser, session_id: str, query: str,
     ) -> tuple[dict | None, ActiveRun | None, RunCheckpoints | None]:
-        """The session, its lease and, on the same pooled connection, the checkpoint the turn starts from."""
+        """The session, its lease and, on the same pooled connection, the checkpoint the turn starts from;
+        429 usage_limit_reached when the user's (or business's) quota leaves nothing for it."""
         checkpointer = self._graph.checkpointer
         session, run, row = self._leases.start_in_session(
             user.id, session_id, max_messages=self._max_history, max_bytes=self._max_bytes, max_runs=self._max_runs,
             then_read=lambda session: checkpointer.latest_checkpoint_query(session["thread_id"]), query=query,
+            usage_limits=self._usage_limits(),
         )
+        if session is not None and session["usage_grant"]["blocked"]:
+            raise self._usage.refusal(session["usage_grant"])
         return session, run, RunCheckpoints(session["thread_id"], row) if run is not None else None
+
+    def _usage_limits(self) -> dict | None:
+        return self._usage.start_limits(self._model.name) if self._usage is not None else None
+
+    def _ledger_rows(self, turn: Turn, reply: str) -> list[dict] | None:
+        """The turn's model calls as ledger rows. A custom graph that wrote a reply without the
+        configured model (its own LangChain model) is charged an estimate from the text."""
+        if self._usage is None:
+            return None
+        calls = turn.meter.calls if turn.meter is not None else []
+        if not calls and reply:
+            calls = [CallUsage(model=self._model.name, input_tokens=estimate_tokens(turn.query) + 4,
+                               output_tokens=estimate_tokens(reply), source="estimated")]
+        if not calls:
+            return None
+        run = turn.run
+        return self._usage.ledger_rows(
+            calls, kind="chat", user_id=run.user_id, business_id=turn.session["business_id"],
+            session_id=run.session_id, session_row_id=turn.session["id"], run_id=run.run_id)
 
     def stream(self, turn: Turn | QueuedTurn) -> Iterator[bytes]:
         """The SSE body of the turn's own request, as bytes (the route passes it straight to the
@@ -321,7 +358,7 @@ class ChatService:
                 session, queued = self._counts.end_run_and_count_messages(
                     run.user_id, run.session_id, run.run_id, outcome,
                     written=turn.checkpoints.written if turn.checkpoints else None,
-                    final=final.stored(run.run_id, reply),
+                    final=final.stored(run.run_id, reply), usage=self._ledger_rows(turn, reply),
                 )
             except Exception:  # noqa: BLE001 - a later reconcile repairs the count
                 log.exception("finishing a run failed", extra={"session_id": run.session_id})
@@ -362,8 +399,11 @@ class ChatService:
                 self._send_token(turn, text)
                 sent += 1
 
+        # Every model call of the turn goes through its meter: usage reported (or estimated), and
+        # the call given at most what the quotas leave (turn.max_tokens).
+        turn.meter = MeteredModel(self._model, max_tokens=turn.max_tokens)
         context = ChatContext(
-            model=self._model, cancel=run.cancel, system_prompt=self._system_prompt, emit=emit,
+            model=turn.meter, cancel=run.cancel, system_prompt=self._system_prompt, emit=emit,
             max_context_tokens=self._max_context_tokens,
         )
         config = {"configurable": {"thread_id": turn.session["thread_id"]}}

@@ -38,7 +38,7 @@ def render_event(row: dict) -> str:
     session = payload if row["type"] in ("session.created", "session.updated") else payload.get("session")
     if session:
         data["session"] = SessionOut.model_validate(session).model_dump(mode="json")
-    for key in ("deleted", "forced", "outcome", "run_id"):
+    for key in ("deleted", "forced", "outcome", "run_id", "kind", "usage"):
         if key in payload:
             data[key] = payload[key]
     return f"id: {row['id']}\nevent: {row['type']}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"

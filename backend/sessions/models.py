@@ -270,6 +270,14 @@ class SessionDeletedResponse(SuccessModel):
 EXPORT_FORMAT = "chat-session/v1"
 
 
+class ExportedUsage(BaseModel):
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    cost_micros: int
+    currency: str
+
+
 class ExportedSession(BaseModel):
     """What an export says of the session: the user's own view, no internal ids."""
 
@@ -280,6 +288,7 @@ class ExportedSession(BaseModel):
     created_at: UtcDatetime
     updated_at: UtcDatetime
     last_message_at: UtcDatetime | None
+    usage: ExportedUsage | None = Field(default=None, description="What the session cost (an import ignores it)")
 
 
 class SessionExport(DocumentedModel):

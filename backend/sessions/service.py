@@ -107,6 +107,7 @@ class SessionService:
         checkpointer: BaseCheckpointSaver,
         backup_retention_seconds: float = 86_400,
         max_sessions_per_user: int = 10_000,
+        usage_of: Callable[[dict], dict] | None = None,
     ) -> None:
         self._pool = pool
         self._store = store
@@ -115,6 +116,8 @@ class SessionService:
         self._checkpointer = checkpointer
         self._backup_retention = backup_retention_seconds
         self._max_sessions = max_sessions_per_user
+        # What a session cost, for its export (the usage area's UsageService.usage_of_session).
+        self._usage_of = usage_of
 
     def create(self, user: AuthUser, session_id: str | None, session_name: str | None) -> tuple[dict, bool]:
         session_id = session_id or new_session_id()
@@ -192,6 +195,8 @@ class SessionService:
     def export(self, user: AuthUser, session_id: str) -> dict:
         """The session and its conversation, as the user sees them (the export document's parts)."""
         row = self.get(user, session_id)
+        if self._usage_of is not None:
+            row = {**row, "usage": self._usage_of(row)}
         return {"session": row, "messages": self.messages(row)}
 
     def update(self, user: AuthUser, session_id: str, *, session_name: str | None, is_archived: bool | None) -> dict:

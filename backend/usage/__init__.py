@@ -1,0 +1,1 @@
+"""What each conversation costs: the usage ledger, prices, totals and quotas (sql/024)."""
