@@ -285,6 +285,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="x100 long replies, 50 rejoins")
     parser.add_argument("--rejoins", type=int, default=None, help="replies that drop and rejoin (200; quick 50)")
     parser.add_argument("--readers", type=int, default=50, help="readers of the one run")
+    parser.add_argument("--concurrency", default="", help="long replies at these sizes only (e.g. 200,1000)")
     add_root_argument(parser)
     args = parser.parse_args()
     only = {s.strip() for s in args.only.split(",") if s.strip()}
@@ -294,6 +295,8 @@ def main() -> int:
     url, _ = server_url()
     results = Results(args.quick)
     sizes = Sizes(args.quick)
+    if args.concurrency:
+        sizes.long_reply_concurrency = tuple(int(n) for n in args.concurrency.split(","))
     with scratch_database(url, f"bench_runs_{os.getpid()}") as db:
         upstream = Upstream(workdir).start()
         servers = []

@@ -84,10 +84,13 @@ begin
 end;
 $$;
 
+-- One index only (its key): every read names the user and session, and a turn's end inserts a
+-- row here, so each index more is paid by every turn. Upkeep's purge by age scans the table,
+-- which holds only the runs of the last RUN_REPLAY_SECONDS.
 create table if not exists public.chat_runs (
-    run_id      uuid        primary key,
     user_id     text        not null,
     session_id  text        not null,
+    run_id      uuid        not null,
     status      text        not null,
     started_at  timestamptz not null,
     ended_at    timestamptz not null default now(),
@@ -99,13 +102,11 @@ create table if not exists public.chat_runs (
     final_data  jsonb       not null,
     constraint chat_runs_status_check check (status in ('done', 'error', 'cancelled', 'interrupted')),
     constraint chat_runs_final_event_check check (final_event in ('done', 'error')),
+    primary key (user_id, session_id, run_id),
     foreign key (user_id, session_id) references public.chat_sessions (user_id, session_id)
         on delete cascade on update cascade
 );
 
-create index if not exists chat_runs_session_idx on public.chat_runs (user_id, session_id, ended_at);
--- Upkeep removes runs past the replay window.
-create index if not exists chat_runs_ended_idx on public.chat_runs (ended_at);
 
 alter table public.chat_runs enable row level security;
 
@@ -138,7 +139,7 @@ begin
                                      'session_name', s.session_name, 'run_id', old.run_id)
              else coalesce(final->'data', '{}'::jsonb) || jsonb_build_object('run_id', old.run_id)
         end)
-    on conflict (run_id) do nothing;
+    on conflict do nothing;
     return null;
 end;
 $$;

@@ -162,8 +162,8 @@ select distinct q.user_id, q.session_id from chat_queued_runs q
 """
 
 PURGE_ENDED_RUNS_SQL = """
-delete from chat_runs where run_id in (
-    select run_id from chat_runs where ended_at < now() - make_interval(secs => %s) limit %s)
+delete from chat_runs where (user_id, session_id, run_id) in (
+    select user_id, session_id, run_id from chat_runs where ended_at < now() - make_interval(secs => %s) limit %s)
 """
 
 RUN_IS_LIVE_SQL = "select 1 from chat_session_runs where user_id = %s and session_id = %s and lease_expires_at > now()"
