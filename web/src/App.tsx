@@ -1,4 +1,5 @@
-import { useCallback, useEffect, useMemo, useState } from "react";
+import { useCallback, useEffect, useMemo, useRef, useState } from "react";
+import { flushSync } from "react-dom";
 import { ApiError, createApi, describeError, unwrap, type ApiConfig, type User } from "./api/client";
 import type { SessionEvent } from "./api/sse";
 import { ChatView } from "./components/ChatView";
@@ -9,18 +10,27 @@ import { useChatStream } from "./hooks/useChatStream";
 import { useEvents } from "./hooks/useEvents";
 import { useSessions, type DeletedSession } from "./hooks/useSessions";
 
-const TOKEN_KEY = "chats:token";
-const API_KEY = "chats:api-base";
+/** Every key this app keeps in localStorage starts with this (the token, each user's session list). */
+const STORAGE_PREFIX = "chats:";
+const TOKEN_KEY = `${STORAGE_PREFIX}token`;
 
-/** Where the API is: ?api=<origin> (remembered), else VITE_API_BASE at build time, else this origin. */
-function apiBase(): string {
-  const fromUrl = new URLSearchParams(window.location.search).get("api");
-  if (fromUrl !== null) localStorage.setItem(API_KEY, fromUrl);
-  return (fromUrl ?? localStorage.getItem(API_KEY) ?? import.meta.env.VITE_API_BASE ?? "").replace(/\/$/, "");
+/** Where the API is: VITE_API_BASE at build time, else this origin. Never from the URL or storage:
+ *  credentials go only where the build says (a link must not be able to send them elsewhere). */
+const API_BASE = (import.meta.env.VITE_API_BASE ?? "").replace(/\/$/, "");
+
+// Older builds remembered a `?api=` origin here; it must not outlive them.
+localStorage.removeItem(`${STORAGE_PREFIX}api-base`);
+
+/** Sign-out leaves nothing of the user in this browser: the token, every cached session list, the
+ *  runs this tab remembers for a reload. */
+function forgetStoredData() {
+  for (const storage of [localStorage, sessionStorage]) {
+    for (const key of Object.keys(storage)) if (key.startsWith(STORAGE_PREFIX)) storage.removeItem(key);
+  }
 }
 
 export function App() {
-  const [config, setConfig] = useState<ApiConfig>(() => ({ baseUrl: apiBase(), token: localStorage.getItem(TOKEN_KEY) }));
+  const [config, setConfig] = useState<ApiConfig>(() => ({ baseUrl: API_BASE, token: localStorage.getItem(TOKEN_KEY) }));
   const api = useMemo(() => createApi(config), [config]);
   const [user, setUser] = useState<User | null | undefined>(undefined); // undefined: still asking
 
@@ -48,9 +58,12 @@ export function App() {
 
   const signOut = useCallback(async () => {
     if (!config.token) await api.POST("/api/auth/logout");
-    localStorage.removeItem(TOKEN_KEY);
-    setConfig({ baseUrl: config.baseUrl, token: null });
-    setUser(null);
+    // Unmount the chats first (synchronously), so none of their effects writes a cache back afterwards.
+    flushSync(() => {
+      setConfig({ baseUrl: config.baseUrl, token: null });
+      setUser(null);
+    });
+    forgetStoredData();
   }, [api, config]);
 
   if (user === undefined) return <p className="loading">Loading…</p>;
@@ -66,20 +79,66 @@ interface ChatsProps {
   onSignedOut(): void;
 }
 
+/** A chat's own URL: /c/<session_id> (reload keeps it, back and forward move between chats, a link opens it). */
+const BASE = import.meta.env.BASE_URL.replace(/\/$/, "");
+
+function chatFromLocation(): string | null {
+  const match = /^\/c\/([^/]+)$/.exec(window.location.pathname.slice(BASE.length));
+  if (!match) return null;
+  try {
+    return decodeURIComponent(match[1]!);
+  } catch {
+    return null;
+  }
+}
+
+function useChatRoute(): [string | null, (id: string | null, replace?: boolean) => void] {
+  const [chatId, setChatId] = useState<string | null>(chatFromLocation);
+  useEffect(() => {
+    const onPop = () => setChatId(chatFromLocation());
+    window.addEventListener("popstate", onPop);
+    return () => window.removeEventListener("popstate", onPop);
+  }, []);
+  const navigate = useCallback((id: string | null, replace = false) => {
+    const url = id === null ? `${BASE}/` : `${BASE}/c/${encodeURIComponent(id)}`;
+    if (url !== window.location.pathname) {
+      if (replace) window.history.replaceState(null, "", url);
+      else window.history.pushState(null, "", url);
+    }
+    setChatId(id);
+  }, []);
+  return [chatId, navigate];
+}
+
+/** A notice belongs to its cause: the chat it is about. It goes when that chat comes back (undo) or
+ *  the user moves on (another chat, a new one, a search, a filter). */
+interface Notice {
+  sessionId: string;
+  text: string;
+}
+
 function Chats({ api, config, user, onSignOut, onSignedOut }: ChatsProps) {
   const [search, setSearch] = useState("");
   const [q, setQ] = useState("");
   const [includeArchived, setIncludeArchived] = useState(false);
   const filter = useMemo(() => ({ q, includeArchived }), [q, includeArchived]);
   const list = useSessions(api, user.user_id, filter);
-  const [activeId, setActiveId] = useState<string | null>(null);
+  const [activeId, navigate] = useChatRoute();
+  const activeRef = useRef(activeId);
+  activeRef.current = activeId;
   const active = activeId ? list.find(activeId) : undefined;
-  const chat = useChatStream(api, config, activeId, !!activeId && !active?.local);
+  const afterTurn = useCallback((id: string) => {
+    // The server's session after a turn (a first message made a local chat real), read if on screen.
+    const read = id === activeRef.current ? list.markRead(id) : list.refresh(id);
+    void read.catch(() => list.refresh(id)).catch(() => undefined);
+  }, [list]);
+  const chat = useChatStream(api, config, activeId, !!activeId && !active?.local, afterTurn);
   const [selected, setSelected] = useState<ReadonlySet<string>>(new Set());
   const [confirming, setConfirming] = useState<string[] | null>(null);
   const [undo, setUndo] = useState<DeletedSession[] | null>(null);
-  const [notice, setNotice] = useState<string | null>(null);
+  const [notice, setNotice] = useState<Notice | null>(null);
   const [error, setError] = useState<unknown>(null);
+  const deletingHere = useRef(new Set<string>()); // this tab's deletes: their events are no news here
 
   // The search box asks the server (?q=) once typing pauses.
   useEffect(() => {
@@ -90,21 +149,35 @@ function Chats({ api, config, user, onSignOut, onSignedOut }: ChatsProps) {
   const onEvent = useCallback((event: SessionEvent) => {
     if (event.type === "auth_expired") return onSignedOut();
     list.applyEvent(event);
-    // A reply finished in the chat on screen: it is read (in every tab).
-    if ("session" in event && event.session?.has_unread && event.session_id === activeId) {
-      void list.markRead(event.session_id).catch(() => undefined);
+    if (event.type === "reset") return;
+    // A chat deleted elsewhere came back (an undo, anywhere): the notice about it goes.
+    if (event.type === "session.created") setNotice((n) => (n?.sessionId === event.session_id ? null : n));
+    const open = event.session_id === activeRef.current;
+    if (open && "session" in event && event.session) {
+      chat.noteSession(event.session);
+      // A reply finished in the chat on screen: it is read (in every tab).
+      if (event.session.has_unread) void list.markRead(event.session_id).catch(() => undefined);
     }
-    if (event.type === "session.deleted" && event.session_id === activeId) {
-      setActiveId(null);
-      setNotice("This chat was deleted in another tab or device.");
+    // Another tab (or device) is answering in the open chat: show the reply as it is written.
+    if (open && event.type === "run.started") void chat.joinRun(event.run_id);
+    // A turn ended that this tab did not follow: its messages.
+    if (open && event.type === "run.finished" && !chat.follows(event.run_id)) {
+      void chat.reload().catch(() => undefined);
     }
-  }, [list, activeId, onSignedOut]);
+    if (event.type === "session.deleted" && open) {
+      navigate(null, true);
+      if (!deletingHere.current.has(event.session_id)) {
+        setNotice({ sessionId: event.session_id, text: "This chat was deleted in another tab or device." });
+      }
+    }
+  }, [list, chat, navigate, onSignedOut]);
   const { live } = useEvents(config, true, onEvent);
 
   async function attempt(action: () => Promise<unknown>) {
     try {
       setError(null);
       await action();
+      chat.setError(null); // an earlier failure's banner no longer applies (Retry stays by its message)
     } catch (e) {
       if (e instanceof ApiError && e.status === 401) onSignedOut();
       setError(e);
@@ -112,52 +185,65 @@ function Chats({ api, config, user, onSignOut, onSignedOut }: ChatsProps) {
   }
 
   function open(id: string) {
-    setActiveId(id);
+    navigate(id);
     setNotice(null);
     const session = list.find(id);
     if (session?.has_unread) void attempt(() => list.markRead(id));
   }
 
   function newChat() {
-    setActiveId(list.createLocal().session_id);
+    navigate(list.createLocal(chat.messages.length > 0 ? activeId : null).session_id);
     setNotice(null);
-  }
-
-  async function send(text: string) {
-    const id = activeId;
-    if (!id) return;
-    await chat.send(text);
-    // The server's session after the turn (the first message made a local chat real), read.
-    await list.markRead(id).catch(() => list.refresh(id)).catch(() => undefined);
   }
 
   async function confirmDelete(ids: string[]) {
     setConfirming(null);
+    for (const id of ids) deletingHere.current.add(id);
     await attempt(async () => {
       const gone = ids.length === 1 ? [await list.remove(ids[0]!)].filter((d) => d !== null) : await list.removeMany(ids);
-      if (activeId && ids.includes(activeId)) setActiveId(null);
+      if (activeRef.current && ids.includes(activeRef.current)) navigate(null, true);
       setSelected(new Set());
       setUndo(gone.length ? gone : null);
+    });
+    // Its event may still be on its way (it can come before or after the answer).
+    setTimeout(() => { for (const id of ids) deletingHere.current.delete(id); }, 30_000);
+  }
+
+  async function restore(items: DeletedSession[]) {
+    setUndo(null);
+    setNotice((n) => (n && items.some((d) => d.session.session_id === n.sessionId) ? null : n));
+    await attempt(() => list.restore(items));
+  }
+
+  async function setArchived(id: string, archived: boolean) {
+    setNotice(null);
+    await attempt(async () => {
+      const updated = await list.setArchived(id, archived);
+      if (id === activeRef.current) {
+        chat.noteSession(updated);
+        if (!archived) chat.setError(null); // "archived" no longer applies
+      }
     });
   }
 
   const errorText = error ? describeError(error) : chat.error ? describeError(chat.error) : list.error ? describeError(list.error) : null;
 
   return (
-    <div className="app" data-live={live ? "true" : "false"}>
-      <aside>
+    <div className="app" data-live={live ? "true" : "false"} data-view={activeId ? "chat" : "list"}>
+      <aside aria-label="Chats list">
         <header>
           <span className="who">{user.email ?? user.user_id}</span>
           <button type="button" onClick={onSignOut}>Sign out</button>
         </header>
-        <button type="button" data-testid="new-chat" onClick={newChat}>New chat</button>
+        <button type="button" className="primary" data-testid="new-chat" onClick={newChat}>New chat</button>
         <label className="search">
           Search
-          <input type="search" data-testid="search" value={search} onChange={(e) => setSearch(e.target.value)} maxLength={200} />
+          <input type="search" data-testid="search" value={search} maxLength={200}
+                 onChange={(e) => { setSearch(e.target.value); setNotice(null); }} />
         </label>
-        <label>
+        <label className="check">
           <input type="checkbox" data-testid="show-archived" checked={includeArchived}
-                 onChange={(e) => setIncludeArchived(e.target.checked)} />
+                 onChange={(e) => { setIncludeArchived(e.target.checked); setNotice(null); }} />
           Show archived
         </label>
         {selected.size > 0 && (
@@ -167,10 +253,11 @@ function Chats({ api, config, user, onSignOut, onSignedOut }: ChatsProps) {
         )}
         <SessionList
           sessions={list.sessions} busy={list.busy} activeId={activeId} selected={selected} hasMore={list.hasMore}
+          query={q} loading={list.loading || search.trim() !== q}
           onOpen={open}
           onToggleSelect={(id) => setSelected((s) => { const n = new Set(s); if (n.has(id)) n.delete(id); else n.add(id); return n; })}
           onRename={(id, name) => void attempt(() => list.rename(id, name))}
-          onArchive={(id, archived) => void attempt(() => list.setArchived(id, archived))}
+          onArchive={(id, archived) => void setArchived(id, archived)}
           onDelete={(id) => setConfirming([id])}
           onLoadMore={() => void list.loadMore()}
         />
@@ -178,14 +265,23 @@ function Chats({ api, config, user, onSignOut, onSignedOut }: ChatsProps) {
       <main>
         {errorText && (
           <div role="alert" className="error" data-testid="error-banner">
-            {errorText}
+            <span>{errorText}</span>
             <button type="button" aria-label="Dismiss" onClick={() => { setError(null); chat.setError(null); }}>×</button>
           </div>
         )}
-        {notice && <div role="status" className="notice" data-testid="notice">{notice}</div>}
+        {notice && (
+          <div role="status" className="notice" data-testid="notice">
+            <span>{notice.text}</span>
+            <button type="button" aria-label="Dismiss" onClick={() => setNotice(null)}>×</button>
+          </div>
+        )}
         {activeId ? (
-          <ChatView title={active?.session_name ?? "Chat"} messages={chat.messages} streaming={chat.streaming}
-                    onSend={(text) => void send(text)} onStop={chat.stop} />
+          <ChatView title={active?.session_name ?? chat.opened?.name ?? "Chat"} messages={chat.messages}
+                    streaming={chat.streaming} archived={chat.opened?.archived ?? active?.is_archived ?? false}
+                    failedQuery={chat.failedQuery}
+                    onSend={(text, strategy) => chat.send(text, strategy)} onStop={() => void chat.stop()}
+                    onRetry={(text) => void chat.send(text)} onUnarchive={() => void setArchived(activeId, false)}
+                    onBack={() => navigate(null)} />
         ) : (
           <p className="empty">Pick a chat or start a new one.</p>
         )}
@@ -198,8 +294,7 @@ function Chats({ api, config, user, onSignOut, onSignedOut }: ChatsProps) {
       {undo && (
         <div role="status" className="toast">
           {undo.length === 1 ? "Chat deleted." : `${undo.length} chats deleted.`}
-          <button type="button" data-testid="undo-delete"
-                  onClick={() => { const items = undo; setUndo(null); void attempt(() => list.restore(items)); }}>Undo</button>
+          <button type="button" data-testid="undo-delete" onClick={() => void restore(undo)}>Undo</button>
           <button type="button" aria-label="Dismiss" onClick={() => setUndo(null)}>×</button>
         </div>
       )}

@@ -2,11 +2,12 @@
 // through the generated types, with the bodies, parameters and responses a client relies on.
 // Each `@ts-expect-error` is a promise that a wrong call does NOT compile; if the types loosen
 // (or an optional field turns required), tsc fails here.
-import createClient from "openapi-fetch";
+import { createApi } from "../src/api/client";
 import type { components, operations, paths } from "../src/api/schema";
 
 type Schemas = components["schemas"];
-const api = createClient<paths>({ baseUrl: "http://127.0.0.1:5000", credentials: "include" });
+// The app's own client (openapi-fetch, with each operation's options type fixed: see client.ts).
+const api = createApi({ baseUrl: "http://127.0.0.1:5000", token: null });
 
 type Equal<A, B> = (<T>() => T extends A ? 1 : 2) extends (<T>() => T extends B ? 1 : 2) ? true : false;
 function assertType<T extends true>(): T | void {}
@@ -101,6 +102,12 @@ export async function everyOperation(): Promise<void> {
   if (renamed.data) { const name: string = renamed.data.data.session_name; void name; }
   // @ts-expect-error is_archived is a boolean
   await api.PUT("/api/llm/sessions/{session_id}", { params: { path: { session_id: "chat-1" } }, body: { is_archived: "yes" } });
+  // @ts-expect-error a misspelt field is not in the (closed) body
+  await api.PUT("/api/llm/sessions/{session_id}", { params: { path: { session_id: "chat-1" } }, body: { session_nam: "x" } });
+  // @ts-expect-error nor in a create's
+  await api.POST("/api/llm/sessions", { body: { session_nam: "x" } });
+  // @ts-expect-error nor in a chat turn's
+  await api.POST("/api/llm/query/stream", { body: { session_id: "chat-1", query: "Hi", strategy: "enqueue" } });
 
   // --- delete (with a recovery point), restore, bulk delete
   const deleted = await api.DELETE("/api/llm/sessions/{session_id}", {

@@ -85,8 +85,8 @@ test("streamChat: typed events from a POST; a refusal is an ApiError with Retry-
     const events = [];
     for await (const e of sse.streamChat(config, { session_id: "s", query: "hello" })) events.push(e);
     assert.deepEqual(events, [
-      { event: "token", data: { content: "Hi " } },
-      { event: "done", data: { session_id: "s", message_count: 2, session_name: null } },
+      { event: "token", data: { content: "Hi " }, id: null },
+      { event: "done", data: { session_id: "s", message_count: 2, session_name: null }, id: null },
     ]);
     await assert.rejects(async () => {
       for await (const e of sse.streamChat(config, { session_id: "s", query: "busy" })) void e;
@@ -127,4 +127,34 @@ test("followEvents reconnects after the stream ends, resuming with Last-Event-ID
   assert.deepEqual(events, ["session.created", "session.updated", "session.deleted"]);
   assert.deepEqual(seenHeaders, [null, "2"]);
   assert.deepEqual(opens, [false, true]);
+});
+
+test("followRun joins a run from a cursor (Last-Event-ID) and yields each event with its id; 404 is an ApiError", async () => {
+  const seen = [];
+  const server = httpServer((req, res) => {
+    seen.push([req.method, req.url, req.headers["last-event-id"] ?? null]);
+    if (req.url.includes("gone")) {
+      res.writeHead(404, { "Content-Type": "application/json" });
+      res.end(JSON.stringify({ success: false, error: { code: "run_not_found", message: "No such run" } }));
+      return;
+    }
+    res.writeHead(200, { "Content-Type": "text/event-stream" });
+    res.write("id: 0\nevent: run\ndata: {\"run_id\": \"r1\", \"session_id\": \"a b\", \"status\": \"running\"}\n\n");
+    res.write("id: 8\nevent: token\ndata: {\"content\": \"lo\"}\n\n");
+    res.end("id: 10\nevent: done\ndata: {\"session_id\": \"a b\", \"message_count\": 2, \"session_name\": \"x\", \"run_id\": \"r1\"}\n\n");
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  const config = { baseUrl: `http://127.0.0.1:${server.address().port}`, token: null };
+  try {
+    const events = [];
+    for await (const e of sse.followRun(config, "a b", "r1", "6")) events.push([e.event, e.id]);
+    assert.deepEqual(events, [["run", "0"], ["token", "8"], ["done", "10"]]);
+    assert.deepEqual(seen[0], ["GET", "/api/llm/sessions/a%20b/runs/r1/stream", "6"]);
+    await assert.rejects(async () => {
+      for await (const e of sse.followRun(config, "a", "gone", null)) void e;
+    }, (error) => error.name === "ApiError" && error.status === 404 && error.code === "run_not_found");
+    assert.equal(seen[1][2], null); // no cursor: the reply from its start
+  } finally {
+    server.close();
+  }
 });

@@ -6,7 +6,8 @@
 // Every request sends credentials (the session cookie, also across origins allowed by the
 // server's CORS_ORIGINS) and `X-Requested-With`, which the server requires on state-changing
 // requests a cookie authenticates (its CSRF check). With a bearer token, `Authorization` too.
-import createClient, { type Middleware } from "openapi-fetch";
+import createClient, { type Client, type FetchResponse, type MaybeOptionalInit, type Middleware } from "openapi-fetch";
+import type { HttpMethod, MediaType, PathsWithMethod } from "openapi-typescript-helpers";
 import type { components, paths } from "./schema";
 
 export type Schemas = components["schemas"];
@@ -22,7 +23,24 @@ export interface ApiConfig {
   token: string | null;
 }
 
-export type Api = ReturnType<typeof createApi>;
+// openapi-fetch infers a call's options from the call itself and then only checks that they fit,
+// so a misspelt field (`body: { session_nam: "x" }`) compiles. These methods take each operation's
+// own option type instead: the compiler's excess-property check refuses any field the server's
+// document does not list (request bodies are closed there: additionalProperties false).
+type Options<M extends HttpMethod, P extends PathsWithMethod<paths, M>> = MaybeOptionalInit<paths[P], M>;
+type StrictMethod<M extends HttpMethod> = <P extends PathsWithMethod<paths, M>>(
+  url: P,
+  ...init: undefined extends Options<M, P> ? [Options<M, P>?] : [Options<M, P>]
+) => Promise<FetchResponse<Extract<paths[P][M], Record<string | number, any>>, Options<M, P>, MediaType>>;
+
+/** The typed client: `api.GET("/api/llm/sessions", {...})`, and POST, PUT, DELETE. */
+export interface Api {
+  GET: StrictMethod<"get">;
+  POST: StrictMethod<"post">;
+  PUT: StrictMethod<"put">;
+  DELETE: StrictMethod<"delete">;
+  use: Client<paths>["use"];
+}
 
 export function requestHeaders(config: ApiConfig): Record<string, string> {
   const headers: Record<string, string> = { "X-Requested-With": "fetch" };
@@ -30,7 +48,7 @@ export function requestHeaders(config: ApiConfig): Record<string, string> {
   return headers;
 }
 
-export function createApi(config: ApiConfig) {
+export function createApi(config: ApiConfig): Api {
   const client = createClient<paths>({ baseUrl: config.baseUrl, credentials: "include" });
   const auth: Middleware = {
     onRequest({ request }) {
@@ -39,7 +57,7 @@ export function createApi(config: ApiConfig) {
     },
   };
   client.use(auth);
-  return client;
+  return client as unknown as Api;
 }
 
 /** A failed request, with what a person needs to read: the server's code and message, and Retry-After. */

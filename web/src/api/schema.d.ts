@@ -220,15 +220,19 @@ export interface paths {
         put?: never;
         /**
          * Send a message and stream the reply. The session is created on first use.
-         * @description Server-Sent Events, in order:
+         * @description Server-Sent Events, in order, each with an `id:` cursor (opaque, increasing):
          *
+         *     - `event: run` with `data: {"run_id", "session_id", "status"}`: the run this reply is (join it again
+         *       at `/api/llm/sessions/{session_id}/runs/{run_id}/stream`, from the last `id:` seen, to resume);
          *     - `event: token` with `data: {"content": "..."}`, one per piece of the reply;
-         *     - then `event: done` with `data: {"session_id", "message_count", "session_name"}`;
-         *     - or, if the turn fails after streaming began, `event: error` with `data: {"code", "message"}`,
+         *     - then `event: done` with `data: {"session_id", "message_count", "session_name", "run_id"}`;
+         *     - or, if the turn fails after streaming began, `event: error` with `data: {"code", "message", "run_id"}`,
          *       and the stream ends. Codes: `upstream_error`, `upstream_timeout`, `upstream_rate_limited`,
-         *       `cancelled`, `session_deleted`, `slow_client` (the client stopped reading), `turn_too_long`, `internal_error`.
+         *       `cancelled`, `session_deleted`, `slow_client` (the client stopped reading), `turn_too_long`,
+         *       `interrupted`, `internal_error`.
          *
-         *     Lines starting with `:` are heartbeats; ignore them.
+         *     Closing the connection leaves the reply running to its end (RUN_ON_DISCONNECT=continue; `cancel`
+         *     stops it). Lines starting with `:` are heartbeats; ignore them.
          */
         post: operations["chat_query_stream_query_stream_post"];
         delete?: never;
@@ -254,6 +258,104 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/llm/sessions/{session_id}/runs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The session's runs: being written, and ended within RUN_REPLAY_SECONDS; oldest first. */
+        get: operations["runs_list_runs__session_id__runs_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/llm/sessions/{session_id}/runs/{run_id}/stream": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Follow a run from any tab or process: the reply so far (or after Last-Event-ID), then live.
+         * @description Server-Sent Events of one run, each with an `id:` cursor (opaque, increasing):
+         *
+         *     - `event: run` with `data: {"run_id", "session_id", "status"}` (id 0);
+         *     - `event: token` with `data: {"content"}`: without a cursor, the reply so far, then live text;
+         *       with `Last-Event-ID` (or `?last_event_id=`), exactly the text after that cursor;
+         *     - then the terminal event the original stream got: `done` with `{"session_id", "message_count",
+         *       "session_name", "run_id"}`, or `error` with `{"code", "message", "run_id"}` (codes as the chat
+         *       stream's, and `interrupted`: the server writing the reply stopped).
+         *
+         *     The text of the `token` events equals the reply saved in the session. Lines starting with `:` are
+         *     heartbeats.
+         */
+        get: operations["runs_join_run__session_id__runs__run_id__stream_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/llm/sessions/{session_id}/runs/{run_id}/cancel": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Stop the run from any tab or process; its text so far is kept, marked stopped. 409 run_finished once it ended. */
+        post: operations["runs_cancel_run__session_id__runs__run_id__cancel_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/llm/usage": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The caller's usage between two UTC days, grouped by day, model or session, with their quotas. */
+        get: operations["usage_usage_totals_usage_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/llm/sessions/{session_id}/usage": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** What the session cost: every run (every branch) and its naming calls. */
+        get: operations["usage_session_usage_sessions__session_id__usage_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/llm/events": {
         parameters: {
             query?: never;
@@ -272,7 +374,12 @@ export interface paths {
          *     - `session.created` (a create, a first chat turn, an import, a restore), `session.updated` (rename,
          *       archive, the auto name, a new message count, the unread flag);
          *     - `session.deleted` with `deleted` (rows removed per table) and `forced`;
-         *     - `run.started`, `run.finished` with `outcome` (`done`, `error`, `cancelled`): a reply in that session.
+         *     - `run.started` with `run_id`, `run.finished` with `run_id` and `outcome` (`done`, `error`,
+         *       `cancelled`): a reply in that session (join it at `/api/llm/sessions/{id}/runs/{run_id}/stream`);
+         *       `run.queued` with `run_id`: a message waits behind that reply (multitask_strategy=enqueue);
+         *     - `usage.updated` with `run_id` (null for a naming call), `kind` (`chat`, `naming`) and `usage`:
+         *       the session's totals after that model call (`calls`, `input_tokens`, `output_tokens`,
+         *       `cost_micros`, `currency`), sent after the turn's `run.finished`.
          *
          *     Reconnect with `Last-Event-ID` (or `?last_event_id=`) to receive every event missed, then live ones.
          *     A cursor older than the retention (or unknown) gets one `event: reset`: reload the list. Lines
@@ -318,8 +425,11 @@ export interface components {
         };
         /** ErrorDetail */
         ErrorDetail: {
-            /** Code */
-            code: string;
+            /**
+             * Code
+             * @enum {string}
+             */
+            code: "bad_request" | "invalid_json" | "invalid_body" | "validation_error" | "invalid_cursor" | "unauthorized" | "invalid_token" | "invalid_credentials" | "csrf_failed" | "forbidden" | "not_found" | "run_not_found" | "method_not_allowed" | "request_timeout" | "conflict" | "email_taken" | "session_busy" | "session_archived" | "session_full" | "session_exists" | "thread_conflict" | "quota_exceeded" | "queue_full" | "run_finished" | "payload_too_large" | "unsupported_media_type" | "rate_limited" | "too_many_streams" | "usage_limit_reached" | "internal_error" | "http_error" | "events_disabled" | "database_unavailable" | "overloaded" | "auth_unavailable" | "rate_limit_unavailable";
             /** Message */
             message: string;
             /** Fields */
@@ -353,7 +463,10 @@ export interface components {
         };
         /** LoginBody */
         LoginBody: {
-            /** Email */
+            /**
+             * Email
+             * @description No control characters
+             */
             email: string;
             /** Password */
             password: string;
@@ -499,7 +612,10 @@ export interface components {
              * @description Rows removed per table, when deleted
              */
             deleted?: {
-                [key: string]: number;
+                checkpoints: number;
+                checkpoint_blobs: number;
+                checkpoint_writes: number;
+                chat_sessions: number;
             } | null;
             /** @description When deleted with backup=true */
             backup?: components["schemas"]["RecoveryPoint"] | null;
@@ -585,6 +701,11 @@ export interface components {
             content: string;
             /** Created At */
             created_at?: string | null;
+            /**
+             * Status
+             * @description Set on a reply that did not finish: stopped (Stop) or interrupted (a crash)
+             */
+            status?: ("stopped" | "interrupted") | null;
         };
         /** SessionExport */
         SessionExport: {
@@ -617,6 +738,21 @@ export interface components {
             updated_at: string;
             /** Last Message At */
             last_message_at: string | null;
+            /** @description What the session cost (an import ignores it) */
+            usage?: components["schemas"]["ExportedUsage"] | null;
+        };
+        /** ExportedUsage */
+        ExportedUsage: {
+            /** Calls */
+            calls: number;
+            /** Input Tokens */
+            input_tokens: number;
+            /** Output Tokens */
+            output_tokens: number;
+            /** Cost Micros */
+            cost_micros: number;
+            /** Currency */
+            currency: string;
         };
         /** SessionResponse */
         SessionResponse: {
@@ -653,7 +789,10 @@ export interface components {
              * @description Rows removed per table
              */
             deleted: {
-                [key: string]: number;
+                checkpoints: number;
+                checkpoint_blobs: number;
+                checkpoint_writes: number;
+                chat_sessions: number;
             };
             /** @description Only with backup=true (and a session row to keep): how to undo, until when */
             backup?: components["schemas"]["RecoveryPoint"] | null;
@@ -679,6 +818,13 @@ export interface components {
              * @description The user's message; not blank, no control characters
              */
             query: string;
+            /**
+             * Multitask Strategy
+             * @description While a reply runs in the session: reject (409 session_busy), enqueue (wait its turn; the stream starts with a `run` event of status queued), interrupt (stop that reply, keeping its text, then run) or rollback (stop it and discard it with its message, then run)
+             * @default reject
+             * @enum {string}
+             */
+            multitask_strategy?: "reject" | "enqueue" | "interrupt" | "rollback";
         };
         /** ImportSessionBody */
         ImportSessionBody: {
@@ -717,6 +863,11 @@ export interface components {
              * @description ISO 8601 with a time zone, as exported
              */
             created_at?: string | null;
+            /**
+             * Status
+             * @description As exported (replies only)
+             */
+            status?: ("stopped" | "interrupted") | null;
         };
         /** ImportedSession */
         ImportedSession: {
@@ -735,6 +886,291 @@ export interface components {
              * @default false
              */
             is_archived?: boolean;
+        };
+        /** RunListResponse */
+        RunListResponse: {
+            /**
+             * Success
+             * @default true
+             * @constant
+             */
+            success: true;
+            /** Data */
+            data: components["schemas"]["RunOut"][];
+        };
+        /** RunOut */
+        RunOut: {
+            /**
+             * Run Id
+             * Format: uuid
+             */
+            run_id: string;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "queued" | "running" | "done" | "error" | "cancelled" | "interrupted";
+            /** Created At */
+            created_at: string;
+            /** Started At */
+            started_at: string | null;
+            /** Ended At */
+            ended_at: string | null;
+        };
+        /** RunResponse */
+        RunResponse: {
+            /**
+             * Success
+             * @default true
+             * @constant
+             */
+            success: true;
+            data: components["schemas"]["RunOut"];
+        };
+        /** UsageResponse */
+        UsageResponse: {
+            /**
+             * Success
+             * @default true
+             * @constant
+             */
+            success: true;
+            /**
+             * Group By
+             * @enum {string}
+             */
+            group_by: "day" | "model" | "session";
+            /**
+             * Since
+             * Format: date
+             */
+            since: string;
+            /**
+             * Until
+             * Format: date
+             */
+            until: string;
+            /** Currency */
+            currency: string;
+            /** Data */
+            data: components["schemas"]["UsageGroup"][];
+            /**
+             * More
+             * @description More groups than `limit`: `total` still counts them all
+             */
+            more: boolean;
+            total: components["schemas"]["UsageTotals"];
+            /**
+             * Quotas
+             * @description The quotas that hold for the caller, with what each leaves now
+             */
+            quotas: components["schemas"]["QuotaState"][];
+        };
+        /** QuotaState */
+        QuotaState: {
+            /**
+             * Scope
+             * @enum {string}
+             */
+            scope: "user" | "business";
+            /**
+             * Period
+             * @enum {string}
+             */
+            period: "day" | "month";
+            /** Max Tokens */
+            max_tokens: number | null;
+            /** Max Cost Micros */
+            max_cost_micros: number | null;
+            /**
+             * Tokens Left
+             * @description Negative when a turn went past the limit
+             */
+            tokens_left: number | null;
+            /** Cost Left Micros */
+            cost_left_micros: number | null;
+            /** Resets At */
+            resets_at: string;
+        };
+        /** UsageGroup */
+        UsageGroup: {
+            /**
+             * Calls
+             * @description Model calls (chat turns and naming calls)
+             */
+            calls: number;
+            /** Input Tokens */
+            input_tokens: number;
+            /** Cached Input Tokens */
+            cached_input_tokens: number;
+            /** Output Tokens */
+            output_tokens: number;
+            /** Reasoning Tokens */
+            reasoning_tokens: number;
+            /**
+             * Cost Micros
+             * @description Cost in micro-units of `currency` (1,000,000 = 1 unit)
+             */
+            cost_micros: number;
+            /**
+             * Key
+             * @description The day (YYYY-MM-DD), model or session id
+             */
+            key: string;
+        };
+        /** UsageTotals */
+        UsageTotals: {
+            /**
+             * Calls
+             * @description Model calls (chat turns and naming calls)
+             */
+            calls: number;
+            /** Input Tokens */
+            input_tokens: number;
+            /** Cached Input Tokens */
+            cached_input_tokens: number;
+            /** Output Tokens */
+            output_tokens: number;
+            /** Reasoning Tokens */
+            reasoning_tokens: number;
+            /**
+             * Cost Micros
+             * @description Cost in micro-units of `currency` (1,000,000 = 1 unit)
+             */
+            cost_micros: number;
+        };
+        /** SessionUsageResponse */
+        SessionUsageResponse: {
+            /**
+             * Success
+             * @default true
+             * @constant
+             */
+            success: true;
+            data: components["schemas"]["SessionUsage"];
+        };
+        /** SessionUsage */
+        SessionUsage: {
+            /**
+             * Calls
+             * @description Model calls (chat turns and naming calls)
+             */
+            calls: number;
+            /** Input Tokens */
+            input_tokens: number;
+            /** Cached Input Tokens */
+            cached_input_tokens: number;
+            /** Output Tokens */
+            output_tokens: number;
+            /** Reasoning Tokens */
+            reasoning_tokens: number;
+            /**
+             * Cost Micros
+             * @description Cost in micro-units of `currency` (1,000,000 = 1 unit)
+             */
+            cost_micros: number;
+            /** Session Id */
+            session_id: string;
+            /** Currency */
+            currency: string;
+        };
+        ChatStreamRunEvent: {
+            run_id: string;
+            session_id: string;
+            status: string;
+        };
+        ChatStreamTokenEvent: {
+            content: string;
+        };
+        ChatStreamDoneEvent: {
+            session_id: string;
+            message_count: number;
+            session_name: string;
+            run_id: string;
+        };
+        ChatStreamErrorEvent: {
+            code: string;
+            message: string;
+            run_id: string;
+        };
+        SessionCreatedEvent: {
+            /** @constant */
+            type: "session.created";
+            session_id: string;
+            at: string;
+            session?: components["schemas"]["SessionOut"];
+        };
+        SessionUpdatedEvent: {
+            /** @constant */
+            type: "session.updated";
+            session_id: string;
+            at: string;
+            session?: components["schemas"]["SessionOut"];
+        };
+        SessionDeletedEvent: {
+            /** @constant */
+            type: "session.deleted";
+            session_id: string;
+            at: string;
+            /** @description Rows removed per table */
+            deleted: {
+                checkpoints: number;
+                checkpoint_blobs: number;
+                checkpoint_writes: number;
+                chat_sessions: number;
+            };
+            forced: boolean;
+            session?: components["schemas"]["SessionOut"];
+        };
+        RunStartedEvent: {
+            /** @constant */
+            type: "run.started";
+            session_id: string;
+            at: string;
+            run_id: string;
+            session?: components["schemas"]["SessionOut"];
+        };
+        RunQueuedEvent: {
+            /** @constant */
+            type: "run.queued";
+            session_id: string;
+            at: string;
+            run_id: string;
+            session?: components["schemas"]["SessionOut"];
+        };
+        RunFinishedEvent: {
+            /** @constant */
+            type: "run.finished";
+            session_id: string;
+            at: string;
+            run_id: string;
+            /** @enum {string} */
+            outcome: "done" | "error" | "cancelled";
+            session?: components["schemas"]["SessionOut"];
+        };
+        UsageUpdatedEvent: {
+            /** @constant */
+            type: "usage.updated";
+            session_id: string;
+            at: string;
+            run_id: string | null;
+            /** @enum {string} */
+            kind: "chat" | "naming";
+            usage: {
+                calls: number;
+                input_tokens: number;
+                output_tokens: number;
+                cost_micros: number;
+                currency: string;
+            };
+        };
+        ResetEvent: {
+            /** @constant */
+            type: "reset";
+        };
+        AuthExpiredEvent: {
+            /** @constant */
+            type: "auth_expired";
         };
     };
     responses: never;
@@ -854,6 +1290,15 @@ export interface operations {
             };
             /** @description Forbidden */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Request Timeout: the body did not arrive within REQUEST_BODY_TIMEOUT_SECONDS */
+            408: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1209,6 +1654,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
+            /** @description Request Timeout: the body did not arrive within REQUEST_BODY_TIMEOUT_SECONDS */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
             /** @description Conflict */
             409: {
                 headers: {
@@ -1298,6 +1752,15 @@ export interface operations {
             };
             /** @description Forbidden */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Request Timeout: the body did not arrive within REQUEST_BODY_TIMEOUT_SECONDS */
+            408: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1471,6 +1934,15 @@ export interface operations {
             };
             /** @description Not Found */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Request Timeout: the body did not arrive within REQUEST_BODY_TIMEOUT_SECONDS */
+            408: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1828,6 +2300,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
+            /** @description Request Timeout: the body did not arrive within REQUEST_BODY_TIMEOUT_SECONDS */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
             /** @description Conflict */
             409: {
                 headers: {
@@ -1933,6 +2414,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
+            /** @description Request Timeout: the body did not arrive within REQUEST_BODY_TIMEOUT_SECONDS */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
             /** @description Conflict */
             409: {
                 headers: {
@@ -2029,6 +2519,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
+            /** @description Request Timeout: the body did not arrive within REQUEST_BODY_TIMEOUT_SECONDS */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
             /** @description Conflict */
             409: {
                 headers: {
@@ -2049,6 +2548,375 @@ export interface operations {
             };
             /** @description Too Many Requests */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Internal Server Error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    runs_list_runs__session_id__runs_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description 1-128 characters of A-Z a-z 0-9 _ . : - (but not '.' or '..') */
+                session_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RunListResponse"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Internal Server Error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    runs_join_run__session_id__runs__run_id__stream_get: {
+        parameters: {
+            query?: {
+                /** @description Resume after this event id (as the Last-Event-ID header does; the header wins) */
+                last_event_id?: string | null;
+            };
+            header?: never;
+            path: {
+                /** @description 1-128 characters of A-Z a-z 0-9 _ . : - (but not '.' or '..') */
+                session_id: string;
+                run_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The run's reply, streamed */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": unknown;
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Internal Server Error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    runs_cancel_run__session_id__runs__run_id__cancel_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description 1-128 characters of A-Z a-z 0-9 _ . : - (but not '.' or '..') */
+                session_id: string;
+                run_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RunResponse"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Too Many Requests */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Internal Server Error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    usage_usage_totals_usage_get: {
+        parameters: {
+            query?: {
+                /** @description How totals are grouped */
+                group_by?: "day" | "model" | "session";
+                /** @description First UTC day (YYYY-MM-DD), inclusive; default 29 days before until */
+                since?: string | null;
+                /** @description Last UTC day (YYYY-MM-DD), inclusive; default today */
+                until?: string | null;
+                /** @description The most groups returned: days in order; models and sessions most costly first */
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UsageResponse"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Internal Server Error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    usage_session_usage_sessions__session_id__usage_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description 1-128 characters of A-Z a-z 0-9 _ . : - (but not '.' or '..') */
+                session_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SessionUsageResponse"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Not Found */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -3,7 +3,8 @@
 // parseSse(body) yields each event as the spec frames it: fields split on any line ending, even
 // when a chunk ends mid-line or mid-character; `data:` lines joined with "\n"; comment lines
 // (":" heartbeats) yielded as comments; `id:` kept as the last event id; `retry:` read.
-import { ApiError, apiError, requestHeaders, type ApiConfig, type Session } from "./client";
+import { ApiError, apiError, requestHeaders, type ApiConfig } from "./client";
+import type { components } from "./schema";
 
 export interface SseEvent {
   kind: "event";
@@ -74,23 +75,40 @@ export async function* parseSse(body: ReadableStream<Uint8Array>, lastEventId: s
   }
 }
 
-// --- the chat turn: POST /api/llm/query/stream ---------------------------------------------------
+// --- a chat turn's stream (POST /api/llm/query/stream) and a run's (GET .../runs/<run_id>/stream) ---
+// Each event's data is a type generated from the server's OpenAPI document (its components).
 
-export type ChatStreamEvent =
-  | { event: "token"; data: { content: string } }
-  | { event: "done"; data: { session_id: string; message_count: number; session_name: string | null } }
-  | { event: "error"; data: { code: string; message: string } };
+type Schemas = components["schemas"];
+export type ChatStreamEvent = (
+  | { event: "run"; data: Schemas["ChatStreamRunEvent"] }
+  | { event: "token"; data: Schemas["ChatStreamTokenEvent"] }
+  | { event: "done"; data: Schemas["ChatStreamDoneEvent"] }
+  | { event: "error"; data: Schemas["ChatStreamErrorEvent"] }
+) & { id: string | null }; // the event's cursor: resume after it with Last-Event-ID
+
+export type QueryBody = Schemas["QueryBody"];
+export type MultitaskStrategy = NonNullable<QueryBody["multitask_strategy"]>;
+
+const CHAT_EVENTS = new Set(["run", "token", "done", "error"]);
+
+async function* chatEvents(response: Response, lastEventId: string | null = null): AsyncGenerator<ChatStreamEvent> {
+  if (!response.ok || !response.body) throw apiError(response, await response.json().catch(() => null));
+  for await (const item of parseSse(response.body, lastEventId)) {
+    if (item.kind === "event" && CHAT_EVENTS.has(item.event)) {
+      yield { event: item.event, data: JSON.parse(item.data), id: item.id } as ChatStreamEvent;
+    }
+  }
+}
 
 /**
- * Send a message and read the reply as it is written. Aborting `signal` closes the stream,
- * which cancels the reply on the server. Errors before the stream (bad input, 409
- * session_busy / session_archived, 429 with Retry-After) throw ApiError.
+ * Send a message and read the reply as it is written: first `run` (its run_id: join it again,
+ * stop it), then `token`s, then `done` or `error`. Closing the stream (aborting `signal`) leaves
+ * the reply running on the server; stop it with `cancelRun`. With `multitask_strategy: "enqueue"`
+ * a message sent while a reply runs waits its turn (`run` with status `queued` comes first).
+ * Errors before the stream (bad input, 409 session_busy / session_archived, 429 with
+ * Retry-After) throw ApiError.
  */
-export async function* streamChat(
-  config: ApiConfig,
-  body: { session_id: string; query: string },
-  signal?: AbortSignal,
-): AsyncGenerator<ChatStreamEvent> {
+export async function* streamChat(config: ApiConfig, body: QueryBody, signal?: AbortSignal): AsyncGenerator<ChatStreamEvent> {
   const response = await fetch(`${config.baseUrl}/api/llm/query/stream`, {
     method: "POST",
     credentials: "include",
@@ -98,23 +116,34 @@ export async function* streamChat(
     body: JSON.stringify(body),
     signal,
   });
-  if (!response.ok || !response.body) throw apiError(response, await response.json().catch(() => null));
-  for await (const item of parseSse(response.body)) {
-    if (item.kind !== "event") continue;
-    if (item.event === "token" || item.event === "done" || item.event === "error") {
-      yield { event: item.event, data: JSON.parse(item.data) } as ChatStreamEvent;
-    }
-  }
+  yield* chatEvents(response);
+}
+
+/**
+ * Join a run from any tab: without `lastEventId`, the reply so far then live text; with one, exactly
+ * the events after it (a reconnect). A run ended past the server's replay window: ApiError 404
+ * `run_not_found`.
+ */
+export async function* followRun(
+  config: ApiConfig, sessionId: string, runId: string, lastEventId: string | null, signal?: AbortSignal,
+): AsyncGenerator<ChatStreamEvent> {
+  const headers: Record<string, string> = { ...requestHeaders(config), Accept: "text/event-stream" };
+  if (lastEventId !== null) headers["Last-Event-ID"] = lastEventId;
+  const url = `${config.baseUrl}/api/llm/sessions/${encodeURIComponent(sessionId)}/runs/${encodeURIComponent(runId)}/stream`;
+  const response = await fetch(url, { credentials: "include", headers, signal });
+  yield* chatEvents(response, lastEventId);
 }
 
 // --- live events: GET /api/llm/events --------------------------------------------------------------
 
 export type SessionEvent =
-  | { type: "session.created" | "session.updated" | "run.started"; session_id: string; at: string; session?: Session }
-  | { type: "run.finished"; session_id: string; at: string; session?: Session; outcome: "done" | "error" | "cancelled" }
-  | { type: "session.deleted"; session_id: string; at: string; session?: Session; deleted: Record<string, number>; forced: boolean }
-  | { type: "reset" }
-  | { type: "auth_expired" };
+  | Schemas["SessionCreatedEvent"]
+  | Schemas["SessionUpdatedEvent"]
+  | Schemas["SessionDeletedEvent"]
+  | Schemas["RunStartedEvent"]
+  | Schemas["RunFinishedEvent"]
+  | Schemas["ResetEvent"]
+  | Schemas["AuthExpiredEvent"];
 
 export interface EventsHandlers {
   onEvent(event: SessionEvent): void;

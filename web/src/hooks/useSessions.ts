@@ -161,17 +161,20 @@ export function useSessions(api: Api, userKey: string, filter: ListFilter) {
         });
         break;
     }
-    if (event.session) upsert(event.session);
+    if ("session" in event && event.session) upsert(event.session);
   }, [drop, reload, upsert]);
 
   const find = useCallback((id: string) => sessions.find((s) => s.session_id === id), [sessions]);
 
-  /** A new chat, in this browser only until its first message. */
-  const createLocal = useCallback((): ListedSession => {
+  /** A new chat, in this browser only until its first message. An empty one already there is reused:
+   *  clicking New chat twice makes one draft, not two (`inUse`: a draft whose first message is on its way). */
+  const createLocal = useCallback((inUse: string | null = null): ListedSession => {
+    const draft = sessions.find((s) => s.local && s.message_count === 0 && s.session_id !== inUse);
+    if (draft) return draft;
     const session = localSession();
     setSessions((current) => [session, ...current]);
     return session;
-  }, []);
+  }, [sessions]);
 
   /** A local session made real on the server (a rename or archive of one needs a row). */
   const ensureOnServer = useCallback(async (session: ListedSession, name?: string) => {
@@ -192,12 +195,14 @@ export function useSessions(api: Api, userKey: string, filter: ListFilter) {
     })).data);
   }, [api, ensureOnServer, find, upsert]);
 
-  const setArchived = useCallback(async (id: string, archived: boolean) => {
+  const setArchived = useCallback(async (id: string, archived: boolean): Promise<Session> => {
     const session = find(id);
     if (session?.local) await ensureOnServer(session);
-    upsert(unwrap(await api.PUT("/api/llm/sessions/{session_id}", {
+    const updated = unwrap(await api.PUT("/api/llm/sessions/{session_id}", {
       params: { path: { session_id: id } }, body: { is_archived: archived },
-    })).data);
+    })).data;
+    upsert(updated);
+    return updated;
   }, [api, ensureOnServer, find, upsert]);
 
   /** Delete, keeping a recovery point for an undo. A session the server never had just goes. */
