@@ -87,7 +87,6 @@ SET_RUN_FINAL_SQL = "select set_config('chat.run_final', %s, true)"
 
 # A session's runs: the one being written (or whose process died), those queued behind it, and those
 # ended within the window.
-RUN_COLUMNS = "run_id, status, created_at, started_at, ended_at"
 LIST_RUNS_SQL = """
 select run_id, case when lease_expires_at > now() then 'running' else 'interrupted' end as status,
        started_at as created_at, started_at, null::timestamptz as ended_at
@@ -125,6 +124,7 @@ select run_id, status, started_at, started_at, ended_at, reply, final_event, fin
 # An enqueue: the session row first (FOR KEY SHARE waits for a run's end holding FOR UPDATE, so
 # the end sees this message queued, or this sees the run gone), then its live run, if any.
 LOCK_SESSION_FOR_QUEUE_SQL = "select 1 from chat_sessions where user_id = %s and session_id = %s for key share"
+# The session's live run: whether a reply is being written in it (a delete's check), and which.
 LIVE_RUN_OF_SESSION_SQL = (
     "select run_id from chat_session_runs where user_id = %s and session_id = %s and lease_expires_at > now()"
 )
@@ -165,8 +165,6 @@ PURGE_ENDED_RUNS_SQL = """
 delete from chat_runs where (user_id, session_id, run_id) in (
     select user_id, session_id, run_id from chat_runs where ended_at < now() - make_interval(secs => %s) limit %s)
 """
-
-RUN_IS_LIVE_SQL = "select 1 from chat_session_runs where user_id = %s and session_id = %s and lease_expires_at > now()"
 
 # One process takes a dead process's run to finish it (the lease again, under its own name): what it
 # had written, and the session's thread to keep it in.
@@ -307,6 +305,7 @@ class RunStore:
             return "queued"
 
     def live_run_of(self, user_id: str, session_id: str) -> uuid.UUID | None:
+        """The run being written in the session now, by any process."""
         with self._pool.connection() as conn:
             row = conn.execute(LIVE_RUN_OF_SESSION_SQL, (user_id, session_id)).fetchone()
         return row["run_id"] if row else None
@@ -366,7 +365,7 @@ class RunStore:
     @staticmethod
     def live_on(conn: Connection, user_id: str, session_id: str) -> bool:
         """run_is_live on the caller's connection (inside its transaction)."""
-        return conn.execute(RUN_IS_LIVE_SQL, (user_id, session_id)).fetchone() is not None
+        return conn.execute(LIVE_RUN_OF_SESSION_SQL, (user_id, session_id)).fetchone() is not None
 
     def claim_expired_run(self, run_id: uuid.UUID, owner: str, lease_seconds: float) -> dict | None:
         """Take a dead process's run to finish it: {reply, query, started_at, thread_id, message_count}

@@ -35,7 +35,7 @@ from backend.chat.follow import SESSION_DELETED, RunReaders, run_event, sse_even
 from backend.chat.namer import SessionNamer
 from backend.chat.reply import RunFinal
 from backend.chat.run_store import RunStore
-from backend.chat.runs import ActiveRun, RunLeases
+from backend.chat.runs import CANCEL_REASONS, ActiveRun, RunLeases
 from backend.chat.unfinished import UnfinishedReplies, user_message_id
 from backend.errors import ApiError, NotFound
 from backend.sessions.service import SessionService
@@ -60,15 +60,14 @@ CANCEL_ERRORS = {
 }
 # Stops after which the text written so far is kept as the reply, marked stopped.
 KEEPS_PARTIAL_REPLY = {"user_cancelled", "interrupted_by_message"}
-# multitask_strategy -> the cancel reason that stops the session's current run for the new message.
-STOP_FOR_NEW_MESSAGE = {"interrupt": "interrupt", "rollback": "rollback"}
+# The multitask strategies that stop the session's current run for the new message; each is also
+# the run's cancel reason (chat_session_runs.cancel_reason, runs.CANCEL_REASONS).
+STOP_FOR_NEW_MESSAGE = frozenset({"interrupt", "rollback"})
 
 
-def final_status(event: str, data: dict) -> str:
-    """A run's status in lists, from its terminal event."""
-    if event == "done":
-        return "done"
-    return {"cancelled": "cancelled", "interrupted": "interrupted"}.get(data.get("code"), "error")
+def status_of_error(code: str) -> str:
+    """A run's status in lists, from the code of the error that ended it."""
+    return code if code in ("cancelled", "interrupted") else "error"
 
 
 @dataclass(frozen=True)
@@ -175,7 +174,7 @@ class ChatService:
                     return queued
                 continue  # the reply ended meanwhile
             if strategy in STOP_FOR_NEW_MESSAGE and attempt == 0:
-                self._stop_for_new_message(user.id, session_id, busy_with, STOP_FOR_NEW_MESSAGE[strategy])
+                self._stop_for_new_message(user.id, session_id, busy_with, strategy)
                 continue
             raise self._busy()
         else:
@@ -232,7 +231,7 @@ class ChatService:
         until its session is free."""
         local = self._readers.local(user_id, session_id, run_id)
         if local is not None:
-            local.cancel.set({"interrupt": "interrupted_by_message", "rollback": "rolled_back"}[reason])
+            local.cancel.set(CANCEL_REASONS[reason])
         elif not self._runs.request_run_cancel(user_id, session_id, run_id, reason):
             return  # it ended meanwhile
         deadline = time.monotonic() + self._stop_wait
@@ -351,7 +350,7 @@ class ChatService:
                 self._prune(turn)
             outcome = "done" if error is None else ("cancelled" if run.cancel.is_set() else "error")
             final = (RunFinal("done", "done", {}) if error is None
-                     else RunFinal(final_status("error", {"code": error[0]}), "error",
+                     else RunFinal(status_of_error(error[0]), "error",
                                    {"code": error[0], "message": error[1]}))
             queued = False
             try:
