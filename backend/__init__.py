@@ -19,11 +19,13 @@ from backend.events.routes import EVENTS_PATH, events_api
 from backend.health import health_api
 from backend.http import ErrorResponse, JsonRequest, document_stream_events
 from backend.log_config import configure_logging, install_request_logging
+from backend.messages.routes import messages_api
 from backend.nosniff import NoSniff
 from backend.overload import ConnectionLimit
 from backend.rate_limits import init_rate_limits
 from backend.request_body import BodyDeadline, document_body_timeout
 from backend.runs.routes import runs_api
+from backend.search.routes import search_api
 from backend.usage.routes import usage_api
 from backend.services import Services, build_services
 from backend.sessions.routes import sessions_api
@@ -73,6 +75,8 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         if settings.run_migrations_on_start:
             db.prepare_schema()
         services = build_services(settings, db)
+        if settings.run_migrations_on_start:
+            services.search.configure()  # SEARCH_LANGUAGE, where the index and searches read it
     except BaseException:
         db.close()  # a failed start must not leave a pool (and its threads) behind
         raise
@@ -126,6 +130,8 @@ def _register_blueprints(app: OpenAPI, services: Services) -> None:
     app.register_api(sessions_api(services.sessions, services.cleanup))
     app.register_api(chat_api(services.chat, services.importer))
     app.register_api(runs_api(services.runs))
+    app.register_api(messages_api(services.sessions, services.messages))
+    app.register_api(search_api(services.search))
     app.register_api(usage_api(services.usage))
     app.register_api(events_api(services.events, services.auth))
     # The OpenAPI document at /api/openapi.json, as the frontend's contract.

@@ -1,8 +1,10 @@
-"""`flask` commands for operators: apply migrations, create users."""
+"""`flask` commands for operators: apply migrations, create users, export feedback."""
 
 from __future__ import annotations
 
+import json
 import sys
+from datetime import datetime, timezone
 
 import click
 from flask import Flask
@@ -14,8 +16,9 @@ from backend.errors import ApiError
 def register_cli(app: Flask, services: Services) -> None:
     @app.cli.command("db-migrate")
     def db_migrate() -> None:
-        """Create LangGraph's tables and apply pending sql/ migrations."""
+        """Create LangGraph's tables, apply pending sql/ migrations, and set SEARCH_LANGUAGE for search."""
         applied = services.db.prepare_schema()
+        services.search.configure()
         click.echo(f"applied: {', '.join(applied)}" if applied else "database is up to date")
 
     @app.cli.command("sweep-orphans")
@@ -119,6 +122,40 @@ def register_cli(app: Flask, services: Services) -> None:
             click.echo(f"{who}: per {period}, at most {row['max_tokens'] if row['max_tokens'] is not None else 'any'} "
                        f"tokens and {row['max_cost_micros'] / 1e6 if row['max_cost_micros'] is not None else 'any'} cost")
 
+    @app.cli.command("export-feedback")
+    @click.option("--since", type=click.DateTime(_TIME_FORMATS), required=True,
+                  help="Ratings given at or after this UTC date or time (YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS)")
+    @click.option("--until", type=click.DateTime(_TIME_FORMATS), default=None,
+                  help="Only ratings given before this UTC date or time (exclusive)")
+    @click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None,
+                  help="Write to this file (default: stdout)")
+    def export_feedback(since: datetime, until: datetime | None, out: str | None) -> None:
+        """Ratings of replies as JSON lines, oldest first, each with the conversation up to the rated
+        reply (the path it was given on), for evaluation."""
+        ratings = services.messages.ratings_since(_utc(since), _utc(until) if until else None)
+        lines = "".join(json.dumps(rating, ensure_ascii=False) + "\n" for rating in ratings)
+        if out is None:
+            click.echo(lines, nl=False)
+            return
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(lines)
+        click.echo(f"wrote {len(ratings)} rating(s) to {out}", err=True)
+
+    @app.cli.command("reindex-search")
+    @click.option("--all", "everything", is_flag=True,
+                  help="Every message again (after SEARCH_LANGUAGE changed), not only those without an index")
+    @click.option("--after", type=click.IntRange(min=0), default=0,
+                  help="Resume after this session row id (the last one a run printed)")
+    def reindex_search(everything: bool, after: int) -> None:
+        """Index for search the messages of sessions from before it (their rows, their words): a
+        session at a time, each its own short transaction, so writes go on; resumable with --after."""
+        def progress(upto: int, total: int) -> None:
+            click.echo(f"indexed sessions up to row {upto} (of {total} after row {after})", err=True)
+
+        done = services.search.reindex(index_thread=services.messages.index_thread, everything=everything,
+                                       after=after, progress=progress)
+        click.echo(f"indexed {done} session(s)")
+
     @app.cli.command("list-users")
     def list_users() -> None:
         """The users who sign in with a password: id (what `mcp --user-id` takes), business, email."""
@@ -128,6 +165,14 @@ def register_cli(app: Flask, services: Services) -> None:
             click.echo(f"{row['id']}  {row['business_id']}  {row['email']}")
         if not rows:
             click.echo("no users yet: flask --app backend create-user --email ... --business-id ...")
+
+
+_TIME_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
+
+
+def _utc(value: datetime) -> datetime:
+    """A time given on the command line, read as UTC."""
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
 
 
 LIST_USERS_SQL = "select id, business_id, email from public.app_users order by created_at, email"

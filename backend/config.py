@@ -115,6 +115,11 @@ class Settings(BaseSettings):
     default_user_quota_month_cost: float | None = Field(default=None, ge=0)
     usage_retention_days: int | None = Field(default=None, ge=1)
 
+    # Search inside conversations (backend/search): PostgreSQL's text-search configuration for
+    # messages ('simple': no stemming or stop words, any language; 'english', 'german', ...: stemmed).
+    # New messages use it at once; `flask reindex-search --all` rebuilds the others.
+    search_language: str = Field(default="simple", pattern=r"^[a-z_]{1,63}$")
+
     # Auto-naming of sessions from their first message.
     naming_model: str = "gpt-4o-mini"
     naming_timeout_seconds: float = Field(default=10.0, gt=0)

@@ -7,8 +7,8 @@ import re
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from flask import Request, jsonify
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from flask import Request, current_app
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.json_schema import GenerateJsonSchema
 from pydantic_core import core_schema
 
@@ -69,12 +69,14 @@ def _has_lone_surrogate(value: Any) -> bool:
 NO_CONTROL_CHARS_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
 
 
-def _utc_iso(value: datetime) -> str:
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+def _in_utc(value: datetime) -> datetime:
+    return value if value.tzinfo is timezone.utc else value.astimezone(timezone.utc)
 
 
-# Times leave the server as ISO 8601 in UTC with a Z, e.g. 2026-11-22T10:15:00.123456Z.
-UtcDatetime = Annotated[datetime, PlainSerializer(_utc_iso, return_type=str, when_used="json")]
+# Times leave the server as ISO 8601 in UTC with a Z, e.g. 2026-11-22T10:15:00.123456Z: made UTC
+# when a response is built, then written by pydantic's own serializer (which writes UTC as Z), so
+# a page of a thousand messages costs no Python call per time as it is written.
+UtcDatetime = Annotated[datetime, AfterValidator(_in_utc)]
 
 
 class DocumentSchema(GenerateJsonSchema):
@@ -166,9 +168,10 @@ class ErrorResponse(DocumentedModel):
 
 def ok(model: BaseModel, status: int = 200, exclude: set[str] | None = None, exclude_none: bool = False):
     """Serialise a response model; `success` is its first field, so it comes first."""
-    response = jsonify(model.model_dump(mode="json", exclude=exclude, exclude_none=exclude_none))
-    response.status_code = status
-    return response
+    # pydantic writes the JSON itself (in Rust): a dump to Python objects and json.dumps of them
+    # cost twice as much for a page of messages.
+    body = model.model_dump_json(exclude=exclude, exclude_none=exclude_none)
+    return current_app.response_class(body, status=status, mimetype="application/json")
 
 
 def error_responses(*statuses: int) -> dict[int, type[BaseModel]]:

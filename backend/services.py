@@ -21,11 +21,15 @@ from backend.chat.follow import RunReaders
 from backend.chat.service import ChatService
 from backend.chat.unfinished import UnfinishedReplies
 from backend.runs.service import RunService
+from backend.search.service import SearchService
+from backend.search.store import SearchStore
 from backend.config import Settings
 from backend.db import Database
 from backend.events.hub import EventHub
 from backend.events.service import EventService
 from backend.events.store import EventStore
+from backend.messages.service import MessageService
+from backend.messages.store import MessageStore
 from backend.sessions.cleanup import SessionCleanup
 from backend.sessions.deletion_store import DeletionStore
 from backend.sessions.service import SessionService
@@ -50,6 +54,8 @@ class Services:
     cleanup: SessionCleanup
     chat: ChatService
     runs: RunService
+    messages: MessageService
+    search: SearchService
     usage: UsageService
     importer: SessionImporter
     leases: RunLeases
@@ -126,15 +132,18 @@ def build_services(settings: Settings, db: Database) -> Services:
         usage=usage,
     )
     deletions = DeletionStore(db.pool)
+    messages = MessageService(MessageStore(db.pool), index_thread=checkpointer.index_thread)
+    search = SearchService(SearchStore(db.pool), language=settings.search_language)
     sessions = SessionService(
         db.pool,
         sessions_store,
         deletions,
         replies=ReplyControl(run_store, stop_wait_seconds=settings.force_delete_wait_seconds),
-        checkpointer=checkpointer,
+        history=messages,
         backup_retention_seconds=settings.backup_retention_seconds,
         max_sessions_per_user=settings.max_sessions_per_user,
         usage_of=usage.usage_of_session,
+        usage_of_sessions=usage.usage_of_sessions,
     )
     chat_model = build_chat_model(settings)
     chat_model_name = chat_model.name
@@ -164,6 +173,7 @@ def build_services(settings: Settings, db: Database) -> Services:
         max_queued_per_session=settings.run_queue_max_per_session,
         stop_wait_seconds=settings.force_delete_wait_seconds,
         usage=usage,
+        messages=messages,
     )
     verifier = TokenVerifier(
         jwt_secret=settings.supabase_jwt_secret,
@@ -221,6 +231,8 @@ def build_services(settings: Settings, db: Database) -> Services:
             sessions=sessions, runs=run_store, readers=readers, chat=chat, replay_seconds=settings.run_replay_seconds,
             stop_wait_seconds=settings.force_delete_wait_seconds,
         ),
+        messages=messages,
+        search=search,
         usage=usage,
         importer=SessionImporter(
             db.pool, sessions_store, graph, max_messages=settings.import_max_messages,

@@ -40,9 +40,9 @@ def user_message(text: str, created_at: datetime | None = None, message_id: str 
     return HumanMessage(content=text, additional_kwargs={CREATED_AT_KEY: stamp}, id=message_id)
 
 
-def assistant_message(text: str, created_at: datetime | None = None) -> AIMessage:
+def assistant_message(text: str, created_at: datetime | None = None, message_id: str | None = None) -> AIMessage:
     stamp = created_at.isoformat() if created_at else now_iso()
-    return AIMessage(content=text, additional_kwargs={CREATED_AT_KEY: stamp})
+    return AIMessage(content=text, additional_kwargs={CREATED_AT_KEY: stamp}, id=message_id)
 
 
 # A reply that did not finish (Stop): kept as written, marked, and told to the model as such.
@@ -60,17 +60,20 @@ def stopped_message(text: str, status: str = "stopped") -> AIMessage:
     return message
 
 
-def message_of(role: str, text: str, created_at: datetime | None = None, status: str | None = None) -> BaseMessage:
-    """A message as a client sees it ({role, content, created_at, status?}), back into the history."""
+def message_of(
+    role: str, text: str, created_at: datetime | None = None, status: str | None = None, message_id: str | None = None,
+) -> BaseMessage:
+    """A message as a client sees it ({id?, role, content, created_at, status?}), back into the history."""
     if role == "user":
-        return user_message(text, created_at)
-    message = assistant_message(text, created_at)
+        return user_message(text, created_at, message_id)
+    message = assistant_message(text, created_at, message_id)
     if status:
         message.additional_kwargs[STATUS_KEY] = status
     return message
 
 
-def _created_at(message: BaseMessage) -> datetime | None:
+def created_at_of(message: BaseMessage) -> datetime | None:
+    """When the message was written (its created_at), or None."""
     stamp = message.additional_kwargs.get(CREATED_AT_KEY)
     try:
         when = datetime.fromisoformat(stamp) if isinstance(stamp, str) else None
@@ -81,8 +84,17 @@ def _created_at(message: BaseMessage) -> datetime | None:
         return None
 
 
+def with_ids(messages: list[BaseMessage]) -> list[BaseMessage]:
+    """The messages, each with an id: one written without (a history from before messages had
+    ids) gets one from its place, the same on every load, so its branches can name it."""
+    for index, message in enumerate(messages):
+        if message.id is None:
+            message.id = f"m{index}"
+    return messages
+
+
 def visible_messages(messages: list[BaseMessage]) -> list[dict[str, Any]]:
-    """[{role, content, created_at}] for the user's messages and the assistant's text replies."""
+    """[{id, role, content, created_at, status?}] for the user's messages and the assistant's text replies."""
     out: list[dict[str, Any]] = []
     for message in messages:
         if isinstance(message, HumanMessage):
@@ -94,12 +106,33 @@ def visible_messages(messages: list[BaseMessage]) -> list[dict[str, Any]]:
         text = text_of(message)
         if role == "assistant" and not text:
             continue  # a tool call without words is not a reply
-        entry = {"role": role, "content": text, "created_at": _created_at(message)}
+        entry = {"id": message.id, "role": role, "content": text, "created_at": created_at_of(message)}
         status = message.additional_kwargs.get(STATUS_KEY)
         if role == "assistant" and status in ("stopped", "interrupted"):
             entry["status"] = status
         out.append(entry)
     return out
+
+
+def path_messages(current: list[BaseMessage], path: list[dict]) -> list[BaseMessage]:
+    """The history for a branch: `path` ([{id, role, content, status, created_at}], a path of
+    the conversation's tree), taking from `current` (the checkpoint's messages) the part both
+    share as it is there, with whatever a custom graph kept between (tool calls, results), and
+    the rest from `path`."""
+    kept: list[BaseMessage] = []
+    shared = 0
+    for message in current:
+        if shared == len(path):
+            break
+        visible = visible_messages([message])
+        if visible:
+            if visible[0]["id"] != path[shared]["id"]:
+                break
+            shared += 1
+        kept.append(message)
+    while shared and not visible_messages([kept[-1]]):
+        kept.pop()  # what followed the last shared message belongs to the branch left
+    return kept + [message_of(m["role"], m["content"], m["created_at"], m["status"], m["id"]) for m in path[shared:]]
 
 
 def to_openai_messages(messages: list[BaseMessage], system_prompt: str | None = None) -> list[dict[str, Any]]:

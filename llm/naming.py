@@ -119,6 +119,13 @@ async def generate_session_name(
     return heuristic_session_name(message)
 
 
+def naming_call_tokens(first_message: str) -> tuple[int, int]:
+    """What one naming call of this message may use at most, estimated as an upstream that reports
+    nothing is (ceil(characters / 4)): (input tokens, output tokens). For a quota check before it."""
+    excerpt = (first_message if isinstance(first_message, str) else "").strip()[:MAX_INPUT_CHARS]
+    return estimate_tokens(NAMING_SYSTEM_PROMPT + excerpt) + 12, NAMING_MAX_TOKENS
+
+
 def title_from_answer(raw: str) -> str | None:
     """Normalise a model's answer into a title, or None if nothing usable remains."""
     if not isinstance(raw, str):

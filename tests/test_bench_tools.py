@@ -77,3 +77,44 @@ def test_the_usage_cost_tool_compares_turns_and_times_the_usage_reads(server_url
     assert "quota check (user day + month, business month): p50" in out.stdout, out.stdout
     for group_by in ("day", "model", "session"):
         assert f"GET /api/llm/usage?group_by={group_by} over a year (500 turns): p50" in out.stdout, out.stdout
+
+
+def test_the_usage_cost_tool_measures_the_quota_check_in_the_database(server_url):
+    env = {**os.environ, "BENCH_DATABASE_URL": server_url}
+    out = subprocess.run([sys.executable, "-m", "bench.usage_cost", "--quota-check", "--turns", "3", "--rounds", "1",
+                          "--business-users", "3"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for name in ("none", "quota 024", "quota 026", "quota+business 024", "quota+business 026"):
+        assert f"  {name:>20}: " in out.stdout and "ms of backend CPU per turn" in out.stdout, out.stdout
+
+
+def _branches(server_url, *args: str) -> dict:
+    env = {**os.environ, "BENCH_DATABASE_URL": server_url}
+    out = subprocess.run([sys.executable, "-m", "bench.branches", *args], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout[out.stdout.index("\n{") + 1:])
+
+
+def test_the_branches_tool_measures_what_a_branch_stores(server_url):
+    report = _branches(server_url, "--only", "storage", "--turns", "4", "--edits", "2", "--edit-at", "2")
+    for mode in ("latest", "full"):
+        sessions = report["details"]["storage"][mode]
+        assert list(sessions) == ["linear 4", "linear 6", "4 + 2 edits at 2"], sessions.keys()
+        # Every message of every branch has its row: the branched session stores as many as the longer one.
+        assert [s["chat_messages"]["rows"] for s in sessions.values()] == [8, 12, 12]
+        # The model's memory is the active path: the edited branch, two turns.
+        assert sessions["4 + 2 edits at 2"]["checkpoint"]["messages"] == 4
+    assert [row["name"].split(":")[0] for row in report["rows"]] == ["storage (latest)"]
+
+
+def test_the_branches_tool_times_the_active_path_and_turns_side_by_side(server_url):
+    report = _branches(server_url, "--only", "path,turns", "--path-turns", "6", "--branches", "2", "--samples", "3",
+                       "--turn-history", "2", "--turn-count", "2")
+    page = report["details"]["path"]["messages_limit=12"]
+    assert page["path_messages"] == 12 and page["stored_messages"] == 15 and page["with_siblings"] == 2
+    assert report["details"]["path"]["without_messages_server_ms"]["n"] == 3
+    turns = report["details"]["turns"]["per_kind"]
+    assert {kind: (t["ok"], t["turns"]) for kind, t in turns.items()} == {
+        kind: (2, 2) for kind in ("linear", "branched", "edit")}
+    assert [row["name"].split(":")[0] for row in report["rows"]] == ["path", "turns"]

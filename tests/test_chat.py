@@ -31,7 +31,8 @@ def test_turn_streams_tokens_then_done(chat, fake, alice):
     assert reply_text(events) == "Echo: What is the capital of France?"
     assert events[-1].event == "done"
     assert events[-1].data["session_id"] == sid and events[-1].data["message_count"] == 2
-    assert set(events[-1].data) == {"session_id", "message_count", "session_name", "run_id"}
+    assert set(events[-1].data) == {"session_id", "message_count", "session_name", "run_id", "user_message_id",
+                                    "assistant_message_id"}
     # A run: its id first, then every event with an increasing cursor.
     assert events[0].event == "run" and events[0].data == {
         "run_id": events[-1].data["run_id"], "session_id": sid, "status": "running"}
@@ -276,8 +277,8 @@ def test_a_turn_ends_with_the_counts_its_saver_measured(chat, fake, alice, pool,
     sid = named_session(chat)
     turn(chat, sid, "first")
     read_back = []
-    monkeypatch.setattr(ThreadStore, "history_size",
-                        staticmethod(lambda conn, thread_id: read_back.append(thread_id) or (0, 0)))
+    monkeypatch.setattr(ThreadStore, "visible_history",
+                        staticmethod(lambda conn, thread_id: read_back.append(thread_id) or []))
     events = turn(chat, sid, "héllo")
     assert events[-1].event == "done" and events[-1].data["message_count"] == 4
     assert read_back == []
@@ -293,8 +294,8 @@ def test_a_failed_turn_ends_the_same_way_without_marking_the_session_unread(chat
     turn(chat, sid, "first")
     assert chat.post(f"/api/llm/sessions/{sid}/read").get_json()["data"]["has_unread"] is False
     read_back = []
-    original = ThreadStore.history_size
-    monkeypatch.setattr(ThreadStore, "history_size",
+    original = ThreadStore.visible_history
+    monkeypatch.setattr(ThreadStore, "visible_history",
                         staticmethod(lambda conn, thread_id: read_back.append(thread_id) or original(conn, thread_id)))
     fake.cut_stream_next(after_tokens=2)
     assert turn(chat, sid, "this one breaks")[-1].data["code"] == "upstream_error"

@@ -33,7 +33,9 @@ def test_export_is_the_users_own_view_as_an_attachment(chat, alice):
     assert r.status_code == 200
     assert r.headers["Content-Disposition"] == f'attachment; filename="{sid}.json"'
     doc = r.get_json()
-    assert doc["format"] == "chat-session/v1"
+    assert doc["format"] == "chat-session/v2"  # every branch (tests/test_branch_lifecycle.py); ?format=v1: the path
+    assert doc["active_message_id"] == doc["messages"][-1]["id"]
+    assert chat.get(f"/api/llm/sessions/{sid}/export?format=v1").get_json()["format"] == "chat-session/v1"
     assert set(doc["session"]) == {"session_id", "session_name", "is_archived", "message_count", "created_at",
                                    "updated_at", "last_message_at", "usage"}  # usage: tests/test_usage.py
     assert doc["session"]["session_name"] == "Exported" and doc["session"]["message_count"] == 2
@@ -58,7 +60,8 @@ def test_import_of_an_export_continues_the_conversation(chat, fake, alice, pool)
     data = r.get_json()["data"]
     assert data["session_id"] == copy_id and data["session_name"] == "Original" and data["message_count"] == 6
     copied = chat.get(f"/api/llm/sessions/{copy_id}?include_messages=true").get_json()["messages"]
-    assert copied == exported["messages"]  # contents, roles and times
+    shown = ("id", "parent_id", "role", "content", "created_at")
+    assert [{k: m[k] for k in shown} for m in copied] == [{k: m[k] for k in shown} for m in exported["messages"]]
     assert turn(chat, copy_id, "four")[-1].data["message_count"] == 8
     sent = [m["content"] for m in fake.chat_requests[-1].json["messages"] if m["role"] == "user"]
     assert sent == ["one", "two", "three", "four"]  # the model saw the imported memory
@@ -74,7 +77,7 @@ def test_import_without_a_name_or_id_gets_defaults(chat):
 
 
 @pytest.mark.parametrize("body, field", [
-    ({"format": "chat-session/v2", "messages": [{"role": "user", "content": "x"}]}, "format"),
+    ({"format": "chat-session/v3", "messages": [{"role": "user", "content": "x"}]}, "format"),
     ({"messages": [{"role": "user", "content": "x"}]}, "format"),
     (document([{"role": "system", "content": "x"}]), "messages.0.role"),
     (document([{"role": "tool", "content": "x"}]), "messages.0.role"),

@@ -40,7 +40,7 @@ from tests.helpers import (
 from tests.test_undo import everything_digest
 
 TOOLS = {"list_sessions", "get_session", "rename_session", "archive_session", "export_session", "delete_session",
-         "restore_session"}
+         "restore_session", "get_usage", "search_messages"}
 PHASES = ["checking for a reply in progress", "creating the recovery point", "deleting checkpoints",
           "deleting the session", "done"]
 
@@ -131,7 +131,7 @@ def test_stdio_server_serves_every_tool_and_the_session_resource(database_url, c
     sid = named_session(chat, "Highland Property Valuation")
     turn(chat, sid, "What's the value of the Highland property?")
     other = named_session(chat, "Groceries")
-    before = chat.get(f"/api/llm/sessions/{sid}?include_messages=true").get_json()
+    before = chat.get(f"/api/llm/sessions/{sid}?include_messages=true&include_usage=true").get_json()
 
     async def main():
         async with stdio_session(stdio_params(database_url, alice)) as mcp:
@@ -462,6 +462,10 @@ HOSTILE = [
     ("restore_session", {"backup_id": "../../etc/passwd"}),
     ("restore_session", {"backup_id": 42}),
     ("export_session", {"session_id": ["{sid}"]}),
+    ("get_usage", {"limit": "10"}),
+    ("get_usage", {"since": "2026-02-30"}),
+    ("get_usage", {"group_by": "week"}),
+    ("get_usage", {"user_id": "someone-else"}),
 ]
 
 
@@ -627,6 +631,42 @@ def test_a_tool_tells_a_busy_server_from_a_database_that_stopped_answering(make_
         assert error_of(stuck)["code"] == "database_unavailable"
 
 
+# --- usage -----------------------------------------------------------------------------------------
+
+
+def test_agents_see_usage_as_the_api_gives_it(chat_mcp_url, chat, fake, alice, bob):
+    sid = named_session(chat, "Costly")
+    turn(chat, sid, "what will this cost")
+    turn(chat, sid, "and this")
+    idle = named_session(chat, "Idle")
+
+    async def main(user):
+        async with http_session(chat_mcp_url, user.token) as mcp:
+            return [await mcp.call_tool("get_usage", {}),
+                    await mcp.call_tool("get_usage", {"group_by": "session", "limit": 1}),
+                    await mcp.call_tool("get_session", {"session_id": sid}),
+                    await mcp.call_tool("get_session", {"session_id": idle, "include_messages": True})]
+
+    by_day, by_session, got, got_idle = run(main, alice)
+    for result, query in ((by_day, ""), (by_session, "?group_by=session&limit=1")):
+        assert not result.is_error, result
+        api = chat.get(f"/api/llm/usage{query}").get_json()
+        assert api.pop("success") is True
+        assert result.structured_content == api
+    assert by_session.structured_content["data"][0]["key"] == sid
+    assert by_day.structured_content["total"]["calls"] == 2 and "2 call(s)" in by_day.content[0].text
+
+    usage = chat.get(f"/api/llm/sessions/{sid}?include_usage=true").get_json()["data"]["usage"]
+    assert usage["calls"] == 2 and usage["input_tokens"] > 0 and usage["output_tokens"] > 0
+    assert got.structured_content["session"]["usage"] == usage and "2 model call(s)" in got.content[0].text
+    assert got_idle.structured_content["session"]["usage"]["calls"] == 0
+
+    # Another user's agent sees none of it.
+    other_day, _, missing, _ = run(main, bob)
+    assert other_day.structured_content["total"]["calls"] == 0 and other_day.structured_content["data"] == []
+    assert error_of(missing)["code"] == "not_found"
+
+
 # --- tool arguments take exactly what the API takes ------------------------------------------------
 
 _TEXTS = ["", "plain", "  padded  ", "日本語 🚀", "nul\x00byte", "\x00", "tab\there", "line\nbreak", "\x1b[31m",
@@ -636,6 +676,8 @@ _BOOLS = [True, False]
 # ("chat/1" is not among them: in a URL it is two path segments, an API 404 before any validation.)
 _IDS = ["chat-1", "a", "x" * 128, "x" * 129, "a b", "a\x00b", "a%b", "é", ".x", "..x", "x'; drop table t; --"]
 _UUIDS = ["00000000-0000-0000-0000-000000000000", str(uuid.uuid4()), "not-a-uuid", ""]
+_DAYS = ["2026-01-31", "2026-02-30", "0001-01-02", "9999-12-31", "yesterday", "0", "20260101", "2026-1-1", "",
+         "2026-01-01T00:00:00", "2026-13-01"]
 
 
 def _query(value) -> str:
@@ -676,6 +718,23 @@ COUNTERPARTS = [
     ("delete_session", "create_backup", {"session_id": "nothing-here"}, _BOOLS,
      lambda v: ("delete", "/api/llm/sessions/nothing-here", {"backup": _query(v)}, None)),
     ("restore_session", "backup_id", {}, _UUIDS, lambda v: ("post", "/api/llm/sessions/restore", {}, {"backup_id": v})),
+    ("get_usage", "group_by", {}, ["day", "model", "session", "week", "", "DAY"],
+     lambda v: ("get", "/api/llm/usage", {"group_by": v}, None)),
+    ("get_usage", "since", {}, _DAYS, lambda v: ("get", "/api/llm/usage", {"since": v}, None)),
+    ("get_usage", "until", {}, _DAYS, lambda v: ("get", "/api/llm/usage", {"until": v}, None)),
+    ("get_usage", "limit", {}, [1, 400, 4000, 4001, 0, -1],
+     lambda v: ("get", "/api/llm/usage", {"limit": _query(v)}, None)),
+    ("search_messages", "query", {}, ["tomato", "", " ", "-only", '"a phrase"', "x" * 200, "x" * 201, "a\x00",
+                                      " ".join(f"w{i}" for i in range(13))],
+     lambda v: ("get", "/api/llm/search", {"q": v}, None)),
+    ("search_messages", "limit", {"query": "tomato"}, [1, 50, 51, 0, -1],
+     lambda v: ("get", "/api/llm/search", {"q": "tomato", "limit": _query(v)}, None)),
+    ("search_messages", "cursor", {"query": "tomato"}, ["not-a-cursor", "x" * 513],
+     lambda v: ("get", "/api/llm/search", {"q": "tomato", "cursor": v}, None)),
+    ("search_messages", "session_id", {"query": "tomato"}, _IDS,
+     lambda v: ("get", "/api/llm/search", {"q": "tomato", "session_id": v}, None)),
+    ("search_messages", "order", {"query": "tomato"}, ["rank", "recent", "best", ""],
+     lambda v: ("get", "/api/llm/search", {"q": "tomato", "order": v}, None)),
 ]
 
 
@@ -707,3 +766,30 @@ def test_tool_arguments_are_validated_exactly_as_the_api_validates_them(mcp_url,
         assert error is None or error["code"] in ("invalid_input", "not_found", "session_busy"), (value, error)
         tool_refuses = error is not None and error["code"] == "invalid_input"
         assert tool_refuses == api_refuses(value), (tool, argument, value, error)
+
+
+# --- search -----------------------------------------------------------------------------------------
+
+
+def test_agents_search_messages_as_the_api_does(chat_mcp_url, chat, fake, alice, bob):
+    sid = named_session(chat, "Searchable")
+    turn(chat, sid, "where do penguins nest")
+    turn(chat, sid, "and do penguins migrate")
+
+    async def main(user, arguments):
+        async with http_session(chat_mcp_url, user.token) as mcp:
+            return await mcp.call_tool("search_messages", arguments)
+
+    for arguments, query in (({"query": "penguins"}, {"q": "penguins"}),
+                             ({"query": "penguins", "role": "user", "order": "recent", "limit": 1},
+                              {"q": "penguins", "role": "user", "order": "recent", "limit": 1})):
+        result = run(main, alice, arguments)
+        assert not result.is_error, result
+        api = chat.get("/api/llm/search", query_string=query).get_json()
+        assert result.structured_content == {"hits": api["data"], "next_cursor": api["next_cursor"]}
+    assert len(run(main, alice, {"query": "penguins"}).structured_content["hits"]) == 4
+    assert "Searchable" in run(main, alice, {"query": "nest"}).content[0].text
+    # Another user's agent finds none of it, under any filter.
+    for arguments in ({"query": "penguins"}, {"query": "penguins", "session_id": sid},
+                      {"query": "penguins", "include_archived": True}):
+        assert run(main, bob, arguments).structured_content["hits"] == []

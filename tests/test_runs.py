@@ -404,6 +404,12 @@ def test_rollback_discards_the_running_reply_and_its_message_then_runs(chat, fak
     assert transcript(chat, sid) == [("user", "earlier", None), ("assistant", "Echo: earlier", None),
                                      ("user", "instead", None), ("assistant", "Echo: instead", None)]
     assert chat.get(f"/api/llm/sessions/{sid}").get_json()["data"]["message_count"] == 4
+    # The withdrawn message is gone, not a branch beside the one that replaced it.
+    instead = messages_of(chat, sid)[2]
+    assert instead["sibling_ids"] == [instead["id"]]
+    with pool.connection() as conn:
+        assert conn.execute("select count(*) as n from chat_messages m join chat_sessions s on s.id = m.session_row_id"
+                            " where s.session_id = %s and m.content = 'oops'", (sid,)).fetchone()["n"] == 0
 
 
 def test_reject_is_the_default_and_the_queue_is_capped(make_app, fake, alice):

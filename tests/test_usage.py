@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
@@ -485,3 +486,301 @@ def test_a_monthly_quota_resets_when_the_month_turns(client, fake, alice, usage)
     _set_clock(usage, end_of_month + timedelta(seconds=31))  # January
     assert send(client, sid, "one more").status_code == 200
 
+
+
+# --- a session's usage on the session objects (include_usage) --------------------------------
+
+
+def test_sessions_carry_their_usage_only_when_asked_read_once_for_the_page(usage_app, client, fake, alice, bob, pool,
+                                                                           monkeypatch):
+    spent, idle = named_session(client), named_session(client)
+    turn(client, spent, "what did this cost")
+    [row] = chat_rows(pool, alice.id)
+    expected = {"calls": 1, "input_tokens": row["input_tokens"], "output_tokens": row["output_tokens"],
+                "cost_micros": row["cost_micros"], "currency": "EUR"}
+    zero = {"calls": 0, "input_tokens": 0, "output_tokens": 0, "cost_micros": 0, "currency": "EUR"}
+
+    # Without the flag nothing says usage: absent, not null.
+    assert all("usage" not in s for s in client.get("/api/llm/sessions").get_json()["data"])
+    assert "usage" not in client.get(f"/api/llm/sessions/{spent}").get_json()["data"]
+    assert "usage" not in client.get(f"/api/llm/sessions/{spent}?include_messages=true").get_json()["data"]
+
+    store = services_of(usage_app).usage._store
+    reads = []
+    real = store.sessions_totals
+    monkeypatch.setattr(store, "sessions_totals", lambda ids: reads.append(list(ids)) or real(ids))
+    listed = client.get("/api/llm/sessions?include_usage=true").get_json()["data"]
+    assert {s["session_id"]: s["usage"] for s in listed} == {spent: expected, idle: zero}
+    assert len(reads) == 1 and len(reads[0]) == 2  # one read for the whole page
+    page = client.get("/api/llm/sessions?include_usage=true&limit=1").get_json()
+    rest = client.get(f"/api/llm/sessions?include_usage=true&limit=1&cursor={page['next_cursor']}").get_json()
+    assert [s["usage"] for s in page["data"] + rest["data"]] == [expected, zero]  # the turn was the last activity
+    found = client.get("/api/llm/sessions?include_usage=true&q=Named").get_json()["data"]
+    assert {s["session_id"]: s["usage"] for s in found} == {spent: expected, idle: zero}
+
+    detail = client.get(f"/api/llm/sessions/{spent}?include_usage=true&include_messages=true").get_json()
+    assert detail["data"]["usage"] == expected and len(detail["messages"]) == 2
+    assert client.get(f"/api/llm/sessions/{spent}/usage").get_json()["data"]["cost_micros"] == expected["cost_micros"]
+
+    # Another user's list says nothing of these; a session id used again starts at zero.
+    assert client_for(usage_app, bob).get("/api/llm/sessions?include_usage=true").get_json()["data"] == []
+    assert client.delete(f"/api/llm/sessions/{spent}").status_code == 200
+    assert client.post("/api/llm/sessions", json={"session_id": spent, "session_name": "again"}).status_code == 201
+    assert client.get(f"/api/llm/sessions/{spent}?include_usage=true").get_json()["data"]["usage"] == zero
+
+
+@pytest.mark.parametrize("value", ["maybe", "2"])
+def test_a_bad_include_usage_is_400(client, value):
+    sid = named_session(client)
+    for path in ("/api/llm/sessions", f"/api/llm/sessions/{sid}"):
+        response = client.get(f"{path}?include_usage={value}")
+        assert response.status_code == 400 and "include_usage" in response.get_json()["error"]["fields"]
+
+
+# --- naming calls within quotas --------------------------------------------------------------
+
+
+def naming_requests_about(fake, text: str) -> list:
+    return [r for r in fake.chat_requests if not r.json.get("stream") and text in r.json["messages"][-1]["content"]]
+
+
+@pytest.mark.parametrize("scope", ["user", "business"])
+def test_naming_over_quota_uses_the_heuristic_without_a_model_call_or_a_ledger_row(usage_app, fake, usage, pool,
+                                                                                   scope):
+    from llm.naming import heuristic_session_name
+
+    user = User(business_id=f"biz-naming-{unique_session_id()}")
+    client = client_for(usage_app, user)
+    # The turn is given what the quota leaves (its reservation holds it while it runs), so the
+    # naming call, which starts with the turn, finds nothing left.
+    usage.set_quota(user_id=user.id if scope == "user" else None, business_id=None if scope == "user" else
+                    user.business_id, period="day", max_tokens=60, max_cost=None)
+    message = f"Comparable properties in Bristol {scope}"
+    sid = unique_session_id()
+    events = turn(client, sid, message)
+    assert events[-1].event == "done"
+    assert services_of(usage_app).namer.wait_idle(10)
+    assert naming_requests_about(fake, message) == []  # the model was never asked
+    assert [r["kind"] for r in ledger(pool, user.id)] == ["chat"]
+    name = client.get(f"/api/llm/sessions/{sid}").get_json()["data"]["session_name"]
+    assert name == heuristic_session_name(message) and "Bristol" in name
+
+
+def test_naming_within_a_quota_still_asks_the_model(usage_app, fake, usage, pool):
+    user = User()
+    client = client_for(usage_app, user)
+    usage.set_quota(user_id=user.id, business_id=None, period="month", max_tokens=1_000_000, max_cost=None)
+    message = "name this conversation about tomatoes"
+    turn(client, unique_session_id(), message)
+    assert services_of(usage_app).namer.wait_idle(10)
+    assert len(naming_requests_about(fake, message)) == 1
+    assert sorted(r["kind"] for r in ledger(pool, user.id)) == ["chat", "naming"]
+
+
+def test_the_naming_check_is_one_read_without_a_quota(usage, alice, pool):
+    session = {"user_id": alice.id, "business_id": "biz-1"}
+    assert usage.call_fits(session, "fake-naming", 100, 16) is True
+    usage.set_quota(user_id=alice.id, business_id=None, period="day", max_tokens=None, max_cost=0.0001)  # 100 micros
+    assert usage.call_fits(session, "fake-naming", 80, 16) is True  # 96 micros at 1.0 a million each
+    assert usage.call_fits(session, "fake-naming", 90, 16) is False
+    # Without a quota the check reads usage_quotas by its key and nothing else (counted in the transaction).
+    from backend.usage.store import QUOTA_STATE_SQL
+
+    def counts(conn):  # this backend's reads not yet reported: they only grow within a transaction
+        return {r["relname"]: (r["seq_scan"], r["idx_scan"]) for r in conn.execute(
+            "select relname, seq_scan, coalesce(idx_scan, 0) as idx_scan from pg_stat_xact_user_tables "
+            "where relname like 'usage%%'").fetchall()}
+
+    with pool.connection() as conn, conn.transaction():
+        before = counts(conn)
+        assert conn.execute(QUOTA_STATE_SQL, ("nobody", "no-business", None, "{}")).fetchall() == []
+        after = counts(conn)
+    reads = {name: (after[name][0] - before[name][0], after[name][1] - before[name][1]) for name in after}
+    assert reads.pop("usage_quotas")[0] == 0  # by its key, not a scan
+    assert all(n == (0, 0) for n in reads.values()), reads
+
+
+# --- a business's quota reads the business's own days (sql/028) ------------------------------------
+
+
+def business_days(pool, business_id: str) -> dict:
+    """{day: (tokens, cost_micros, calls)} of usage_business_days, and the same summed from usage_user_days."""
+    with pool.connection() as conn:
+        kept = conn.execute("select day, input_tokens + output_tokens as tokens, cost_micros, calls "
+                            "from usage_business_days where business_id = %s", (business_id,)).fetchall()
+        summed = conn.execute("select day, sum(input_tokens + output_tokens) as tokens, "
+                              "sum(cost_micros) as cost_micros, sum(calls) as calls from usage_user_days "
+                              "where business_id = %s group by day",
+                              (business_id,)).fetchall()
+    return ({r["day"]: (r["tokens"], r["cost_micros"], r["calls"]) for r in kept},
+            {r["day"]: (r["tokens"], r["cost_micros"], r["calls"]) for r in summed})
+
+
+def test_a_business_quota_in_tokens_refuses_at_its_limit_with_turns_of_several_users(usage_app, fake, pool, usage):
+    business = f"biz-tokens-{unique_session_id()}"
+    users = [User(business_id=business) for _ in range(3)]
+    clients = [client_for(usage_app, u) for u in users]
+    usage.set_quota(user_id=None, business_id=business, period="day", max_tokens=100, max_cost=None)
+    fake.reply = lambda body: "one two three four five six seven eight"
+    statuses = []
+    for i in range(12):  # the users in turn, until the business's day is spent
+        c = clients[i % 3]
+        statuses.append(send(c, named_session(c), f"turn {i}").status_code)
+        if statuses[-1] == 429:
+            break
+    assert statuses[0] == 200 and statuses[-1] == 429 and len({i % 3 for i in range(len(statuses))}) == 3
+    rows = [r for u in users for r in chat_rows(pool, u.id)]
+    assert sum(r["input_tokens"] + r["output_tokens"] for r in rows) <= 100
+    kept, summed = business_days(pool, business)
+    assert kept == summed and len(kept) == 1  # the business's day, exactly its users' days
+    quota = clients[0].get("/api/llm/usage").get_json()["quotas"]
+    assert [(q["scope"], q["tokens_left"]) for q in quota] == [
+        ("business", 100 - sum(r["input_tokens"] + r["output_tokens"] for r in rows))]
+
+
+def test_a_business_quota_set_mid_month_counts_what_its_users_already_spent(usage_app, fake, pool, usage):
+    business = f"biz-mid-{unique_session_id()}"
+    first, second = User(business_id=business), User(business_id=business)
+    call = CallUsage(model="fake-naming", input_tokens=100, output_tokens=20)
+    for user, when in ((first, datetime(2026, 2, 27, 12, tzinfo=timezone.utc)),  # the month before: not counted
+                       (first, datetime(2026, 3, 3, 9, tzinfo=timezone.utc)),
+                       (second, datetime(2026, 3, 3, 18, tzinfo=timezone.utc)),
+                       (second, datetime(2026, 3, 10, 8, tzinfo=timezone.utc))):
+        _set_clock(usage, when)
+        usage.record_naming({"user_id": user.id, "business_id": business, "session_id": "s", "id": None}, [call])
+    assert business_days(pool, business)[0] == {}  # no quota yet: the business's days are not kept
+    _set_clock(usage, datetime(2026, 3, 10, 12, tzinfo=timezone.utc))
+    usage.set_quota(user_id=None, business_id=business, period="month", max_tokens=1000, max_cost=None)
+    usage.set_quota(user_id=None, business_id=business, period="day", max_tokens=500, max_cost=None)
+    kept, summed = business_days(pool, business)
+    assert kept == {day: v for day, v in summed.items() if day.month == 3}
+    assert sorted((d.day, v[0]) for d, v in kept.items()) == [(3, 240), (10, 120)]
+    a = client_for(usage_app, first)
+    quotas = {q["period"]: q["tokens_left"] for q in a.get("/api/llm/usage").get_json()["quotas"]}
+    assert quotas == {"day": 500 - 120, "month": 1000 - 360}
+    # A turn now adds to what was filled; a quota at what was spent refuses the next turn.
+    fake.reply = lambda body: "three more words"
+    assert send(a, named_session(a), "hello").status_code == 200
+    kept, summed = business_days(pool, business)
+    assert kept == {day: v for day, v in summed.items() if day.month == 3}
+    spent = sum(v[0] for v in kept.values())
+    usage.set_quota(user_id=None, business_id=business, period="month", max_tokens=spent, max_cost=None)
+    b = client_for(usage_app, second)
+    assert send(b, named_session(b), "hello").status_code == 429
+
+
+def test_a_business_without_a_quota_writes_no_business_days(usage_app, fake, pool, usage):
+    business = f"biz-free-{unique_session_id()}"
+    users = [User(business_id=business) for _ in range(2)]
+    fake.reply = lambda body: "a reply"
+    for user in users:
+        c = client_for(usage_app, user)
+        assert send(c, named_session(c), "hello").status_code == 200
+    assert all(chat_rows(pool, u.id) for u in users)
+    kept, summed = business_days(pool, business)
+    assert kept == {} and summed
+    # With a quota its days are kept; cleared, no longer (the rows may stay: nothing reads them).
+    usage.set_quota(user_id=None, business_id=business, period="day", max_tokens=10**6, max_cost=None)
+    c = client_for(usage_app, users[0])
+    assert send(c, named_session(c), "again").status_code == 200
+    kept, summed = business_days(pool, business)
+    assert kept == summed
+    usage.set_quota(user_id=None, business_id=business, period="day", max_tokens=None, max_cost=None)
+    assert send(c, named_session(c), "once more").status_code == 200
+    assert business_days(pool, business)[0] == kept
+
+
+def test_concurrent_turns_of_20_users_cannot_together_overrun_a_business_quota(usage_app, fake, pool, usage):
+    business = f"biz-many-{unique_session_id()}"
+    users = [User(business_id=business) for _ in range(20)]
+    clients = [client_for(usage_app, u) for u in users]
+    usage.set_quota(user_id=None, business_id=business, period="day", max_tokens=120, max_cost=None)
+    sessions = [named_session(c) for c in clients]
+    fake.reply = lambda body: " ".join(f"w{i}" for i in range(20))
+    fake.token_delay = 0.005
+    with ThreadPoolExecutor(20) as pool_:
+        responses = list(pool_.map(lambda pair: send(pair[0], pair[1], "hi"), zip(clients, sessions)))
+    codes = sorted(r.status_code for r in responses)
+    assert 200 in codes and 429 in codes and set(codes) == {200, 429}
+    rows = [r for u in users for r in chat_rows(pool, u.id)]
+    assert len(rows) == codes.count(200)
+    assert sum(r["input_tokens"] + r["output_tokens"] for r in rows) <= 120
+    kept, summed = business_days(pool, business)
+    assert kept == summed  # every turn end counted once
+
+
+@pytest.mark.parametrize("quota_before", [False, True])
+def test_a_turn_ending_while_a_business_quota_is_set_is_counted_once(usage_app, pool, usage, quota_before):
+    """The set waits for a turn end of the business under way (the lock its ledger rows' trigger takes
+    shared): filled before it commits, the turn would be lost (its user days not yet visible, and no
+    quota when it looked), or its addition to the business's day overwritten."""
+    from backend.usage.store import RECORD_SQL, ledger_json
+
+    business = f"biz-race-{unique_session_id()}"
+    user = User(business_id=business)
+    session = {"user_id": user.id, "business_id": business, "session_id": "s", "id": None}
+    usage.record_naming(session, [CallUsage(model="fake-naming", input_tokens=10, output_tokens=5)])
+    if quota_before:
+        usage.set_quota(user_id=None, business_id=business, period="day", max_tokens=10**6, max_cost=None)
+    rows = usage.ledger_rows([CallUsage(model="fake-naming", input_tokens=1000, output_tokens=7)], kind="naming",
+                             user_id=user.id, business_id=business, session_id="s", session_row_id=None, run_id=None)
+    with pool.connection() as conn:
+        with conn.transaction():
+            conn.execute(RECORD_SQL, {"usage": ledger_json(rows), "run_id": None})  # a turn's end, not committed
+            setter = threading.Thread(target=usage.set_quota, kwargs=dict(
+                user_id=None, business_id=business, period="month", max_tokens=10**7, max_cost=None))
+            setter.start()
+            setter.join(0.5)
+            assert setter.is_alive()  # waiting for the turn's end
+        setter.join(10)
+    assert not setter.is_alive()
+    kept, summed = business_days(pool, business)
+    assert kept == summed and sum(v[0] for v in kept.values()) == 15 + 1007
+
+
+def test_the_business_quota_check_reads_usage_business_days_by_its_key(usage_app, usage, pool):
+    """However many users a business has, its check reads its own day and month rows by their key,
+    never its users' days."""
+    from backend.chat.run_store import START_RUN_IN_SESSION_SQL
+    from backend.usage.store import QUOTA_STATE_SQL
+
+    business = f"biz-read-{unique_session_id()}"
+    user = User(business_id=business)
+    client = client_for(usage_app, user)
+    sid = named_session(client)
+    today = datetime.now(timezone.utc).date()
+    with pool.connection() as conn:
+        # 200 users' days this month, and other businesses' days, so a scan would cost more than the key.
+        conn.execute("insert into usage_user_days (user_id, day, business_id, calls, input_tokens, output_tokens, "
+                     "cost_micros) select %s || u, %s - d, %s, 1, 10, 2, 30 from generate_series(1, 200) u, "
+                     "generate_series(0, extract(day from %s::date)::int - 1) d",
+                     (f"{business}-u", today, business, today))
+        conn.execute("insert into usage_business_days (business_id, day, calls) select %s || b, %s - d, 1 "
+                     "from generate_series(1, 300) b, generate_series(0, 30) d", (f"{business}-other-", today))
+    usage.set_quota(user_id=None, business_id=business, period="month", max_tokens=10**9, max_cost=None)
+    usage.set_quota(user_id=None, business_id=business, period="day", max_tokens=10**9, max_cost=None)
+    with pool.connection() as conn:
+        conn.execute("analyze usage_business_days")
+        conn.execute("analyze usage_user_days")
+
+    def counts(conn):  # this backend's reads not yet reported: they only grow within a transaction
+        return {r["relname"]: (r["seq_scan"], r["idx_scan"], r["idx_tup_fetch"]) for r in conn.execute(
+            "select relname, seq_scan, coalesce(idx_scan, 0) as idx_scan, coalesce(idx_tup_fetch, 0) as idx_tup_fetch "
+            "from pg_stat_xact_user_tables where relname like 'usage%%'").fetchall()}
+
+    params = {"user_id": user.id, "session_id": sid, "run_id": None, "owner": "test:1", "lease_seconds": 60.0,
+              "max_messages": 10**6, "max_bytes": 10**12, "max_runs": 100, "query": "hi", "now": None,
+              "defaults": None, "want_tokens": 2048, "context_tokens": None, "price_input": 2.0,
+              "price_output": 8.0, "reserve_seconds": 60.0}
+    for statement, args in ((START_RUN_IN_SESSION_SQL, {**params, "run_id": uuid.uuid4()}),
+                            (QUOTA_STATE_SQL, (user.id, business, None, "{}"))):
+        with pool.connection() as conn, conn.transaction(force_rollback=True):  # the run not started after all
+            before = counts(conn)
+            rows = conn.execute(statement, args).fetchall()
+            after = counts(conn)
+        assert rows and all(r.get("blocked") is not True for r in rows)
+        reads = {name: tuple(a - b for a, b in zip(after[name], before.get(name, (0, 0, 0)))) for name in after}
+        seq, idx, fetched = reads.get("usage_business_days", (0, 0, 0))
+        # start_chat_turn: the month's rows, at most today's day of the month; usage_quota_state: those and the day's.
+        assert seq == 0 and idx >= 1 and fetched <= today.day + (statement is QUOTA_STATE_SQL), reads
+        assert reads.get("usage_user_days", (0, 0, 0)) == (0, 0, 0), reads  # no user's days read

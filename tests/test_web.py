@@ -14,6 +14,7 @@ skipped, saying so. CI (.ci/run) installs both. Screenshots of failed tests go t
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -82,8 +83,12 @@ def web_origin(web_server, live):
 
 
 @pytest.fixture(scope="module")
-def live(module_make_app, fake_model, web_server):
-    """The API on a real HTTP server (threads: streams and event streams stay open)."""
+def live(module_make_app, fake_model, web_server, tmp_path_factory):
+    """The API on a real HTTP server (threads: streams and event streams stay open), with model prices and
+    a monthly token quota for every user (the app shows a chat's cost and what the quota leaves)."""
+    prices = tmp_path_factory.mktemp("prices") / "prices.json"
+    prices.write_text(json.dumps({"currency": "USD", "models": {
+        "fake-chat": {"input": 1000, "output": 2000}, "fake-naming": {"input": 100, "output": 200}}}))
     app = module_make_app(
         openai_base_url=fake_model.base_url, openai_api_key="test-key", openai_model="fake-chat",
         naming_model="fake-naming", openai_timeout_seconds=5, openai_max_retries=0, naming_timeout_seconds=5,
@@ -92,6 +97,7 @@ def live(module_make_app, fake_model, web_server):
         session_cookie_secure=False,
         rate_limits_enabled=True, chat_rate_limit="8 per minute", login_rate_limit="100 per minute",
         events_heartbeat_seconds=1, sse_heartbeat_seconds=1,
+        model_prices_file=prices, default_user_quota_month_tokens=10_000_000,
     )
     with served_on_loopback(app) as port:
         yield app, f"http://localhost:{port}"
@@ -788,6 +794,18 @@ def test_on_a_phone_the_list_and_the_chat_are_separate_views_with_a_way_back(bro
         message = page.get_by_test_id("assistant-message").last.bounding_box()
         assert message is not None and message["x"] + message["width"] <= 390
         assert_accessible(page, "phone chat")
+        # A question edited in place, its picker and the reply's buttons fit the phone too.
+        page.get_by_test_id("edit-message").click()
+        page.get_by_test_id("edit-input").fill("A shorter question")
+        page.get_by_test_id("edit-save").click()
+        see(page.get_by_test_id("assistant-message").last).to_have_text("Echo: A shorter question")
+        reply_finished(page)
+        see(page.get_by_test_id("branch-position")).to_have_text(["2/2"])
+        for control in ("branch-prev", "edit-message", "regenerate", "rate-up", "rate-down"):
+            box = page.get_by_test_id(control).bounding_box()
+            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, control
+        assert no_sideways_scroll(page)
+        assert_accessible(page, "phone chat with versions")
         page.get_by_test_id("back-to-list").click()
         see(item(page, sid)).to_be_visible()
         see(page.get_by_test_id("message-input")).to_be_hidden()
@@ -1006,3 +1024,253 @@ def test_every_screen_passes_axe_and_works_by_keyboard(browser, live, web_origin
     finally:
         context.close()
     assert csp_violations == []
+
+
+# --- branches (edit a question, regenerate a reply, switch between them), ratings, cost and quota ---
+
+
+def picker_positions(page):
+    return page.get_by_test_id("branch-position")
+
+
+@needs_browser
+def test_edit_regenerate_switch_branches_rate_replies_and_show_the_cost(context, live, web_origin, fake):
+    from tests.chat_support import model_reply  # a plugin module (conftest): imported here, not rewritten twice
+
+    app, api_url = live
+    user = User()
+    api = client_for(app, user)
+    see = expect()
+    page = open_app(context, web_origin)
+    sign_in_with_token(page, user.token)
+    sid = new_chat(page)
+    send_message(page, "First question")
+    see(page.get_by_test_id("assistant-message")).to_have_text(["Echo: First question"])
+    reply_finished(page)
+    # What the chat has cost (model prices are set here) and what the monthly quota leaves.
+    see(page.get_by_test_id("session-cost")).to_contain_text(re.compile(r"\$\d[\d.,]* · [1-9][\d,]* tokens"))
+    see(page.get_by_test_id("quota-left")).to_contain_text(re.compile(r"^[\d,]+ tokens left this month$"))
+    cost_after_one = page.get_by_test_id("session-cost").text_content()
+    send_message(page, "Second question")
+    see(page.get_by_test_id("assistant-message")).to_have_text(["Echo: First question", "Echo: Second question"])
+    reply_finished(page)
+    see(page.get_by_test_id("session-cost")).not_to_have_text(cost_after_one)  # read again after the turn
+    see(picker_positions(page)).to_have_count(0)  # one version of everything: no picker
+
+    # Edit a question in place, by keyboard: Enter opens the editor (focused, with the text), Escape
+    # leaves it and gives the focus back to Edit.
+    second_question = page.get_by_test_id("turn").nth(2)
+    second_question.get_by_test_id("edit-message").focus()
+    page.keyboard.press("Enter")
+    field = page.get_by_test_id("edit-input")
+    see(field).to_be_focused()
+    see(field).to_have_value("Second question")
+    assert_accessible(page, "editing a question")
+    page.keyboard.press("Escape")
+    see(page.get_by_test_id("edit-form")).to_have_count(0)
+    see(second_question.get_by_test_id("edit-message")).to_be_focused()
+    second_question.get_by_test_id("edit-message").click()
+    field.fill("Second question, edited")
+    # Saved: the reply streams in place of the old branch; nothing else branches while it is written.
+    with fake.hold_streams() as gate:
+        page.get_by_test_id("edit-save").click()
+        see(page.get_by_test_id("user-message")).to_have_text(["First question", "Second question, edited"])
+        see(page.get_by_test_id("assistant-message")).to_have_text(["Echo: First question", "Echo:"])
+        assert gate.wait_for_held(1)
+        see(page.get_by_test_id("edit-message").first).to_be_disabled()
+        see(page.get_by_test_id("regenerate").first).to_be_disabled()
+        see(page.get_by_test_id("rate-up").first).to_be_disabled()
+        gate.release()
+    see(page.get_by_test_id("assistant-message")).to_have_text(["Echo: First question", "Echo: Second question, edited"])
+    reply_finished(page)
+    see(picker_positions(page)).to_have_text(["2/2"])  # on the edited question
+    assert_accessible(page, "a question with two versions")
+
+    # The picker shows the old branch (its answer too), and a reload keeps the branch shown.
+    page.get_by_test_id("branch-prev").click()
+    see(picker_positions(page)).to_have_text(["1/2"])
+    see(page.get_by_test_id("user-message")).to_have_text(["First question", "Second question"])
+    see(page.get_by_test_id("assistant-message")).to_have_text(["Echo: First question", "Echo: Second question"])
+    see(page.get_by_test_id("branch-prev")).to_be_disabled()
+    page.reload()
+    wait_live(page)
+    see(page.get_by_test_id("user-message")).to_have_text(["First question", "Second question"])
+    see(picker_positions(page)).to_have_text(["1/2"])
+    saved = api.get(f"/api/llm/sessions/{sid}?include_messages=true").get_json()["messages"]
+    assert [m["content"] for m in saved] == ["First question", "Echo: First question", "Second question",
+                                             "Echo: Second question"]
+
+    # Another tab with the chat open follows a switch (the session.updated event).
+    tab2 = context.new_page()
+    tab2.goto(page.url)
+    wait_live(tab2)
+    see(picker_positions(tab2)).to_have_text(["1/2"])
+    page.get_by_test_id("branch-next").click()
+    see(picker_positions(page)).to_have_text(["2/2"])
+    see(page.get_by_test_id("assistant-message").last).to_have_text("Echo: Second question, edited")
+    see(picker_positions(tab2)).to_have_text(["2/2"])
+    see(tab2.get_by_test_id("assistant-message").last).to_have_text("Echo: Second question, edited")
+    tab2.close()
+
+    # Regenerate the last reply: a second answer beside it, with its own picker.
+    fake.reply = lambda body: "Another answer" if body.get("stream") else model_reply(body)
+    with fake.hold_streams() as gate:
+        page.get_by_test_id("turn").last.get_by_test_id("regenerate").click()
+        see(page.get_by_test_id("assistant-message")).to_have_count(2)
+        see(page.get_by_test_id("assistant-message").last).to_have_attribute("data-status", "streaming")
+        assert gate.wait_for_held(1)
+        see(page.get_by_test_id("branch-prev")).to_be_disabled()  # the question's picker, while it is written
+        gate.release()
+    see(page.get_by_test_id("assistant-message").last).to_have_text("Another answer")
+    reply_finished(page)
+    see(picker_positions(page)).to_have_text(["2/2", "2/2"])  # the question's and the reply's
+    reply = page.get_by_test_id("turn").last
+    reply.get_by_test_id("branch-prev").click()
+    see(picker_positions(page)).to_have_text(["2/2", "1/2"])
+    see(page.get_by_test_id("assistant-message").last).to_have_text("Echo: Second question, edited")
+    reply.get_by_test_id("branch-next").click()
+    see(page.get_by_test_id("assistant-message").last).to_have_text("Another answer")
+
+    # Thumbs up: shown pressed, kept across a reload; clicking it again clears it; thumbs down.
+    up, down = reply.get_by_test_id("rate-up"), reply.get_by_test_id("rate-down")
+    see(up).to_have_attribute("aria-pressed", "false")
+    up.click()
+    see(up).to_have_attribute("aria-pressed", "true")
+    page.reload()
+    wait_live(page)
+    see(page.get_by_test_id("assistant-message").last).to_have_text("Another answer")
+    see(up).to_have_attribute("aria-pressed", "true")
+    see(down).to_have_attribute("aria-pressed", "false")
+    assert api.get(f"/api/llm/sessions/{sid}?include_messages=true").get_json()["messages"][-1]["feedback"]["rating"] == "up"
+    assert_accessible(page, "a rated reply")
+    up.click()
+    see(up).to_have_attribute("aria-pressed", "false")
+    page.reload()
+    wait_live(page)
+    see(page.get_by_test_id("assistant-message").last).to_have_text("Another answer")
+    see(up).to_have_attribute("aria-pressed", "false")
+    assert api.get(f"/api/llm/sessions/{sid}?include_messages=true").get_json()["messages"][-1]["feedback"] is None
+    down.click()
+    see(down).to_have_attribute("aria-pressed", "true")
+    see(up).to_have_attribute("aria-pressed", "false")
+    see(page.get_by_test_id("error-banner")).to_have_count(0)
+
+    # An edit the model fails: the error says so; the chat shows what the server kept (the new question,
+    # unanswered, as a failed turn keeps it), and the picker goes back to the branch before it.
+    fake.fail_next(status=500)
+    page.get_by_test_id("turn").first.get_by_test_id("edit-message").click()
+    page.get_by_test_id("edit-input").fill("This one fails")
+    page.get_by_test_id("edit-save").click()
+    see(page.get_by_test_id("error-banner")).to_contain_text("The model failed to answer")
+    see(page.get_by_test_id("user-message")).to_have_text(["This one fails"])
+    see(page.get_by_test_id("assistant-message")).to_have_count(0)
+    see(picker_positions(page)).to_have_text(["2/2"])
+    page.get_by_test_id("branch-prev").click()
+    see(page.get_by_test_id("user-message")).to_have_text(["First question", "Second question, edited"])
+    see(page.get_by_test_id("assistant-message")).to_have_text(["Echo: First question", "Another answer"])
+    see(picker_positions(page)).to_have_text(["1/2", "2/2", "2/2"])
+
+
+# --- message search: hits under the chats, snippets marked, a hit opens its chat at the message ---
+
+
+def message_turn(page, message_id):
+    return page.locator(f'[data-testid="turn"][data-message-id="{message_id}"]')
+
+
+def search_hit(page, message_id):
+    return page.locator(f'[data-testid="message-hit"][data-message-id="{message_id}"]')
+
+
+@needs_browser
+def test_search_finds_messages_marks_the_words_and_opens_the_chat_at_the_message(context, live, web_origin, fake):
+    app, api_url = live
+    user = User()
+    api = client_for(app, user)
+    see = expect()
+    # A long chat (imported: 240 messages, more than the first page of 200): its oldest question holds a
+    # word of its own, and every message "filler" (more hits than one page of them).
+    # (An emoji before the word: the server's offsets count code points, JavaScript's strings UTF-16 units.)
+    lines = [{"role": "user", "content": "Where did I put 🦊🦊 the quokkaspecial receipt? filler"},
+             {"role": "assistant", "content": "In the drawer, filler."}]
+    for i in range(1, 120):
+        lines += [{"role": "user", "content": f"Filler question {i}"}, {"role": "assistant", "content": f"Filler answer {i}"}]
+    doc = {"format": "chat-session/v1", "session": {"session_name": "Long ledger"}, "messages": lines}
+    response = api.post("/api/llm/sessions/import", json=doc)
+    assert response.status_code == 201, response.get_json()
+    long_chat = response.get_json()["data"]["session_id"]
+    first_page = api.get(f"/api/llm/sessions/{long_chat}?include_messages=true").get_json()
+    assert first_page["has_more_messages"] and "quokkaspecial" not in first_page["messages"][0]["content"]
+    (old_hit,) = api.get("/api/llm/search?q=quokkaspecial").get_json()["data"]
+    assert old_hit["session_id"] == long_chat and old_hit["role"] == "user"
+    assert "🦊🦊 the quokkaspecial" in old_hit["snippet"], old_hit  # the emoji comes before the marked word
+    # A short chat whose question is edited: the first version (and its reply) is on a branch no longer shown.
+    response = api.post("/api/llm/sessions/import", json={"format": "chat-session/v1", "session": {"session_name": "Trip notes"},
+                        "messages": [{"role": "user", "content": "Plan the marmotvariant hike"},
+                                     {"role": "assistant", "content": "Echo: Plan the marmotvariant hike"}]})
+    trip = response.get_json()["data"]["session_id"]
+    question = api.get(f"/api/llm/sessions/{trip}?include_messages=true").get_json()["messages"][0]["id"]
+    edited = api.post(f"/api/llm/sessions/{trip}/messages/{question}/edit", json={"query": "Plan a beach day"})
+    assert edited.status_code == 200 and "event: done" in edited.get_data(as_text=True)
+    branch_hits = api.get("/api/llm/search?q=marmotvariant&role=user").get_json()["data"]
+    assert [(h["message_id"], h["on_active_branch"]) for h in branch_hits] == [(question, False)]
+
+    page = open_app(context, web_origin)
+    sign_in_with_token(page, user.token)
+    # The old question: a hit under the chats (none of whose names match), its word marked.
+    page.get_by_test_id("search").fill("quokkaspecial")
+    see(page.get_by_test_id("no-results")).to_be_visible()  # no chat's name has it
+    hit = search_hit(page, old_hit["message_id"])
+    see(hit.get_by_test_id("hit-session")).to_have_text("Long ledger")
+    see(hit).to_contain_text("You")
+    see(hit.locator("mark")).to_have_text(["quokkaspecial"])
+    see(hit.get_by_test_id("hit-snippet")).to_contain_text("Where did I put 🦊🦊 the quokkaspecial receipt?")
+    assert_accessible(page, "message hits")
+    # Opened by keyboard: the chat, its older page read, the question in view, marked and focused.
+    hit.focus()
+    page.keyboard.press("Enter")
+    see(page).to_have_url(re.compile(f"/c/{re.escape(long_chat)}$"))
+    target = message_turn(page, old_hit["message_id"])
+    see(target).to_be_in_viewport()
+    see(target).to_be_focused()
+    see(target).to_have_class(re.compile(r"\bfound\b"))
+    see(target).not_to_have_class(re.compile(r"\bfound\b"))  # only for a moment
+    see(page.get_by_test_id("turn")).to_have_count(240)
+    see(target.get_by_test_id("user-message")).to_contain_text("quokkaspecial")
+    assert_accessible(page, "a chat opened at a hit")
+
+    # More hits by next_cursor.
+    page.get_by_test_id("search").fill("filler")
+    see(page.get_by_test_id("message-hit")).to_have_count(10)
+    page.get_by_test_id("more-hits").click()
+    see(page.get_by_test_id("message-hit")).to_have_count(20)
+    # Only excluded words: the server answers 400; no hits, no error.
+    page.get_by_test_id("search").fill("-filler")
+    see(page.get_by_test_id("no-message-hits")).to_be_visible()
+    see(page.get_by_test_id("message-hit")).to_have_count(0)
+    see(page.get_by_test_id("error-banner")).to_have_count(0)
+
+    # A hit on a branch no longer shown, on a phone: the chat switches to it and shows the message.
+    page.set_viewport_size({"width": 390, "height": 700})
+    page.get_by_test_id("back-to-list").click()
+    page.get_by_test_id("search").fill("marmotvariant")
+    hit = search_hit(page, question)
+    see(hit.get_by_test_id("hit-other-branch")).to_be_visible()
+    see(hit.locator("mark")).to_have_text(["marmotvariant"])
+    assert no_sideways_scroll(page)
+    assert_accessible(page, "phone message hits")
+    page.emulate_media(reduced_motion="reduce")  # the mark holds still for those who ask for less motion
+    hit.click()
+    see(page).to_have_url(re.compile(f"/c/{re.escape(trip)}$"))
+    target = message_turn(page, question)
+    see(target).to_be_in_viewport()
+    see(target).to_have_class(re.compile(r"\bfound\b"))
+    assert target.locator(".message").evaluate("el => getComputedStyle(el).animationName") == "none"
+    see(target.get_by_test_id("user-message")).to_have_text("Plan the marmotvariant hike")
+    see(target.get_by_test_id("branch-position")).to_have_text("1/2")
+    see(page.get_by_test_id("assistant-message")).to_have_text(["Echo: Plan the marmotvariant hike"])
+    assert no_sideways_scroll(page)
+    # The server keeps that branch as the one shown (a reload shows it too).
+    path = api.get(f"/api/llm/sessions/{trip}?include_messages=true").get_json()["messages"]
+    assert [m["id"] for m in path][0] == question
+    see(page.get_by_test_id("error-banner")).to_have_count(0)

@@ -39,8 +39,10 @@ from psycopg import Connection, Cursor
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
+from backend.messages.store import MessageStore
 from backend.sessions.store import SessionStore
-from backend.sessions.thread_store import measure_history
+from backend.sessions.thread_store import history_bytes
+from llm.messages import visible_messages, with_ids
 
 
 class SessionGone(Exception):
@@ -58,6 +60,9 @@ class WrittenCheckpoint:
     checkpoint_id: str
     message_count: int
     history_bytes: int
+    # The turn's messages as written: its user message and the reply after it (None: none yet).
+    user_message_id: str | None = None
+    assistant_message_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -70,6 +75,8 @@ class RunCheckpoints:
     start_row: dict | None
     start_used: bool = False
     written: WrittenCheckpoint | None = None
+    # The ids of the path the thread's checkpoint holds (those the run loaded, then wrote).
+    path_ids: list[str] | None = None
 
 
 _current_run: ContextVar[RunCheckpoints | None] = ContextVar("run_checkpoints", default=None)
@@ -107,37 +114,111 @@ class SessionCheckpointSaver(PostgresSaver):
             run.start_used = True  # later loads come after the run's own writes: read the table
             value = run.start_row
             if value is None:
+                run.path_ids = []
                 return None
             # Older checkpoints keep their pending sends elsewhere: the library migrates them on load.
             if not (value["checkpoint"]["v"] < 4 and value["parent_checkpoint_id"]):
-                return self._load_checkpoint_tuple(value)
-        return super().get_tuple(config)
+                return self._with_ids(self._load_checkpoint_tuple(value), run)
+        return self._with_ids(super().get_tuple(config), run if _root_of(run, config) else None)
+
+    def start_messages(self, run: RunCheckpoints | None) -> list[BaseMessage]:
+        """The messages of the checkpoint `run` starts from (read with its lease), without using
+        it up: the run's own first load still gets it."""
+        if run is None:
+            return []
+        value = run.start_row
+        if value is None:
+            return []
+        if not (value["checkpoint"]["v"] < 4 and value["parent_checkpoint_id"]):
+            saved = self._load_checkpoint_tuple(value)
+        else:
+            saved = super().get_tuple({"configurable": {"thread_id": run.thread_id, "checkpoint_ns": ""}})
+        messages = saved.checkpoint.get("channel_values", {}).get("messages") if saved is not None else None
+        return with_ids([m for m in messages if isinstance(m, BaseMessage)]) if isinstance(messages, list) else []
+
+    @staticmethod
+    def _with_ids(saved: CheckpointTuple | None, run: RunCheckpoints | None) -> CheckpointTuple | None:
+        """Every message loaded has an id (with_ids), and a run knows the path it loaded."""
+        messages = saved.checkpoint.get("channel_values", {}).get("messages") if saved is not None else None
+        if isinstance(messages, list):
+            with_ids(messages)
+            if run is not None and run.path_ids is None:
+                run.path_ids = [m["id"] for m in visible_messages(messages)]
+        return saved
 
     @contextmanager
-    def _session_locked(self, config: RunnableConfig) -> Iterator[Connection]:
+    def _session_locked(self, config: RunnableConfig) -> Iterator[tuple[Connection, dict]]:
         thread_id = config["configurable"]["thread_id"]
         with self.conn.connection() as conn, conn.transaction():
-            if not SessionStore.lock_for_checkpoint_write(conn, thread_id):
+            session = SessionStore.lock_for_checkpoint_write(conn, thread_id)
+            if session is None:
                 raise SessionGone(thread_id)
-            yield conn
+            yield conn, session
 
     def put(
         self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions
     ) -> RunnableConfig:
-        with self._session_locked(config) as conn:
-            saved = PostgresSaver(conn, serde=self.serde).put(config, checkpoint, metadata, new_versions)
         run = _current_run.get()
-        if _root_of(run, config):
-            messages = checkpoint["channel_values"].get("messages")
-            # Anything but a plain list (a custom channel type): the turn's end reads the history back.
-            run.written = WrittenCheckpoint(checkpoint["id"], *measure_history(
-                [m for m in messages if isinstance(m, BaseMessage)])) if isinstance(messages, list) else None
+        run = run if _root_of(run, config) else None
+        messages = checkpoint["channel_values"].get("messages")
+        # Anything but a plain list (a custom channel type) is not a conversation this backend reads.
+        path = (visible_messages(with_ids([m for m in messages if isinstance(m, BaseMessage)]))
+                if isinstance(messages, list) and not config["configurable"].get("checkpoint_ns") else None)
+        with self._session_locked(config) as (conn, session):
+            saved = PostgresSaver(conn, serde=self.serde).put(config, checkpoint, metadata, new_versions)
+            if path is not None:
+                self._sync_messages(conn, session, run, path)
+        if run is not None:
+            run.written = self._measured(checkpoint["id"], path) if path is not None else None
         return saved
+
+    @staticmethod
+    def _sync_messages(conn: Connection, session: dict, run: RunCheckpoints | None, path: list[dict]) -> None:
+        """chat_messages follows the checkpoint's path, in the checkpoint's transaction. A run that
+        knows the path its thread held says so; otherwise (or after a switch) the rows say."""
+        trusted = run is not None and run.path_ids is not None and session["messages_indexed"] \
+            and not session["switched_to"]
+        known = run.path_ids if trusted else MessageStore.path_ids(conn, session["id"])
+        MessageStore.sync_path(conn, session, known, path)
+        if run is not None:
+            run.path_ids = [m["id"] for m in path]
+
+    @staticmethod
+    def _measured(checkpoint_id: str, path: list[dict]) -> WrittenCheckpoint:
+        user = next((i for i in range(len(path) - 1, -1, -1) if path[i]["role"] == "user"), None)
+        reply = path[-1]["id"] if path and path[-1]["role"] == "assistant" and user is not None else None
+        return WrittenCheckpoint(checkpoint_id, len(path), history_bytes(path),
+                                 path[user]["id"] if user is not None else None, reply)
+
+    def index_thread(self, thread_id: str) -> bool:
+        """Fill chat_messages from the thread's latest checkpoint (a session from before it
+        existed); False if the session is gone."""
+        config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+        try:
+            with self._session_locked(config) as (conn, session):
+                if session["messages_indexed"]:
+                    return True
+                saved = PostgresSaver(conn, serde=self.serde).get_tuple(config)
+                messages = saved.checkpoint.get("channel_values", {}).get("messages") if saved else None
+                path = visible_messages(with_ids([m for m in messages or [] if isinstance(m, BaseMessage)]))
+                MessageStore.sync_path(conn, session, MessageStore.path_ids(conn, session["id"]), path)
+        except SessionGone:
+            return False
+        return True
+
+    def forget_message(self, thread_id: str, message_id: str) -> None:
+        """Drop a message's row (a rolled-back question): it was never an answer's branch."""
+        config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+        try:
+            with self._session_locked(config) as (conn, session):
+                MessageStore.delete_message(conn, session["id"], message_id)
+        except SessionGone:
+            pass
 
     def put_writes(
         self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
     ) -> None:
-        with self._session_locked(config) as conn:
+        with self._session_locked(config) as (conn, _session):
             PostgresSaver(conn, serde=self.serde).put_writes(config, writes, task_id, task_path)
 
     @contextmanager

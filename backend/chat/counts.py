@@ -17,8 +17,9 @@ from psycopg_pool import ConnectionPool
 
 from backend.chat.checkpointer import WrittenCheckpoint
 from backend.chat.run_store import RunStore
+from backend.messages.store import MessageStore
 from backend.sessions.store import SessionStore
-from backend.sessions.thread_store import ThreadStore
+from backend.sessions.thread_store import ThreadStore, history_bytes
 from backend.usage.store import UsageStore
 
 
@@ -67,7 +68,12 @@ class MessageCounts:
             elif not self._runs.end_expired_runs(conn, user_id, session_id, outcome):
                 return row, False  # a live run took over meanwhile; it will count
             queued = self._runs.has_queued(conn, user_id, session_id)
-            count, size = self._threads.history_size(conn, row["thread_id"])
+            if row["switched_to"]:
+                return row, queued  # the run wrote nothing after a switch, which set the counts
+            # The history as written (by anything: a dead process, another saver): its rows follow it.
+            path = self._threads.visible_history(conn, row["thread_id"])
+            MessageStore.sync_path(conn, row, MessageStore.path_ids(conn, row["id"]), path)
+            count, size = len(path), history_bytes(path)
             delta = count - row["message_count"]
             if delta > 0:
                 self._sessions.increment_message_count(conn, user_id, session_id, delta)

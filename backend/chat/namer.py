@@ -3,8 +3,9 @@
 One asyncio loop per process runs in a daemon thread; naming jobs are
 coroutines on it, so a slow naming model never holds a request thread. A job
 first claims the session (one process names it), then asks the model (with
-the heuristic as fallback), then writes the name only if the session still
-has its default one: a rename by the user always wins.
+the heuristic as fallback, and instead when the user's or business's quota
+leaves too little for the call), then writes the name only if the session
+still has its default one: a rename by the user always wins.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import openai
 from backend.sessions.store import SessionStore
 from backend.sessions.thread_store import ThreadStore
 from backend.usage.service import UsageService
-from llm.naming import generate_session_name
+from llm.naming import generate_session_name, naming_call_tokens
 from llm.usage import CallUsage
 
 log = logging.getLogger(__name__)
@@ -65,9 +66,17 @@ class SessionNamer:
                 first_message = await asyncio.to_thread(self._threads.first_user_message, claimed["thread_id"])
             if not first_message:
                 return None
+            client = self._async_client()
+            if client is not None and self._usage is not None and not await asyncio.to_thread(
+                    self._usage.call_fits, claimed, self._model, *naming_call_tokens(first_message)):
+                # The user's or business's quota leaves too little: the heuristic names it, with no model
+                # call and so no ledger row.
+                log.info("session named without the model: over quota",
+                         extra={"user_id": user_id, "session_id": session_id})
+                client = None
             calls: list[CallUsage] = []
             name = await generate_session_name(
-                first_message, client=self._async_client(), model=self._model, timeout_seconds=self._timeout,
+                first_message, client=client, model=self._model, timeout_seconds=self._timeout,
                 on_usage=calls.append,
             )
             if calls and self._usage is not None:

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import openai
 import psycopg
-from langchain_core.messages import AIMessage, AIMessageChunk
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, RemoveMessage
+from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.graph.state import CompiledStateGraph
 
 from backend.auth.service import AuthUser
@@ -38,11 +39,12 @@ from backend.chat.run_store import RunStore
 from backend.chat.runs import CANCEL_REASONS, ActiveRun, RunLeases
 from backend.chat.unfinished import UnfinishedReplies, user_message_id
 from backend.errors import ApiError, NotFound
+from backend.messages.service import MessageService
 from backend.sessions.service import SessionService
 from backend.usage.service import UsageService
 from llm.chat_model import ChatModel, ReplyCancelled
 from llm.graph import ChatContext
-from llm.messages import text_of, user_message
+from llm.messages import path_messages, text_of, user_message
 from llm.usage import CallUsage, MeteredModel, estimate_tokens
 
 log = logging.getLogger(__name__)
@@ -79,11 +81,22 @@ class QueuedTurn:
     run_id: uuid.UUID
 
 
+@dataclass(frozen=True)
+class Branch:
+    """A turn that starts a branch: its message hangs under `parent_id` ('' for the first message:
+    an edit of it) instead of the active path's end; `regenerate` sends no new message, the
+    parent (a user message) is answered again."""
+
+    parent_id: str
+    regenerate: bool = False
+
+
 @dataclass
 class Turn:
     session: dict
     run: ActiveRun
     query: str
+    branch: Branch | None = None
     # What the run's saver knows of its thread: the checkpoint read with the lease, the last one written.
     checkpoints: RunCheckpoints | None = None
     # The most output tokens its quotas leave it (None: no quota applies), and its model calls' usage.
@@ -116,8 +129,10 @@ class ChatService:
         max_queued_per_session: int = 10,
         stop_wait_seconds: float = 10.0,
         usage: UsageService | None = None,
+        messages: MessageService | None = None,
     ) -> None:
         self._sessions = sessions
+        self._messages = messages
         self._runs = runs
         self._counts = counts
         self._leases = leases
@@ -140,7 +155,36 @@ class ChatService:
         self._unfinished = UnfinishedReplies(graph)
         self._usage = usage
 
-    def start_turn(self, user: AuthUser, session_id: str, query: str, strategy: str = "reject") -> Turn | QueuedTurn:
+    def start_branch_turn(
+        self, user: AuthUser, session_id: str, message_id: str, *, query: str | None, strategy: str = "reject",
+    ) -> Turn:
+        """Edit (`query`: the user message `message_id` asked again, as its new sibling) or
+        regenerate (no query: the assistant reply `message_id` answered again): a turn whose
+        message starts a branch; the branch it leaves stays as it was."""
+        row = self._sessions.get(user, session_id)
+        target = self._messages.message(user, row, message_id)
+        want = "assistant" if query is None else "user"
+        if target["role"] != want:
+            raise ApiError(400, "validation_error",
+                           "Only a message of the user can be edited" if query is not None
+                           else "Only a reply of the assistant can be regenerated",
+                           fields={"message_id": f"not a {want} message"})
+        if query is None:
+            asked = self._messages.path_to(row, target["parent_id"] or "")
+            if not asked or asked[-1]["role"] != "user":
+                raise ApiError(400, "validation_error", "This reply answers no message of the user",
+                               fields={"message_id": "a reply to no user message"})
+            query = asked[-1]["content"]
+            branch = Branch(target["parent_id"], regenerate=True)
+        else:
+            branch = Branch(target["parent_id"] or "")
+        turn = self.start_turn(user, session_id, query, strategy, branch=branch)
+        assert isinstance(turn, Turn)  # a branch turn is never queued
+        return turn
+
+    def start_turn(
+        self, user: AuthUser, session_id: str, query: str, strategy: str = "reject", branch: Branch | None = None,
+    ) -> Turn | QueuedTurn:
         """Everything that can fail with a status code, before any byte is streamed. While a reply
         runs in the session, `strategy` says what this message does: reject (409 session_busy),
         enqueue (wait its turn), interrupt (stop that reply, keeping its text) or rollback (stop
@@ -168,7 +212,7 @@ class ChatService:
                         headers={"Retry-After": "5"},
                     )
                 continue  # the reply ended meanwhile: try again
-            if strategy == "enqueue":
+            if strategy == "enqueue" and branch is None:
                 queued = self._enqueue(user, session_id, query)
                 if queued is not None:
                     return queued
@@ -181,7 +225,7 @@ class ChatService:
             raise self._busy()
         if session["message_count"] == 0 and session["name_source"] == "default":
             self._namer.submit(user.id, session_id, query)
-        return self._launch(Turn(session=session, run=run, query=query, checkpoints=checkpoints,
+        return self._launch(Turn(session=session, run=run, query=query, checkpoints=checkpoints, branch=branch,
                                  max_tokens=session["usage_grant"]["granted_tokens"]))
 
     @staticmethod
@@ -196,10 +240,11 @@ class ChatService:
         """An archived or full session takes no turn."""
         if session["is_archived"]:
             raise ApiError(409, "session_archived", "This session is archived; unarchive it to send messages")
-        if session["message_count"] >= self._max_history:
+        # The caps count every branch: what the session stores, not only the path shown.
+        if session["message_count"] + session["branch_messages"] >= self._max_history:
             raise ApiError(409, "session_full", f"This conversation has reached {self._max_history} messages; "
                            "start a new session to go on")
-        if session["history_bytes"] >= self._max_bytes:
+        if session["history_bytes"] + session["branch_bytes"] >= self._max_bytes:
             raise ApiError(409, "session_full", "This conversation has reached the most text a session may hold; "
                            "start a new session to go on")
 
@@ -349,14 +394,17 @@ class ChatService:
             if self._prune_history and turn.session["message_count"] > 0:
                 self._prune(turn)
             outcome = "done" if error is None else ("cancelled" if run.cancel.is_set() else "error")
-            final = (RunFinal("done", "done", {}) if error is None
+            written = turn.checkpoints.written if turn.checkpoints else None
+            ids = ({"user_message_id": written.user_message_id, "assistant_message_id": written.assistant_message_id}
+                   if written is not None else {})
+            final = (RunFinal("done", "done", ids) if error is None
                      else RunFinal(status_of_error(error[0]), "error",
                                    {"code": error[0], "message": error[1]}))
             queued = False
             try:
                 session, queued = self._counts.end_run_and_count_messages(
                     run.user_id, run.session_id, run.run_id, outcome,
-                    written=turn.checkpoints.written if turn.checkpoints else None,
+                    written=written,
                     final=final.stored(run.run_id, reply), usage=self._ledger_rows(turn, reply),
                 )
             except Exception:  # noqa: BLE001 - a later reconcile repairs the count
@@ -371,7 +419,7 @@ class ChatService:
         else:
             run.reply.finish(
                 "done",
-                {"session_id": run.session_id, "message_count": session["message_count"],
+                {**ids, "session_id": run.session_id, "message_count": session["message_count"],
                  "session_name": session["session_name"], "run_id": str(run.run_id)},
             )
         log.info(
@@ -408,12 +456,14 @@ class ChatService:
         config = {"configurable": {"thread_id": turn.session["thread_id"]}}
         last_reply = None
         stream = self._graph.stream(
-            {"messages": [user_message(turn.query, message_id=user_message_id(run.run_id))]}, config,
+            {"messages": self._turn_input(turn)}, config,
             context=context, stream_mode=self._stream_modes,
             # Keeping only the latest checkpoint, the steps in between need not
             # be written at all: one write when the turn ends (also on error).
             # Full history keeps LangGraph's checkpoint per step, for time travel.
-            durability="exit" if self._prune_history else "async",
+            # A branch writes its start (the path and its question) before the model answers, so
+            # a crash never leaves its question on the branch it left (UnfinishedReplies).
+            durability="sync" if turn.branch is not None else "exit" if self._prune_history else "async",
         )
         with self._graph.checkpointer.for_run(turn.checkpoints):
             for mode, chunk in stream:
@@ -433,6 +483,21 @@ class ChatService:
             self._send_token(turn, last_reply)
             sent = 1
         return sent
+
+    def _turn_input(self, turn: Turn) -> list[BaseMessage]:
+        """The turn's message, after the history it continues when that is not the checkpoint's
+        path as it stands: a branch (edit, regenerate) or the path a switch made active. Then
+        the graph's memory is replaced by that path (RemoveMessage of all, then the path), so
+        the model sees exactly the path the user sees."""
+        message = user_message(turn.query, message_id=user_message_id(turn.run.run_id))
+        upto = turn.branch.parent_id if turn.branch is not None else turn.session["switched_to"]
+        if upto is None or self._messages is None:
+            return [message]
+        path = self._messages.path_to(turn.session, upto)
+        current = self._graph.checkpointer.start_messages(turn.checkpoints)
+        history = path_messages(current, path)
+        new = [] if turn.branch is not None and turn.branch.regenerate else [message]
+        return [RemoveMessage(id=REMOVE_ALL_MESSAGES), *history, *new]
 
     def _prune(self, turn: Turn) -> None:
         """Drop the checkpoints this turn superseded (still under the run's lease,

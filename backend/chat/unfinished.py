@@ -15,11 +15,11 @@ from __future__ import annotations
 import logging
 import uuid
 
-from langchain_core.messages import HumanMessage, RemoveMessage
+from langchain_core.messages import AIMessage, HumanMessage, RemoveMessage
 from langgraph.graph.state import CompiledStateGraph
 
 from backend.chat.checkpointer import RunCheckpoints
-from llm.messages import stopped_message, user_message, visible_messages
+from llm.messages import created_at_of, stopped_message, user_message, visible_messages
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,9 @@ class UnfinishedReplies:
     def roll_back(self, thread_id: str, checkpoints: RunCheckpoints | None, message_id: str) -> None:
         try:
             self._write(thread_id, checkpoints, [RemoveMessage(id=message_id)])
+            forget = getattr(self._graph.checkpointer, "forget_message", None)
+            if forget is not None:
+                forget(thread_id, message_id)  # no branch of its own: it is withdrawn
         except Exception:  # noqa: BLE001 - nothing was written (or the session is gone): nothing to remove
             log.info("rolling back a run's message found nothing to remove")
 
@@ -58,15 +61,24 @@ class UnfinishedReplies:
         config = {"configurable": {"thread_id": run["thread_id"]}}
         try:
             messages = self._graph.get_state(config).values.get("messages") or []
+            last = messages[-1] if messages else None
             missing = []
-            if len(visible_messages(messages)) <= run["message_count"]:  # the turn wrote nothing
-                if run["query"]:
-                    missing.append(user_message(run["query"], run["started_at"]))
-            elif not isinstance(messages[-1], HumanMessage):
-                return  # the reply was saved before its process died
+            if isinstance(last, HumanMessage):
+                pass  # the run's question is saved (a branch writes it first), its reply is not
+            elif isinstance(last, AIMessage) and (
+                    len(visible_messages(messages)) > run["message_count"]
+                    or _written_since(last, run["started_at"])):
+                return  # the reply was saved before its process died (a branch's may leave the count as it was)
+            elif run["query"]:  # the turn wrote nothing
+                missing.append(user_message(run["query"], run["started_at"]))
             if run["reply"]:
                 missing.append(stopped_message(run["reply"], "interrupted"))
             if missing:
                 self._write(run["thread_id"], None, missing)
         except Exception:  # noqa: BLE001 - the session may be gone; the run still ends
             log.warning("keeping an interrupted reply failed", exc_info=True)
+
+
+def _written_since(message, started_at) -> bool:
+    written = created_at_of(message)
+    return written is not None and written.tzinfo is not None and written >= started_at

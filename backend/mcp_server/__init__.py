@@ -32,7 +32,7 @@ def services_for(app: Flask) -> McpServices:
 
     state = services_of(app)
     return McpServices(
-        tools=SessionTools(sessions=state.sessions),
+        tools=SessionTools(sessions=state.sessions, usage=state.usage, search=state.search),
         auth=state.auth,
         default_business_id=state.settings.default_business_id,
         session_write_rate_limit=state.settings.session_write_rate_limit,

@@ -101,6 +101,10 @@ def _list_summary(r: t.SessionList) -> str:
 
 def _detail_summary(r: t.SessionDetail) -> str:
     text = _session_line(r.session).removeprefix("- ")
+    if r.session.usage is not None:
+        u = r.session.usage
+        text += (f"; {u.calls} model call(s) so far, {u.input_tokens} input + {u.output_tokens} output tokens, "
+                 f"{u.cost_micros / 1_000_000:.6f} {u.currency}")
     if r.messages is not None:
         text += f"; {len(r.messages)} message(s) included" + (", older ones exist" if r.has_more_messages else "")
     return text
@@ -116,6 +120,34 @@ def _delete_summary(r: t.DeleteResult) -> str:
     return f"Deleted {r.session_id} ({rows}){' by force' if r.forced else ''}.{undo}"
 
 
+def _usage_summary(r: t.UsageReport) -> str:
+    def spent(u) -> str:
+        return (f"{u.calls} call(s), {u.input_tokens} input + {u.output_tokens} output tokens, "
+                f"{u.cost_micros / 1_000_000:.6f} {r.currency}")
+
+    lines = [f"Usage {r.since} to {r.until} by {r.group_by}: {spent(r.total)}"
+             + (" (more groups than limit)" if r.more else "")]
+    lines += [f"- {g.key}: {spent(g)}" for g in r.data[:SUMMARY_GROUPS]]
+    if len(r.data) > SUMMARY_GROUPS:
+        lines.append(f"- ... {len(r.data) - SUMMARY_GROUPS} more in the structured result")
+    for q in r.quotas:
+        left = ", ".join(part for part in (
+            f"{q.tokens_left} tokens" if q.tokens_left is not None else "",
+            f"{q.cost_left_micros / 1_000_000:.6f} {r.currency}" if q.cost_left_micros is not None else "") if part)
+        lines.append(f"Quota ({q.scope}, {q.period}): {left} left; resets {q.resets_at.isoformat()}")
+    return "\n".join(lines)
+
+
+SUMMARY_GROUPS = 50
+
+
+def _search_summary(r: t.SearchResult) -> str:
+    if not r.hits:
+        return "No message matches."
+    lines = [f"- {h.session_name} ({h.session_id}), {h.role}, {h.message_id}: {h.snippet}" for h in r.hits]
+    return f"{len(r.hits)} hit(s){' (more: pass next_cursor)' if r.next_cursor else ''}:\n" + "\n".join(lines)
+
+
 def tool_specs(tools: t.SessionTools) -> list[ToolSpec]:
     return [
         ToolSpec("list_sessions", "List sessions",
@@ -123,8 +155,19 @@ def tool_specs(tools: t.SessionTools) -> list[ToolSpec]:
                  "include_archived). `query` keeps those whose name contains it, case-insensitively.",
                  t.ListSessionsArgs, t.SessionList, tools.list_sessions, _list_summary, _read_only()),
         ToolSpec("get_session", "Get a session",
-                 "One session by id; with include_messages, its conversation too (the newest messages_limit).",
+                 "One session by id, with its usage (calls, tokens, cost so far); with include_messages, its "
+                 "conversation too (the newest messages_limit).",
                  t.GetSessionArgs, t.SessionDetail, tools.get_session, _detail_summary, _read_only()),
+        ToolSpec("get_usage", "Get usage and quotas",
+                 "What this user's model calls used and cost between two UTC days (since, until: YYYY-MM-DD; "
+                 "default the last 30 days), grouped by day, model or session (most costly first), with the "
+                 "quotas that hold and what each leaves. The same as the API's GET /api/llm/usage.",
+                 t.GetUsageArgs, t.UsageReport, tools.get_usage, _usage_summary, _read_only()),
+        ToolSpec("search_messages", "Search messages",
+                 "Search every message of the user's conversations (every branch, unless branch=active): hits "
+                 "with their session, message id, role, time and a plain-text snippet with highlight offsets. "
+                 "The same as the API's GET /api/llm/search.",
+                 t.SearchMessagesArgs, t.SearchResult, tools.search_messages, _search_summary, _read_only()),
         ToolSpec("rename_session", "Rename a session",
                  "Give a session a new name (auto-naming never replaces it afterwards).",
                  t.RenameSessionArgs, t.SessionResult, tools.rename_session,
@@ -135,9 +178,10 @@ def tool_specs(tools: t.SessionTools) -> list[ToolSpec]:
                  lambda r: f"{r.session.session_id} is {'archived' if r.session.is_archived else 'not archived'}",
                  _write()),
         ToolSpec("export_session", "Export a session",
-                 "The session and its messages as an export document (format chat-session/v1), as the API's "
-                 "export gives it.",
-                 t.ExportSessionArgs, t.SessionExport, tools.export_session,
+                 "The session and every message of every branch as an export document (format chat-session/v2: "
+                 "each message with its parent_id, and active_message_id, the active branch's last message), as "
+                 "the API's export gives it.",
+                 t.ExportSessionArgs, t.SessionExportV2, tools.export_session,
                  lambda r: f"Export of {r.session.session_id}: {len(r.messages)} message(s)", _read_only()),
         ToolSpec("delete_session", "Delete a session",
                  "Delete a session and every row of its conversation memory, in one transaction, with an audit "
@@ -286,7 +330,8 @@ def build_server(tools: t.SessionTools) -> Server:
         SERVER_NAME,
         version="0.1.0",
         instructions="Manage this user's chat sessions: list, read, rename, archive, export, delete (with a backup "
-                     "to undo, a dry run, and force for a session still answering) and restore.",
+                     "to undo, a dry run, and force for a session still answering) and restore; and see what "
+                     "they cost (get_usage, and each session's usage in get_session).",
         on_list_tools=list_tools,
         on_call_tool=call_tool,
         on_list_resources=list_resources,

@@ -13,26 +13,38 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Annotated, Any
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, Strict
 
 from backend.auth.service import AuthUser
+from backend.search.models import SearchHit, SearchLimit, SearchQueryText
+from backend.search.service import SearchService
 from backend.sessions.models import (
-    ExportedSession,
     MessageOut,
     MessagesLimit,
     PageCursor,
     PageLimit,
     SearchText,
-    SessionExport,
     SessionId,
     SessionName,
     SessionOut,
 )
+from backend.sessions.documents import SessionExportV2, export_document
 from backend.sessions.service import SessionService
+from backend.usage.models import (
+    GROUP_BY_DESCRIPTION,
+    LIMIT_DESCRIPTION,
+    SINCE_DESCRIPTION,
+    UNTIL_DESCRIPTION,
+    UsageDay,
+    UsageGroupBy,
+    UsageLimit,
+    UsageReport,
+)
+from backend.usage.service import UsageService
 
 
 class ToolArgs(BaseModel):
@@ -89,7 +101,34 @@ class RestoreSessionArgs(ToolArgs):
     backup_id: UUID = Field(description="backup_id from delete_session")
 
 
+# GET /api/llm/usage's parameters, with its types (backend/usage/models.py).
+class GetUsageArgs(ToolArgs):
+    group_by: UsageGroupBy = Field(default="day", description=GROUP_BY_DESCRIPTION)
+    since: UsageDay | None = Field(default=None, description=SINCE_DESCRIPTION)
+    until: UsageDay | None = Field(default=None, description=UNTIL_DESCRIPTION)
+    limit: Annotated[UsageLimit, Strict()] = Field(default=400, description=LIMIT_DESCRIPTION)
+
+
+# GET /api/llm/search's parameters, with its types (backend/search/models.py).
+class SearchMessagesArgs(ToolArgs):
+    query: SearchQueryText = Field(description=(
+        "Words (all must match), \"exact phrases\", -excluded words; at most 200 characters and 12 terms"))
+    session_id: SessionId | None = Field(default=None, description="Only this session's messages")
+    role: Literal["user", "assistant"] | None = Field(default=None, description="Only the user's or the replies")
+    include_archived: StrictBool = Field(default=False, description="Archived sessions' messages too")
+    branch: Literal["all", "active"] = Field(default="all", description=(
+        "all: every branch of each conversation; active: only what each conversation shows"))
+    order: Literal["rank", "recent"] = Field(default="rank", description="Best matches first, or newest first")
+    limit: Annotated[SearchLimit, Strict()] = Field(default=20, description="Hits per page, 1-50")
+    cursor: PageCursor | None = Field(default=None, description="next_cursor from the previous page")
+
+
 # --- results ---------------------------------------------------------------------
+
+
+class SearchResult(BaseModel):
+    hits: list[SearchHit]
+    next_cursor: str | None = Field(description="Pass as cursor for the next page; null on the last page")
 
 
 class SessionList(BaseModel):
@@ -132,6 +171,8 @@ class SessionTools:
     """The tools' work, on explicit services; every method acts as `user` only."""
 
     sessions: SessionService
+    usage: UsageService | None = None  # get_usage, and get_session's `usage`
+    search: SearchService | None = None  # search_messages
 
     def list_sessions(self, user: AuthUser, args: ListSessionsArgs) -> SessionList:
         page = self.sessions.list(
@@ -144,13 +185,30 @@ class SessionTools:
         )
 
     def get_session(self, user: AuthUser, args: GetSessionArgs) -> SessionDetail:
-        row = self.sessions.get(user, args.session_id)
+        row = self.sessions.get(user, args.session_id, include_usage=True)
         running = self.sessions.reply_running(user, args.session_id)
         if not args.include_messages:
             return SessionDetail(session=SessionOut.model_validate(row), reply_running=running)
         messages, start = self.sessions.messages_page(row, limit=args.messages_limit, before=None)
         return SessionDetail(session=SessionOut.model_validate(row), messages=messages, has_more_messages=start > 0,
                              reply_running=running)
+
+    def get_usage(self, user: AuthUser, args: GetUsageArgs) -> UsageReport:
+        """The caller's totals, as GET /api/llm/usage gives them."""
+        if self.usage is None:
+            raise RuntimeError("get_usage needs the usage service")
+        since, until = (date.fromisoformat(d) if d else None for d in (args.since, args.until))
+        return UsageReport.model_validate(self.usage.totals(user, args.group_by, since, until, args.limit))
+
+    def search_messages(self, user: AuthUser, args: SearchMessagesArgs) -> SearchResult:
+        """The caller's messages that match, as GET /api/llm/search gives them."""
+        if self.search is None:
+            raise RuntimeError("search_messages needs the search service")
+        filters = {"session_id": args.session_id, "role": args.role, "include_archived": args.include_archived,
+                   "since": None, "until": None, "branch": args.branch}
+        hits, next_cursor = self.search.search(user, args.query, filters=filters, order=args.order,
+                                               cursor=args.cursor, limit=args.limit)
+        return SearchResult(hits=[SearchHit.model_validate(h) for h in hits], next_cursor=next_cursor)
 
     def rename_session(self, user: AuthUser, args: RenameSessionArgs) -> SessionResult:
         row = self.sessions.update(user, args.session_id, session_name=args.name, is_archived=None)
@@ -160,9 +218,8 @@ class SessionTools:
         row = self.sessions.update(user, args.session_id, session_name=None, is_archived=args.archived)
         return SessionResult(session=SessionOut.model_validate(row))
 
-    def export_session(self, user: AuthUser, args: ExportSessionArgs) -> SessionExport:
-        exported = self.sessions.export(user, args.session_id)
-        return SessionExport(session=ExportedSession.model_validate(exported["session"]), messages=exported["messages"])
+    def export_session(self, user: AuthUser, args: ExportSessionArgs) -> SessionExportV2:
+        return export_document(self.sessions.export(user, args.session_id, branches=True))
 
     def delete_session(self, user: AuthUser, args: DeleteSessionArgs, progress: Progress | None = None) -> DeleteResult:
         if args.dry_run:

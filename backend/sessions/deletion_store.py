@@ -54,6 +54,9 @@ DELETE_WITH_RECOVERY_POINT_SQL = _DELETE_THREAD_AND_ROW.format(returning="*", re
            from s
          returning backup_id, expires_at
      ),
+     -- The session's messages, every branch and rating (sql/025): read in this statement's
+     -- snapshot, so before the session row's delete cascades to them.
+     m as (select * from chat_messages where session_row_id = %(row_id)s),
      point_rows as (
          insert into session_backup_rows (backup_id, table_name, row)
          select point.backup_id, t.table_name, t.row
@@ -61,6 +64,7 @@ DELETE_WITH_RECOVERY_POINT_SQL = _DELETE_THREAD_AND_ROW.format(returning="*", re
                select 'checkpoints' as table_name, to_jsonb(c) as row from c
                union all select 'checkpoint_blobs', to_jsonb(b) from b
                union all select 'checkpoint_writes', to_jsonb(w) from w
+               union all select 'chat_messages', to_jsonb(m) from m
            ) t
      )""", recovery_columns=""",
        (select backup_id from point) as backup_id, (select expires_at from point) as expires_at""")
@@ -74,17 +78,32 @@ select backup_id, user_id, business_id, session_id, thread_id, session_row
 
 # The row keeps its id and timestamps (overriding the identity; the
 # updated_at trigger fires on update only); the generated column recomputes.
+# Its messages (sql/025) come back as they were, ratings included. The row's
+# branch counts already include them, so the statement names the row
+# (chat.restoring_session, for the rest of its transaction) and the branch-count
+# trigger leaves it alone: nothing is counted twice, and no update of the row
+# moves its updated_at. A point kept before messages had rows brings none:
+# its session comes back not indexed, to be indexed from its checkpoint when read.
 RESTORE_RECOVERY_POINT_SQL = f"""
-with s as (
+with restoring as (
+    select set_config('chat.restoring_session', %(session_row)s::jsonb->>'id', true) as row_id
+), s as (
     insert into chat_sessions (id, user_id, business_id, session_id, thread_id, session_name, is_archived,
                                message_count, created_at, updated_at, last_message_at, name_source, has_unread,
-                               history_bytes)
+                               history_bytes, branch_messages, branch_bytes, switched_to, messages_indexed)
     overriding system value
     select id, user_id, business_id, session_id, thread_id, session_name, is_archived,
            message_count, created_at, updated_at, last_message_at, name_source, has_unread,
-           coalesce(history_bytes, 0)  -- a point kept before history_bytes existed
+           coalesce(history_bytes, 0),  -- a point kept before history_bytes existed
+           coalesce(branch_messages, 0), coalesce(branch_bytes, 0), switched_to,
+           coalesce(messages_indexed, false)  -- a point kept before chat_messages existed
       from jsonb_populate_record(null::chat_sessions, %(session_row)s)
     returning {SESSION_COLUMNS}
+), m as (
+    insert into chat_messages
+    select p.* from session_backup_rows r cross join lateral jsonb_populate_record(null::chat_messages, r.row) p
+     where r.backup_id = %(backup_id)s and r.table_name = 'chat_messages'
+    returning 1
 ), c as (
     insert into checkpoints
     select p.* from session_backup_rows r cross join lateral jsonb_populate_record(null::checkpoints, r.row) p
@@ -113,7 +132,8 @@ with s as (
     select s.user_id, s.business_id, s.session_id, s.thread_id, true, false, to_jsonb(counts), 'restore'
       from s, counts
 )
-select s.*, to_jsonb(counts) as restored from s, counts
+select s.*, to_jsonb(counts) as restored, (select count(*) from m)::int as restored_messages
+  from s, counts, restoring
 """
 
 PURGE_EXPIRED_RECOVERY_POINTS_SQL = """
@@ -246,11 +266,13 @@ class DeletionStore:
     def restore_recovery_point(conn: Connection, backup: dict) -> dict:
         """Put the session row and its thread's rows back, consume the recovery
         point and write the audit row, in one statement. Returns the session
-        row with `restored`: rows put back per table."""
-        return conn.execute(
+        row with `restored`: rows put back per table (the audit row's; its messages' too)."""
+        row = conn.execute(
             RESTORE_RECOVERY_POINT_SQL,
             {"backup_id": backup["backup_id"], "session_row": Jsonb(backup["session_row"])},
         ).fetchone()
+        row["restored"] = {**row["restored"], "chat_messages": row.pop("restored_messages")}
+        return row
 
     def purge_expired_recovery_points(self, limit: int = 500) -> int:
         """Delete recovery points past their expiry (a batch); returns how many."""

@@ -10,14 +10,13 @@ from uuid import UUID
 
 from pydantic import (
     AfterValidator,
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
     StrictBool,
     StringConstraints,
     WithJsonSchema,
-    field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -83,7 +82,8 @@ SessionName = Annotated[
 
 MAX_MESSAGE_CHARS = 32_000
 # Tabs and newlines are text; other C0 controls (NUL above all) are not.
-_CONTROL_CHARS = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f"
+CONTROL_CHARS_CLASS = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f"
+_CONTROL_CHARS = CONTROL_CHARS_CLASS
 _CONTROL = re.compile(f"[{_CONTROL_CHARS}]")
 # The validator below, as a JSON Schema pattern for the document: no control
 # characters, and at least one that strip() keeps (not blank).
@@ -169,6 +169,9 @@ class ListSessionsQuery(QueryModel):
         description="Only sessions whose name contains this text, case-insensitively (% and _ match themselves); "
                     "at most 200 characters, no control characters; empty: no filter",
     )
+    include_usage: bool = Field(default=False, description=(
+        "Give each session its `usage` (calls, tokens and cost so far): one more indexed read for the "
+        "whole page. Without it sessions carry no `usage`"))
 
 
 class GetSessionQuery(QueryModel):
@@ -177,6 +180,8 @@ class GetSessionQuery(QueryModel):
     messages_before: int | None = Field(
         default=None, ge=0, description="Only messages before this position (messages_start of the previous page)"
     )
+    include_usage: bool = Field(default=False, description=(
+        "Give the session its `usage` (calls, tokens and cost so far, as GET .../usage totals them)"))
 
 
 class DeleteSessionQuery(QueryModel):
@@ -190,6 +195,17 @@ class RestoreSessionBody(ApiModel):
     backup_id: UUID = Field(description="From the delete's response")
 
 
+class SessionUsageSummary(BaseModel):
+    """What a session cost so far: every run (every branch) and naming call of it (usage_session_totals;
+    the same names as GET /api/llm/usage and the usage.updated event)."""
+
+    calls: int = Field(description="Model calls (chat turns and naming calls)")
+    input_tokens: int
+    output_tokens: int
+    cost_micros: int = Field(description="Cost in micro-units of `currency` (1,000,000 = 1 unit)")
+    currency: str
+
+
 class SessionOut(BaseModel):
     session_id: str
     thread_id: str
@@ -200,14 +216,77 @@ class SessionOut(BaseModel):
     updated_at: UtcDatetime
     last_message_at: UtcDatetime | None
     has_unread: bool = Field(description="A reply finished that the user has not read yet (POST .../read clears it)")
+    usage: SessionUsageSummary = Field(  # type: ignore[assignment]
+        default=None, description="Only with include_usage=true (the list and GET .../<id>; MCP get_session always)")
+
+    @model_serializer(mode="wrap")
+    def _usage_only_when_asked(self, handler):
+        data = handler(self)
+        if self.usage is None:  # absent, not null, unless asked for
+            data.pop("usage", None)
+        return data
+
+
+# A message's id and a rating's comment (backend/messages, and export documents).
+MAX_MESSAGE_ID = 128
+MAX_FEEDBACK_COMMENT = 2000
+COMMENT_PATTERN = f"^[^{CONTROL_CHARS_CLASS}]*$"  # check_comment's rule, for the document
+
+# A message's id as the API gives it (LangChain's message id: a uuid, run-<uuid>, or m<n> for a
+# message kept from before ids were given).
+MessageId = Annotated[str, Field(min_length=1, max_length=MAX_MESSAGE_ID, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+def check_comment(value: str) -> str | None:
+    """No control characters (line breaks are text); a blank comment is none."""
+    return check_message_text(value) if value.strip() else None
+
+
+FeedbackComment = Annotated[
+    str,
+    Field(max_length=MAX_FEEDBACK_COMMENT, json_schema_extra={"pattern": COMMENT_PATTERN}),
+    AfterValidator(check_comment),
+]
+
+
+class Feedback(BaseModel):
+    rating: Literal["up", "down"]
+    comment: str | None = None
+    rated_at: UtcDatetime
 
 
 class MessageOut(BaseModel):
+    """A message of the conversation's tree, as its active path shows it (backend/messages)."""
+
+    id: str
+    parent_id: str | None = Field(default=None, description="The message before this one on its path; null for the first")
     role: Literal["user", "assistant"]
     content: str
     created_at: UtcDatetime | None = None
     status: Literal["stopped", "interrupted"] | None = Field(
         default=None, description="Set on a reply that did not finish: stopped (Stop) or interrupted (a crash)")
+    sibling_ids: list[str] = Field(
+        description="This message and its siblings (the other answers to the same message, or the other edits of "
+                    "it), oldest first: what a branch picker shows, as sibling_index + 1 of len(sibling_ids)")
+    sibling_index: int = Field(description="This message's place in sibling_ids")
+    feedback: Feedback | None = Field(default=None, description="The user's rating of a reply")
+
+
+def trusted_messages(messages: list[dict]) -> list[MessageOut]:
+    """Messages as the messages area gave them (MessageService.page: rows this server wrote), as
+    response models without validating each again: a page of 1,000 is served in half the time.
+    Times are made UTC here, as validation would have (UtcDatetime)."""
+    out = []
+    for message in messages:
+        created, feedback = message.get("created_at"), message.get("feedback")
+        if feedback is not None:
+            feedback = Feedback.model_construct(**{**feedback, "rated_at": _utc(feedback["rated_at"])})
+        out.append(MessageOut.model_construct(**{**message, "created_at": _utc(created), "feedback": feedback}))
+    return out
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return value.astimezone(timezone.utc) if value is not None else None
 
 
 class SessionCreatedResponse(SuccessModel):
@@ -297,48 +376,7 @@ class SessionExport(DocumentedModel):
     messages: list[MessageOut]
 
 
-class ImportedMessage(ApiModel):
-    role: Literal["user", "assistant"]
-    content: MessageText = Field(description="Not blank, no control characters (as a message sent in a turn)")
-    created_at: AwareDatetime | None = Field(default=None, description="ISO 8601 with a time zone, as exported")
-    status: Literal["stopped", "interrupted"] | None = Field(default=None, description="As exported (replies only)")
-
-    @field_validator("created_at", mode="before")
-    @classmethod
-    def _a_timestamp_string(cls, value: object) -> object:
-        if value is not None and not isinstance(value, str):  # not epoch numbers: the document says a string
-            raise ValueError("must be an ISO 8601 date-time string")
-        return value
-
-    @field_validator("created_at")
-    @classmethod
-    def _within_utc(cls, value: datetime | None) -> datetime | None:
-        # Times leave the server in UTC: 9999-12-31T23:59:59-23:59 is in year 10,000 there, which no
-        # datetime holds, so once stored every read and export of the session would fail.
-        if value is not None:
-            try:
-                value.astimezone(timezone.utc)
-            except OverflowError:
-                raise ValueError("must be within years 1 to 9999 in UTC") from None
-        return value
-
-
-class ImportedSession(BaseModel):
-    # An export's counts and timestamps are the server's to set again: ignored.
-    model_config = ConfigDict(extra="ignore")
-
-    session_id: SessionId = None  # type: ignore[assignment]
-    session_name: SessionName = None  # type: ignore[assignment]
-    is_archived: StrictBool = False
-
-
-class ImportSessionBody(ApiModel):
-    format: Literal["chat-session/v1"] = Field(description="An export document's format")
-    session: ImportedSession = Field(default_factory=ImportedSession)
-    messages: list[ImportedMessage] = Field(min_length=1, description="At most IMPORT_MAX_MESSAGES (10,000)")
-    session_id: SessionId = Field(  # type: ignore[assignment]
-        default=None, description="Import under this id instead of the document's (a copy)"
-    )
+# The import's body (v1 and v2) and the v2 export: documents.py.
 
 
 # --- bulk delete ----------------------------------------------------------------------

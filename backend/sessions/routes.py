@@ -13,21 +13,21 @@ from backend.sessions.models import (
     BulkDeleteResponse,
     CreateSessionBody,
     DeleteSessionQuery,
-    ExportedSession,
     GetSessionQuery,
     ListSessionsQuery,
     RestoreSessionBody,
     SessionCreatedResponse,
     SessionDeletedResponse,
     SessionDetailResponse,
-    SessionExport,
     SessionListResponse,
     SessionOut,
     SessionPath,
     SessionResponse,
     UpdateSessionBody,
+    trusted_messages,
 )
 from backend.sessions.cleanup import SessionCleanup
+from backend.sessions.documents import ExportQuery, SessionExportDocument, export_document
 from backend.sessions.service import SessionService
 
 
@@ -64,6 +64,7 @@ def sessions_api(sessions: SessionService, cleanup: SessionCleanup) -> APIBluepr
             cursor=query.cursor,
             unread=query.unread,
             search=query.q,
+            include_usage=query.include_usage,
         )
         return ok(
             SessionListResponse(
@@ -93,22 +94,22 @@ def sessions_api(sessions: SessionService, cleanup: SessionCleanup) -> APIBluepr
 
     @bp.get("/<session_id>", responses={200: SessionDetailResponse, **error_responses(400, 401, 404, 500, 503)})
     def get_session(path: SessionPath, query: GetSessionQuery):
-        """One session; with include_messages=true, its conversation too."""
-        row = sessions.get(current_user, path.session_id)
+        """One session; with include_messages=true, its conversation too; with include_usage=true, its cost."""
+        row = sessions.get(current_user, path.session_id, include_usage=query.include_usage)
         if not query.include_messages:
             return ok(SessionDetailResponse(data=session_out(row)),
                       exclude={"messages", "messages_start", "has_more_messages"})
         messages, start = sessions.messages_page(row, limit=query.messages_limit, before=query.messages_before)
-        return ok(SessionDetailResponse(data=session_out(row), messages=messages, messages_start=start,
+        return ok(SessionDetailResponse(data=session_out(row), messages=trusted_messages(messages), messages_start=start,
                                         has_more_messages=start > 0))
 
-    @bp.get("/<session_id>/export", responses={200: SessionExport, **error_responses(400, 401, 404, 500, 503)})
-    def export_session(path: SessionPath):
-        """The session and its messages as a JSON document (chat-session/v1) to keep, or to import again."""
-        exported = sessions.export(current_user, path.session_id)
-        document = SessionExport(
-            session=ExportedSession.model_validate(exported["session"]), messages=exported["messages"]
-        )
+    @bp.get("/<session_id>/export",
+            responses={200: SessionExportDocument, **error_responses(400, 401, 404, 500, 503)})
+    def export_session(path: SessionPath, query: ExportQuery):
+        """The session as a JSON document to keep, or to import again: chat-session/v2 (every branch
+        of the conversation and the active one's last message), or with ?format=v1 chat-session/v1
+        (the active path only)."""
+        document = export_document(sessions.export(current_user, path.session_id, branches=query.format == "v2"))
         response = ok(document)
         response.headers["Content-Disposition"] = f'attachment; filename="{path.session_id}.json"'
         return response

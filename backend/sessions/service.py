@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import psycopg
 from psycopg import Connection
@@ -23,10 +23,6 @@ from backend.auth.service import AuthUser
 from backend.errors import ApiError, NotFound
 from backend.sessions.deletion_store import DeletionStore
 from backend.sessions.store import SessionCreateRaced, SessionQuotaExceeded, SessionStore
-from llm.messages import load_thread_messages, visible_messages
-
-if TYPE_CHECKING:
-    from langgraph.checkpoint.base import BaseCheckpointSaver
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +75,20 @@ class Replies(Protocol):
         """Ask the session's reply to stop and wait, bounded, until it has."""
 
 
+class History(Protocol):
+    """A session's conversation, as clients see it: the messages area provides it (its rows in
+    chat_messages, every branch), build_services wires it in."""
+
+    def page(self, row: dict, *, limit: int, before: int | None) -> tuple[list[dict], int]:
+        """The active path's newest `limit` messages before position `before`; where they start."""
+
+    def path(self, row: dict) -> list[dict]:
+        """The whole active path, oldest first."""
+
+    def tree(self, row: dict) -> list[dict]:
+        """Every message of every branch, parents before their children, each with on_path."""
+
+
 @dataclass
 class DeleteOutcome:
     deleted: dict[str, int]  # rows removed per table
@@ -104,20 +114,23 @@ class SessionService:
         deletions: DeletionStore,
         *,
         replies: Replies,
-        checkpointer: BaseCheckpointSaver,
+        history: History,
         backup_retention_seconds: float = 86_400,
         max_sessions_per_user: int = 10_000,
         usage_of: Callable[[dict], dict] | None = None,
+        usage_of_sessions: Callable[[list[dict]], dict[int, dict]] | None = None,
     ) -> None:
         self._pool = pool
         self._store = store
         self._deletions = deletions
         self._replies = replies
-        self._checkpointer = checkpointer
+        self._history = history
         self._backup_retention = backup_retention_seconds
         self._max_sessions = max_sessions_per_user
         # What a session cost, for its export (the usage area's UsageService.usage_of_session).
         self._usage_of = usage_of
+        # What a page of sessions cost, by chat_sessions.id (UsageService.usage_of_sessions): include_usage.
+        self._usage_of_sessions = usage_of_sessions
 
     def create(self, user: AuthUser, session_id: str | None, session_name: str | None) -> tuple[dict, bool]:
         session_id = session_id or new_session_id()
@@ -144,7 +157,7 @@ class SessionService:
 
     def list(
         self, user: AuthUser, *, include_archived: bool, limit: int, offset: int, cursor: str | None,
-        unread: bool | None = None, search: str | None = None,
+        unread: bool | None = None, search: str | None = None, include_usage: bool = False,
     ) -> SessionPage:
         if cursor and offset:
             raise ApiError(
@@ -157,17 +170,26 @@ class SessionService:
             search=search,
         )
         next_cursor = encode_cursor(rows[-1]) if len(rows) == limit else None
+        if include_usage:
+            rows = self.with_usage(rows)
         return SessionPage(rows=rows, total=total, total_exact=total_exact, limit=limit, offset=offset, next_cursor=next_cursor)
 
     def get_or_create(self, user: AuthUser, session_id: str) -> dict:
         """For chat turns: the session usually exists, so one read is the common path."""
         return self._store.get(user.id, session_id) or self.create(user, session_id, None)[0]
 
-    def get(self, user: AuthUser, session_id: str) -> dict:
+    def get(self, user: AuthUser, session_id: str, *, include_usage: bool = False) -> dict:
         row = self._store.get(user.id, session_id)
         if row is None:
             raise NotFound()
-        return row
+        return self.with_usage([row])[0] if include_usage else row
+
+    def with_usage(self, rows: list[dict]) -> list[dict]:
+        """The rows, each with its `usage` (calls, tokens, cost): one indexed read for them all."""
+        if not rows or self._usage_of_sessions is None:
+            return rows
+        totals = self._usage_of_sessions(rows)
+        return [{**row, "usage": totals[row["id"]]} for row in rows]
 
     def reply_running(self, user: AuthUser, session_id: str) -> bool:
         """Whether a reply is being written in the session now, by any process."""
@@ -175,15 +197,13 @@ class SessionService:
             return self._replies.is_writing(conn, user.id, session_id)
 
     def messages_page(self, row: dict, *, limit: int, before: int | None) -> tuple[list[dict], int]:
-        """The newest `limit` messages before position `before` (all: None); and where they start."""
-        messages = self.messages(row)
-        end = len(messages) if before is None else min(before, len(messages))
-        start = max(0, end - limit)
-        return messages[start:end], start
+        """The newest `limit` messages of the active path before position `before` (all: None); and
+        where they start."""
+        return self._history.page(row, limit=limit, before=before)
 
     def messages(self, row: dict) -> list[dict]:
-        """The conversation, from the thread's latest LangGraph checkpoint."""
-        return visible_messages(load_thread_messages(self._checkpointer, row["thread_id"]))
+        """The conversation's active path, oldest first."""
+        return self._history.path(row)
 
     def mark_read(self, user: AuthUser, session_id: str) -> dict:
         """The user has read the session's latest reply: clear has_unread (idempotent)."""
@@ -192,12 +212,18 @@ class SessionService:
             raise NotFound()
         return row
 
-    def export(self, user: AuthUser, session_id: str) -> dict:
-        """The session and its conversation, as the user sees them (the export document's parts)."""
+    def export(self, user: AuthUser, session_id: str, *, branches: bool = False) -> dict:
+        """The session and its conversation, as the user sees them (the export document's parts):
+        the active path; with `branches`, every message of every branch (parents first) and the
+        active path's last message (`active_message_id`)."""
         row = self.get(user, session_id)
         if self._usage_of is not None:
             row = {**row, "usage": self._usage_of(row)}
-        return {"session": row, "messages": self.messages(row)}
+        if not branches:
+            return {"session": row, "messages": self.messages(row)}
+        tree = self._history.tree(row)
+        on_path = [m["id"] for m in tree if m["on_path"]]  # by depth: the last is the leaf
+        return {"session": row, "messages": tree, "active_message_id": on_path[-1] if on_path else None}
 
     def update(self, user: AuthUser, session_id: str, *, session_name: str | None, is_archived: bool | None) -> dict:
         row = self._store.update(user.id, session_id, session_name=session_name, is_archived=is_archived)

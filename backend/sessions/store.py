@@ -17,7 +17,8 @@ from psycopg_pool import ConnectionPool
 
 SESSION_COLUMNS = (
     "id, user_id, business_id, session_id, thread_id, session_name, is_archived, "
-    "message_count, created_at, updated_at, last_message_at, last_activity_at, name_source, has_unread, history_bytes"
+    "message_count, created_at, updated_at, last_message_at, last_activity_at, name_source, has_unread, history_bytes, "
+    "branch_messages, branch_bytes, messages_indexed, switched_to"
 )
 
 SELECT_SESSION_SQL = f"select {SESSION_COLUMNS} from chat_sessions where user_id = %s and session_id = %s"
@@ -60,7 +61,10 @@ returning {SESSION_COLUMNS}
 
 # Taken by every checkpoint write (SessionCheckpointSaver): conflicts with a
 # delete's FOR UPDATE, so no write lands in a deleted session.
-LOCK_FOR_CHECKPOINT_WRITE_SQL = "select 1 from chat_sessions where thread_id = %s for key share"
+# What a checkpoint write needs of its session (chat_messages' side, sql/025), held against a delete.
+LOCK_FOR_CHECKPOINT_WRITE_SQL = (
+    "select id, user_id, messages_indexed, switched_to from chat_sessions where thread_id = %s for key share"
+)
 
 THREAD_HAS_SESSION_SQL = "select exists (select 1 from chat_sessions where thread_id = %s) as owned"
 
@@ -382,9 +386,10 @@ class SessionStore:
                             {"user_id": user_id, "session_id": session_id, "unread": unread}).fetchone()
 
     @staticmethod
-    def lock_for_checkpoint_write(conn: Connection, thread_id: str) -> bool:
-        """Hold the session of this thread against a delete until the transaction ends; False if it has none."""
-        return conn.execute(LOCK_FOR_CHECKPOINT_WRITE_SQL, (thread_id,)).fetchone() is not None
+    def lock_for_checkpoint_write(conn: Connection, thread_id: str) -> dict | None:
+        """Hold the session of this thread against a delete until the transaction ends: its
+        {id, user_id, messages_indexed, switched_to}, or None if it has none."""
+        return conn.execute(LOCK_FOR_CHECKPOINT_WRITE_SQL, (thread_id,)).fetchone()
 
     # --- naming --------------------------------------------------------------
 

@@ -10,13 +10,12 @@ Writes of new checkpoints are LangGraph's own (SessionCheckpointSaver).
 
 from __future__ import annotations
 
-from langchain_core.messages import BaseMessage
 from langgraph.checkpoint.postgres import PostgresSaver
 from psycopg import Connection
 from psycopg_pool import ConnectionPool
 
 from backend.sessions.store import SessionStore
-from llm.messages import load_thread_messages, visible_messages
+from llm.messages import load_thread_messages, visible_messages, with_ids
 
 # LangGraph's tables, each keyed by thread_id. Deleted in this order; the
 # counts are reported per table.
@@ -46,10 +45,10 @@ class ThreadStore:
         self._pool = pool
 
     @staticmethod
-    def history_size(conn: Connection, thread_id: str) -> tuple[int, int]:
-        """The messages a client sees in the thread's latest checkpoint, and their UTF-8 bytes,
-        read on the caller's connection."""
-        return measure_history(load_thread_messages(PostgresSaver(conn), thread_id))
+    def visible_history(conn: Connection, thread_id: str) -> list[dict]:
+        """The messages a client sees in the thread's latest checkpoint, each with its id
+        (llm.messages.with_ids), read on the caller's connection."""
+        return visible_messages(with_ids(load_thread_messages(PostgresSaver(conn), thread_id)))
 
     def first_user_message(self, thread_id: str) -> str | None:
         with self._pool.connection() as conn:
@@ -83,12 +82,6 @@ class ThreadStore:
             except _ThreadClaimed:
                 return {table: 0 for table in CHECKPOINT_TABLES}
         return counts
-
-
-def measure_history(messages: list[BaseMessage]) -> tuple[int, int]:
-    """A thread's messages as its session counts them: those a client sees, and their text's bytes."""
-    visible = visible_messages(messages)
-    return len(visible), history_bytes(visible)
 
 
 def history_bytes(messages: list[dict]) -> int:

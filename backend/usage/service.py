@@ -115,6 +115,18 @@ class UsageService:
                 calls, kind="naming", user_id=session["user_id"], business_id=session["business_id"],
                 session_id=session["session_id"], session_row_id=session["id"], run_id=None))
 
+    def call_fits(self, session: dict, model: str, input_tokens: int, output_tokens: int) -> bool:
+        """Whether a call of `model` this size fits in what every quota of the session's user and business
+        leaves (running turns' reservations counted): a naming call is skipped when not. One statement
+        (usage_quota_state); without a quota it is one indexed read of usage_quotas."""
+        state = self._store.quota_state(session["user_id"], session["business_id"], self.now(), self._defaults)
+        if not state:
+            return True
+        price = self.prices.price_of(model)
+        cost = price.cost_micros(CallUsage(model, input_tokens, output_tokens)) if price else 0
+        return all((q["tokens_left"] is None or q["tokens_left"] >= input_tokens + output_tokens)
+                   and (q["cost_left_micros"] is None or q["cost_left_micros"] >= cost) for q in state)
+
     # --- what the routes read ------------------------------------------------------------------
 
     def session_usage(self, user: AuthUser, session_id: str) -> dict:
@@ -136,6 +148,14 @@ class UsageService:
         """A session's totals, for its export (SessionService.export)."""
         return {**self._store.session_row_usage(session_row["id"]), "currency": self.prices.currency}
 
+    def usage_of_sessions(self, rows: list[dict]) -> dict[int, dict]:
+        """Each session's totals by its chat_sessions.id (zeros for one that cost nothing), in one read
+        for the whole page (SessionService.with_usage: `include_usage`)."""
+        ids = [row["id"] for row in rows]
+        found = self._store.sessions_totals(ids) if ids else {}
+        zero = {"calls": 0, "input_tokens": 0, "output_tokens": 0, "cost_micros": 0}
+        return {row_id: {**found.get(row_id, zero), "currency": self.prices.currency} for row_id in ids}
+
     def quotas(self, user: AuthUser) -> list[dict]:
         return self._store.quota_state(user.id, user.business_id, self.now(), self._defaults)
 
@@ -150,7 +170,7 @@ class UsageService:
         if (max_tokens is not None and max_tokens < 0) or (max_cost is not None and max_cost < 0):
             raise ValueError("a limit must be 0 or more")
         scope, scope_id = ("user", user_id) if user_id is not None else ("business", business_id)
-        return self._store.set_quota(scope, scope_id, period, max_tokens, micros(max_cost))
+        return self._store.set_quota(scope, scope_id, period, max_tokens, micros(max_cost), self.now())
 
     def purge(self) -> int:
         return self._store.purge(self._retention_days)

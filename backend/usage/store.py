@@ -1,4 +1,4 @@
-"""All SQL for usage (sql/024): the ledger, its totals, quotas and the reservations of running turns.
+"""All SQL for usage (sql/024, 026, 028): the ledger, its totals, quotas and the reservations of running turns.
 
 A turn's start and end cross into runs' statements on purpose, for one round trip
 each: its start calls `start_chat_turn` (RunStore, START_RUN_IN_SESSION_SQL) and its
@@ -46,6 +46,11 @@ select s.session_id, coalesce(t.calls, 0) as calls, coalesce(t.input_tokens, 0) 
  where s.user_id = %s and s.session_id = %s
 """
 
+# The totals of a page of sessions (chat_sessions.id), in one read by the totals' primary key: a
+# session id used again after a delete has a new row id, so it starts from nothing.
+SESSIONS_TOTALS_SQL = ("select session_row_id, calls, input_tokens, output_tokens, cost_micros "
+                       "from usage_session_totals where session_row_id = any(%s)")
+
 _SUMS = ("sum(calls)::bigint as calls, sum(input_tokens)::bigint as input_tokens, "
          "sum(cached_input_tokens)::bigint as cached_input_tokens, sum(output_tokens)::bigint as output_tokens, "
          "sum(reasoning_tokens)::bigint as reasoning_tokens, sum(cost_micros)::bigint as cost_micros")
@@ -82,6 +87,29 @@ returning scope, scope_id, period, max_tokens, max_cost_micros
 """
 CLEAR_QUOTA_SQL = "delete from usage_quotas where scope = %s and scope_id = %s and period = %s"
 
+# A business quota's set (sql/028): first its locks, exclusively: start_chat_turn's, then the one each
+# ledger row's trigger takes shared, so the turn ends of the business under way are committed first and
+# later ones wait for this commit (each statement its own: the fill's snapshot follows both).
+LOCK_BUSINESS_SQL = "select pg_advisory_xact_lock(hashtextextended('usage_business:' || %s, 0))"
+LOCK_BUSINESS_DAYS_SQL = "select pg_advisory_xact_lock(hashtextextended('usage_business_days:' || %s, 0))"
+# Then, after the quota row, the business's days from the month of `now` on (today's among them) set
+# to its users' sums: replaced, not added to, so a turn that already added to a row is counted once;
+# the ledger's trigger keeps them from this commit on (why nothing is lost or counted twice: sql/028).
+SET_BUSINESS_DAYS_SQL = """
+insert into usage_business_days as t (business_id, day, calls, input_tokens, cached_input_tokens, output_tokens,
+                                      reasoning_tokens, cost_micros)
+select d.business_id, d.day, sum(d.calls), sum(d.input_tokens), sum(d.cached_input_tokens), sum(d.output_tokens),
+       sum(d.reasoning_tokens), sum(d.cost_micros)
+  from usage_user_days d
+ where d.business_id = %(business_id)s
+   and d.day >= (date_trunc('month', coalesce(%(now)s::timestamptz, now()) at time zone 'UTC'))::date
+ group by d.business_id, d.day
+on conflict (business_id, day) do update
+   set calls = excluded.calls, input_tokens = excluded.input_tokens,
+       cached_input_tokens = excluded.cached_input_tokens, output_tokens = excluded.output_tokens,
+       reasoning_tokens = excluded.reasoning_tokens, cost_micros = excluded.cost_micros
+"""
+
 # Retention: ledger rows older than USAGE_RETENTION_DAYS (the daily totals, which hold no call, stay).
 PURGE_LEDGER_SQL = """
 delete from usage_ledger where id in (
@@ -115,6 +143,12 @@ class UsageStore:
         with self._pool.connection() as conn:
             return conn.execute(SESSION_ROW_USAGE_SQL, (session_row_id,)).fetchone()
 
+    def sessions_totals(self, row_ids: list[int]) -> dict[int, dict]:
+        """{chat_sessions.id: its totals} for those of `row_ids` that cost something."""
+        with self._pool.connection() as conn:
+            rows = conn.execute(SESSIONS_TOTALS_SQL, (row_ids,)).fetchall()
+        return {row.pop("session_row_id"): row for row in rows}
+
     def grouped(self, user_id: str, group_by: str, since: date, until: date, limit: int) -> tuple[list[dict], dict]:
         """(up to `limit` groups, the totals over all of them)."""
         with self._pool.connection() as conn:
@@ -128,13 +162,21 @@ class UsageStore:
             return conn.execute(QUOTA_STATE_SQL, (user_id, business_id, now, json.dumps(defaults or {}))).fetchall()
 
     def set_quota(self, scope: str, scope_id: str, period: str, max_tokens: int | None,
-                  max_cost_micros: int | None) -> dict | None:
-        """Set a quota (both limits None: remove it, so the defaults apply again)."""
+                  max_cost_micros: int | None, now: datetime | None = None) -> dict | None:
+        """Set a quota (both limits None: remove it, so the defaults apply again). A business's, with
+        its days of the month of `now` (None: the database's) filled, in one transaction."""
         with self._pool.connection() as conn:
             if max_tokens is None and max_cost_micros is None:
                 conn.execute(CLEAR_QUOTA_SQL, (scope, scope_id, period))
                 return None
-            return conn.execute(SET_QUOTA_SQL, (scope, scope_id, period, max_tokens, max_cost_micros)).fetchone()
+            if scope != "business":
+                return conn.execute(SET_QUOTA_SQL, (scope, scope_id, period, max_tokens, max_cost_micros)).fetchone()
+            with conn.transaction():
+                conn.execute(LOCK_BUSINESS_SQL, (scope_id,))
+                conn.execute(LOCK_BUSINESS_DAYS_SQL, (scope_id,))
+                row = conn.execute(SET_QUOTA_SQL, (scope, scope_id, period, max_tokens, max_cost_micros)).fetchone()
+                conn.execute(SET_BUSINESS_DAYS_SQL, {"business_id": scope_id, "now": now})
+            return row
 
     def purge(self, retention_days: int | None, limit: int = 10_000) -> int:
         """Expired reservations, and ledger rows past the retention; how many ledger rows went."""

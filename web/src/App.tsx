@@ -5,10 +5,13 @@ import type { SessionEvent } from "./api/sse";
 import { ChatView } from "./components/ChatView";
 import { ConfirmDialog } from "./components/ConfirmDialog";
 import { Login } from "./components/Login";
+import { MessageHits } from "./components/MessageHits";
 import { SessionList } from "./components/SessionList";
 import { useChatStream } from "./hooks/useChatStream";
 import { useEvents } from "./hooks/useEvents";
+import { useMessageSearch, type SearchHit } from "./hooks/useMessageSearch";
 import { useSessions, type DeletedSession } from "./hooks/useSessions";
+import { describeQuota, formatCost, useUsage } from "./hooks/useUsage";
 
 /** Every key this app keeps in localStorage starts with this (the token, each user's session list). */
 const STORAGE_PREFIX = "chats:";
@@ -127,11 +130,14 @@ function Chats({ api, config, user, onSignOut, onSignedOut }: ChatsProps) {
   const activeRef = useRef(activeId);
   activeRef.current = activeId;
   const active = activeId ? list.find(activeId) : undefined;
+  const usage = useUsage(api, activeId, !!activeId && !active?.local);
+  const refreshUsage = usage.refresh;
   const afterTurn = useCallback((id: string) => {
+    refreshUsage(id); // what the turn cost, and what the quotas leave now
     // The server's session after a turn (a first message made a local chat real), read if on screen.
     const read = id === activeRef.current ? list.markRead(id) : list.refresh(id);
     void read.catch(() => list.refresh(id)).catch(() => undefined);
-  }, [list]);
+  }, [list, refreshUsage]);
   const chat = useChatStream(api, config, activeId, !!activeId && !active?.local, afterTurn);
   const [selected, setSelected] = useState<ReadonlySet<string>>(new Set());
   const [confirming, setConfirming] = useState<string[] | null>(null);
@@ -139,6 +145,11 @@ function Chats({ api, config, user, onSignOut, onSignedOut }: ChatsProps) {
   const [notice, setNotice] = useState<Notice | null>(null);
   const [error, setError] = useState<unknown>(null);
   const deletingHere = useRef(new Set<string>()); // this tab's deletes: their events are no news here
+  const messageSearch = useMessageSearch(api, q, includeArchived);
+  // A search hit opened: its chat, then the message brought on screen (its branch, older pages).
+  const [target, setTarget] = useState<{ hit: SearchHit; nonce: number } | null>(null);
+  const [reveal, setReveal] = useState<{ sessionId: string; messageId: string; nonce: number } | null>(null);
+  const reveals = useRef(0);
 
   // The search box asks the server (?q=) once typing pauses.
   useEffect(() => {
@@ -150,9 +161,13 @@ function Chats({ api, config, user, onSignOut, onSignedOut }: ChatsProps) {
     if (event.type === "auth_expired") return onSignedOut();
     list.applyEvent(event);
     if (event.type === "reset") return;
+    // A turn (here or anywhere) was metered: that chat's cost, if open, and the quotas.
+    if (event.type === "usage.updated") return refreshUsage(event.session_id);
     // A chat deleted elsewhere came back (an undo, anywhere): the notice about it goes.
     if (event.type === "session.created") setNotice((n) => (n?.sessionId === event.session_id ? null : n));
     const open = event.session_id === activeRef.current;
+    // The open chat changed elsewhere (another branch shown, an edit, a rating): its path again.
+    if (open && event.type === "session.updated") chat.refreshIfIdle();
     if (open && "session" in event && event.session) {
       chat.noteSession(event.session);
       // A reply finished in the chat on screen: it is read (in every tab).
@@ -170,7 +185,7 @@ function Chats({ api, config, user, onSignOut, onSignedOut }: ChatsProps) {
         setNotice({ sessionId: event.session_id, text: "This chat was deleted in another tab or device." });
       }
     }
-  }, [list, chat, navigate, onSignedOut]);
+  }, [list, chat, navigate, onSignedOut, refreshUsage]);
   const { live } = useEvents(config, true, onEvent);
 
   async function attempt(action: () => Promise<unknown>) {
@@ -190,6 +205,24 @@ function Chats({ api, config, user, onSignOut, onSignedOut }: ChatsProps) {
     const session = list.find(id);
     if (session?.has_unread) void attempt(() => list.markRead(id));
   }
+
+  function openHit(hit: SearchHit) {
+    open(hit.session_id);
+    setReveal(null);
+    setTarget({ hit, nonce: ++reveals.current });
+  }
+
+  const { reveal: revealMessage } = chat;
+  useEffect(() => {
+    if (!target || target.hit.session_id !== activeId) return;
+    setTarget(null);
+    const { hit, nonce } = target;
+    void revealMessage(hit.message_id, hit.on_active_branch).then((shown) => {
+      if (activeRef.current !== hit.session_id || nonce !== reveals.current) return;
+      if (shown) setReveal({ sessionId: hit.session_id, messageId: hit.message_id, nonce });
+      else setNotice({ sessionId: hit.session_id, text: "That message is no longer in this chat." });
+    });
+  }, [target, activeId, revealMessage]);
 
   function newChat() {
     navigate(list.createLocal(chat.messages.length > 0 ? activeId : null).session_id);
@@ -260,7 +293,20 @@ function Chats({ api, config, user, onSignOut, onSignedOut }: ChatsProps) {
           onArchive={(id, archived) => void setArchived(id, archived)}
           onDelete={(id) => setConfirming([id])}
           onLoadMore={() => void list.loadMore()}
-        />
+        >
+          <MessageHits query={q} search={messageSearch} onOpen={openHit} />
+        </SessionList>
+        {usage.account && usage.account.quotas.length > 0 && (
+          <footer className="quota" data-testid="quota">
+            <span className="visually-hidden">Your quota: </span>
+            {usage.account.quotas.map((quota) => (
+              <span key={`${quota.scope}-${quota.period}`} data-testid="quota-left"
+                    className={(quota.tokens_left ?? 1) <= 0 || (quota.cost_left_micros ?? 1) <= 0 ? "quota-out" : undefined}>
+                {describeQuota(quota, usage.account!.currency)}
+              </span>
+            ))}
+          </footer>
+        )}
       </aside>
       <main>
         {errorText && (
@@ -281,7 +327,19 @@ function Chats({ api, config, user, onSignOut, onSignedOut }: ChatsProps) {
                     failedQuery={chat.failedQuery}
                     onSend={(text, strategy) => chat.send(text, strategy)} onStop={() => void chat.stop()}
                     onRetry={(text) => void chat.send(text)} onUnarchive={() => void setArchived(activeId, false)}
-                    onBack={() => navigate(null)} />
+                    onBack={() => navigate(null)}
+                    onEdit={(messageId, text) => chat.edit(messageId, text)}
+                    onRegenerate={(messageId) => void chat.regenerate(messageId)}
+                    onSwitch={chat.switchBranch} onRate={chat.rate}
+                    reveal={reveal && reveal.sessionId === activeId ? reveal : null}
+                    cost={usage.session && usage.session.session_id === activeId ? (
+                      <span className="chat-cost" data-testid="session-cost"
+                            title={`${usage.session.input_tokens.toLocaleString()} tokens in, ${usage.session.output_tokens.toLocaleString()} out`}>
+                        <span className="visually-hidden">This chat has cost </span>
+                        {formatCost(usage.session.cost_micros, usage.session.currency)}
+                        {" · "}{(usage.session.input_tokens + usage.session.output_tokens).toLocaleString()} tokens
+                      </span>
+                    ) : null} />
         ) : (
           <p className="empty">Pick a chat or start a new one.</p>
         )}

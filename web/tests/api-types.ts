@@ -135,7 +135,7 @@ export async function everyOperation(): Promise<void> {
   if (read.data) { const unread: boolean = read.data.data.has_unread; void unread; }
   const exported = await api.GET("/api/llm/sessions/{session_id}/export", { params: { path: { session_id: "chat-1" } } });
   if (exported.data) {
-    const format: "chat-session/v1" = exported.data.format;
+    const format: "chat-session/v1" | "chat-session/v2" = exported.data.format;
     void format;
     const imported = await api.POST("/api/llm/sessions/import", {
       body: { format: "chat-session/v1", messages: exported.data.messages.map((m) => ({ role: m.role, content: m.content })) },
@@ -156,4 +156,42 @@ export async function everyOperation(): Promise<void> {
   type EventsQuery = NonNullable<operations["events_events_events_get"]["parameters"]["query"]>;
   const resume: EventsQuery = { last_event_id: "42" };
   void resume;
+  // An edit and a regeneration stream like a turn (their bodies are typed; src/api/sse.ts sends them).
+  const edited: Schemas["EditBody"] = { query: "Again", multitask_strategy: "interrupt" };
+  // @ts-expect-error an edit cannot be queued
+  const queuedEdit: Schemas["EditBody"] = { query: "Again", multitask_strategy: "enqueue" };
+  const regenerated: Schemas["RegenerateBody"] = {};
+  void edited; void queuedEdit; void regenerated;
+
+  // --- branches and ratings
+  const message = { params: { path: { session_id: "chat-1", message_id: "m-1" } } };
+  const switched = await api.PUT("/api/llm/sessions/{session_id}/branch", {
+    params: { path: { session_id: "chat-1" } }, body: { message_id: "m-2" },
+  });
+  if (switched.data) {
+    const path = switched.data.messages.map((m) => `${m.id} ${m.parent_id ?? "-"} ${m.sibling_index + 1}/${m.sibling_ids.length}`);
+    const more: boolean = switched.data.has_more_messages;
+    void path; void more;
+  }
+  // @ts-expect-error the message to switch to is required
+  await api.PUT("/api/llm/sessions/{session_id}/branch", { params: { path: { session_id: "chat-1" } }, body: {} });
+  const rated = await api.PUT("/api/llm/sessions/{session_id}/messages/{message_id}/feedback", {
+    ...message, body: { rating: "up", comment: "Clear" },
+  });
+  if (rated.data) { const rating: "up" | "down" | undefined = rated.data.data.feedback?.rating; void rating; }
+  await api.PUT("/api/llm/sessions/{session_id}/messages/{message_id}/feedback", { ...message, body: { rating: null } });
+  // @ts-expect-error a rating is up, down or null
+  await api.PUT("/api/llm/sessions/{session_id}/messages/{message_id}/feedback", { ...message, body: { rating: "meh" } });
+
+  // --- usage: a session's cost, the caller's totals and quotas
+  const cost = await api.GET("/api/llm/sessions/{session_id}/usage", { params: { path: { session_id: "chat-1" } } });
+  if (cost.data) { const micros: number = cost.data.data.cost_micros; const currency: string = cost.data.data.currency; void micros; void currency; }
+  const totals = await api.GET("/api/llm/usage", { params: { query: { group_by: "model", limit: 10 } } });
+  if (totals.data) {
+    const left: (number | null)[] = totals.data.quotas.map((q) => q.tokens_left);
+    const spent: number = totals.data.total.cost_micros;
+    void left; void spent;
+  }
+  // @ts-expect-error usage groups by day, model or session
+  await api.GET("/api/llm/usage", { params: { query: { group_by: "week" } } });
 }

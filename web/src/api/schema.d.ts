@@ -146,7 +146,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** One session; with include_messages=true, its conversation too. */
+        /** One session; with include_messages=true, its conversation too; with include_usage=true, its cost. */
         get: operations["sessions_get_session__session_id__get"];
         /** Rename and/or archive. message_count belongs to the server. */
         put: operations["sessions_update_session__session_id__put"];
@@ -165,7 +165,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** The session and its messages as a JSON document (chat-session/v1) to keep, or to import again. */
+        /**
+         * The session as a JSON document to keep, or to import again: chat-session/v2 (every branch
+         * @description of the conversation and the active one's last message), or with ?format=v1 chat-session/v1<br/>(the active path only).
+         */
         get: operations["sessions_export_session__session_id__export_get"];
         put?: never;
         post?: never;
@@ -225,7 +228,9 @@ export interface paths {
          *     - `event: run` with `data: {"run_id", "session_id", "status"}`: the run this reply is (join it again
          *       at `/api/llm/sessions/{session_id}/runs/{run_id}/stream`, from the last `id:` seen, to resume);
          *     - `event: token` with `data: {"content": "..."}`, one per piece of the reply;
-         *     - then `event: done` with `data: {"session_id", "message_count", "session_name", "run_id"}`;
+         *     - then `event: done` with `data: {"session_id", "message_count", "session_name", "run_id",
+         *       "user_message_id", "assistant_message_id"}` (the ids of the message answered and of the reply, as
+         *       `include_messages` gives them: edit, regenerate and rate them by these);
          *     - or, if the turn fails after streaming began, `event: error` with `data: {"code", "message", "run_id"}`,
          *       and the stream ends. Codes: `upstream_error`, `upstream_timeout`, `upstream_rate_limited`,
          *       `cancelled`, `session_deleted`, `slow_client` (the client stopped reading), `turn_too_long`,
@@ -241,6 +246,74 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/llm/sessions/{session_id}/messages/{message_id}/edit": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Ask a user message again with new text: a new branch (the message's sibling), answered
+         * @description Server-Sent Events, in order, each with an `id:` cursor (opaque, increasing):
+         *
+         *     - `event: run` with `data: {"run_id", "session_id", "status"}`: the run this reply is (join it again
+         *       at `/api/llm/sessions/{session_id}/runs/{run_id}/stream`, from the last `id:` seen, to resume);
+         *     - `event: token` with `data: {"content": "..."}`, one per piece of the reply;
+         *     - then `event: done` with `data: {"session_id", "message_count", "session_name", "run_id",
+         *       "user_message_id", "assistant_message_id"}` (the ids of the message answered and of the reply, as
+         *       `include_messages` gives them: edit, regenerate and rate them by these);
+         *     - or, if the turn fails after streaming began, `event: error` with `data: {"code", "message", "run_id"}`,
+         *       and the stream ends. Codes: `upstream_error`, `upstream_timeout`, `upstream_rate_limited`,
+         *       `cancelled`, `session_deleted`, `slow_client` (the client stopped reading), `turn_too_long`,
+         *       `interrupted`, `internal_error`.
+         *
+         *     Closing the connection leaves the reply running to its end (RUN_ON_DISCONNECT=continue; `cancel`
+         *     stops it). Lines starting with `:` are heartbeats; ignore them.
+         */
+        post: operations["chat_edit_message_sessions__session_id__messages__message_id__edit_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/llm/sessions/{session_id}/messages/{message_id}/regenerate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Answer the same question again: a new reply beside this one, streamed as a chat turn.
+         * @description Server-Sent Events, in order, each with an `id:` cursor (opaque, increasing):
+         *
+         *     - `event: run` with `data: {"run_id", "session_id", "status"}`: the run this reply is (join it again
+         *       at `/api/llm/sessions/{session_id}/runs/{run_id}/stream`, from the last `id:` seen, to resume);
+         *     - `event: token` with `data: {"content": "..."}`, one per piece of the reply;
+         *     - then `event: done` with `data: {"session_id", "message_count", "session_name", "run_id",
+         *       "user_message_id", "assistant_message_id"}` (the ids of the message answered and of the reply, as
+         *       `include_messages` gives them: edit, regenerate and rate them by these);
+         *     - or, if the turn fails after streaming began, `event: error` with `data: {"code", "message", "run_id"}`,
+         *       and the stream ends. Codes: `upstream_error`, `upstream_timeout`, `upstream_rate_limited`,
+         *       `cancelled`, `session_deleted`, `slow_client` (the client stopped reading), `turn_too_long`,
+         *       `interrupted`, `internal_error`.
+         *
+         *     Closing the connection leaves the reply running to its end (RUN_ON_DISCONNECT=continue; `cancel`
+         *     stops it). Lines starting with `:` are heartbeats; ignore them.
+         */
+        post: operations["chat_regenerate_message_sessions__session_id__messages__message_id__regenerate_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/llm/sessions/import": {
         parameters: {
             query?: never;
@@ -250,7 +323,10 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** A new session from an export document (chat-session/v1); the next turn continues its memory. */
+        /**
+         * A new session from an export document (chat-session/v2: every branch, the active one
+         * @description continued; or chat-session/v1: one line); the next turn continues its memory.
+         */
         post: operations["chat_import_session_sessions_import_post"];
         delete?: never;
         options?: never;
@@ -316,6 +392,63 @@ export interface paths {
         put?: never;
         /** Stop the run from any tab or process; its text so far is kept, marked stopped. 409 run_finished once it ended. */
         post: operations["runs_cancel_run__session_id__runs__run_id__cancel_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/llm/sessions/{session_id}/branch": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Make the path through a message (down to its newest reply) the active one: what the
+         * @description session shows, counts and continues from. 409 session_busy while a reply is being written.
+         */
+        put: operations["messages_switch_branch__session_id__branch_put"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/llm/sessions/{session_id}/messages/{message_id}/feedback": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Rate a reply up or down (null clears), with an optional comment; idempotent. A rating
+         * @description does not move the session in the list.
+         */
+        put: operations["messages_rate_message__session_id__messages__message_id__feedback_put"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/llm/search": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Search the caller's messages, every conversation and branch: hits with plain-text snippets. */
+        get: operations["search_search_messages_search_get"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -520,9 +653,15 @@ export interface components {
             is_archived: boolean;
             /** Message Count */
             message_count: number;
-            /** Created At */
+            /**
+             * Created At
+             * Format: date-time
+             */
             created_at: string;
-            /** Updated At */
+            /**
+             * Updated At
+             * Format: date-time
+             */
             updated_at: string;
             /** Last Message At */
             last_message_at: string | null;
@@ -531,6 +670,31 @@ export interface components {
              * @description A reply finished that the user has not read yet (POST .../read clears it)
              */
             has_unread: boolean;
+            /** @description Only with include_usage=true (the list and GET .../<id>; MCP get_session always) */
+            usage?: components["schemas"]["SessionUsageSummary"];
+        };
+        /**
+         * SessionUsageSummary
+         * @description What a session cost so far: every run (every branch) and naming call of it (usage_session_totals;
+         *     the same names as GET /api/llm/usage and the usage.updated event).
+         */
+        SessionUsageSummary: {
+            /**
+             * Calls
+             * @description Model calls (chat turns and naming calls)
+             */
+            calls: number;
+            /** Input Tokens */
+            input_tokens: number;
+            /** Output Tokens */
+            output_tokens: number;
+            /**
+             * Cost Micros
+             * @description Cost in micro-units of `currency` (1,000,000 = 1 unit)
+             */
+            cost_micros: number;
+            /** Currency */
+            currency: string;
         };
         /** CreateSessionBody */
         CreateSessionBody: {
@@ -627,7 +791,10 @@ export interface components {
              * Format: uuid
              */
             backup_id: string;
-            /** Expires At */
+            /**
+             * Expires At
+             * Format: date-time
+             */
             expires_at: string;
         };
         /** BulkDeleteBody */
@@ -690,8 +857,33 @@ export interface components {
              */
             has_more_messages?: boolean | null;
         };
-        /** MessageOut */
+        /** Feedback */
+        Feedback: {
+            /**
+             * Rating
+             * @enum {string}
+             */
+            rating: "up" | "down";
+            /** Comment */
+            comment?: string | null;
+            /**
+             * Rated At
+             * Format: date-time
+             */
+            rated_at: string;
+        };
+        /**
+         * MessageOut
+         * @description A message of the conversation's tree, as its active path shows it (backend/messages).
+         */
         MessageOut: {
+            /** Id */
+            id: string;
+            /**
+             * Parent Id
+             * @description The message before this one on its path; null for the first
+             */
+            parent_id?: string | null;
             /**
              * Role
              * @enum {string}
@@ -706,18 +898,52 @@ export interface components {
              * @description Set on a reply that did not finish: stopped (Stop) or interrupted (a crash)
              */
             status?: ("stopped" | "interrupted") | null;
-        };
-        /** SessionExport */
-        SessionExport: {
             /**
-             * Format
-             * @default chat-session/v1
-             * @constant
+             * Sibling Ids
+             * @description This message and its siblings (the other answers to the same message, or the other edits of it), oldest first: what a branch picker shows, as sibling_index + 1 of len(sibling_ids)
              */
-            format: "chat-session/v1";
-            session: components["schemas"]["ExportedSession"];
-            /** Messages */
-            messages: components["schemas"]["MessageOut"][];
+            sibling_ids: string[];
+            /**
+             * Sibling Index
+             * @description This message's place in sibling_ids
+             */
+            sibling_index: number;
+            /** @description The user's rating of a reply */
+            feedback?: components["schemas"]["Feedback"] | null;
+        };
+        /**
+         * SessionExportDocument
+         * @description GET .../export: chat-session/v2, or chat-session/v1 with ?format=v1.
+         */
+        SessionExportDocument: components["schemas"]["SessionExportV2"] | components["schemas"]["SessionExport"];
+        /**
+         * ExportedMessage
+         * @description A message of the tree, as a v2 document keeps it.
+         */
+        ExportedMessage: {
+            /** Id */
+            id: string;
+            /**
+             * Parent Id
+             * @description The message this one follows; null for a conversation's first
+             */
+            parent_id: string | null;
+            /**
+             * Role
+             * @enum {string}
+             */
+            role: "user" | "assistant";
+            /** Content */
+            content: string;
+            /** Created At */
+            created_at: string | null;
+            /**
+             * Status
+             * @description Set on a reply that did not finish: stopped (Stop) or interrupted (a crash)
+             */
+            status?: ("stopped" | "interrupted") | null;
+            /** @description The user's rating of a reply */
+            feedback?: components["schemas"]["Feedback"] | null;
         };
         /**
          * ExportedSession
@@ -732,9 +958,15 @@ export interface components {
             is_archived: boolean;
             /** Message Count */
             message_count: number;
-            /** Created At */
+            /**
+             * Created At
+             * Format: date-time
+             */
             created_at: string;
-            /** Updated At */
+            /**
+             * Updated At
+             * Format: date-time
+             */
             updated_at: string;
             /** Last Message At */
             last_message_at: string | null;
@@ -753,6 +985,36 @@ export interface components {
             cost_micros: number;
             /** Currency */
             currency: string;
+        };
+        /** SessionExport */
+        SessionExport: {
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            format: "chat-session/v1";
+            session: components["schemas"]["ExportedSession"];
+            /** Messages */
+            messages: components["schemas"]["MessageOut"][];
+        };
+        /** SessionExportV2 */
+        SessionExportV2: {
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            format: "chat-session/v2";
+            session: components["schemas"]["ExportedSession"];
+            /**
+             * Messages
+             * @description Every message of every branch, each after its parent
+             */
+            messages: components["schemas"]["ExportedMessage"][];
+            /**
+             * Active Message Id
+             * @description The last message of the active path (the branch the conversation continues); null: no messages
+             */
+            active_message_id: string | null;
         };
         /** SessionResponse */
         SessionResponse: {
@@ -826,28 +1088,83 @@ export interface components {
              */
             multitask_strategy?: "reject" | "enqueue" | "interrupt" | "rollback";
         };
+        /** EditBody */
+        EditBody: {
+            /**
+             * Query
+             * @description The message's new text; not blank, no control characters
+             */
+            query: string;
+            /**
+             * Multitask Strategy
+             * @description While a reply runs in the session: reject (409 session_busy) or interrupt (stop that reply, keeping its text, then run)
+             * @default reject
+             * @enum {string}
+             */
+            multitask_strategy?: "reject" | "interrupt";
+        };
+        /** RegenerateBody */
+        RegenerateBody: {
+            /**
+             * Multitask Strategy
+             * @description While a reply runs in the session: reject (409 session_busy) or interrupt (stop that reply, keeping its text, then run)
+             * @default reject
+             * @enum {string}
+             */
+            multitask_strategy?: "reject" | "interrupt";
+        };
         /** ImportSessionBody */
         ImportSessionBody: {
             /**
              * Format
              * @description An export document's format
-             * @constant
+             * @enum {string}
              */
-            format: "chat-session/v1";
+            format: "chat-session/v1" | "chat-session/v2";
             session?: components["schemas"]["ImportedSession"];
             /**
              * Messages
-             * @description At most IMPORT_MAX_MESSAGES (10,000)
+             * @description v1: the conversation, oldest first. v2: every message of every branch, each after its parent. At most IMPORT_MAX_MESSAGES (10,000), every branch counted
              */
             messages: components["schemas"]["ImportedMessage"][];
+            /**
+             * Active Message Id
+             * @description v2, required: the last message of the active path; v1: ignored
+             */
+            active_message_id?: string | null;
             /**
              * Session Id
              * @description Import under this id instead of the document's (a copy)
              */
             session_id?: string;
         };
+        /** ImportedFeedback */
+        ImportedFeedback: {
+            /**
+             * Rating
+             * @enum {string}
+             */
+            rating: "up" | "down";
+            /** Comment */
+            comment?: string | null;
+            /**
+             * Rated At
+             * @description As exported; the import's time if missing
+             */
+            rated_at?: string | null;
+        };
         /** ImportedMessage */
         ImportedMessage: {
+            /**
+             * Id
+             * @description Required in v2 (unique in the document), kept as the message's id; in v1 kept when given, else one is made
+             */
+            id?: string;
+            /**
+             * Parent Id
+             * @description v2: the id of an earlier message of the document; null or missing for a conversation's first message. v1: ignored (each message follows the one before)
+             */
+            parent_id?: string | null;
             /**
              * Role
              * @enum {string}
@@ -868,6 +1185,18 @@ export interface components {
              * @description As exported (replies only)
              */
             status?: ("stopped" | "interrupted") | null;
+            /** @description As exported (replies only) */
+            feedback?: components["schemas"]["ImportedFeedback"] | null;
+            /**
+             * Sibling Ids
+             * @description Ignored (an export's branch picker)
+             */
+            sibling_ids?: string[] | null;
+            /**
+             * Sibling Index
+             * @description Ignored (an export's branch picker)
+             */
+            sibling_index?: number | null;
         };
         /** ImportedSession */
         ImportedSession: {
@@ -910,7 +1239,10 @@ export interface components {
              * @enum {string}
              */
             status: "queued" | "running" | "done" | "error" | "cancelled" | "interrupted";
-            /** Created At */
+            /**
+             * Created At
+             * Format: date-time
+             */
             created_at: string;
             /** Started At */
             started_at: string | null;
@@ -926,6 +1258,103 @@ export interface components {
              */
             success: true;
             data: components["schemas"]["RunOut"];
+        };
+        /** BranchResponse */
+        BranchResponse: {
+            /**
+             * Success
+             * @default true
+             * @constant
+             */
+            success: true;
+            data: components["schemas"]["SessionOut"];
+            /**
+             * Messages
+             * @description The new active path, its newest messages (as include_messages)
+             */
+            messages: components["schemas"]["MessageOut"][];
+            /** Messages Start */
+            messages_start: number;
+            /** Has More Messages */
+            has_more_messages: boolean;
+        };
+        /** SwitchBranchBody */
+        SwitchBranchBody: {
+            /**
+             * Message Id
+             * @description Any message: the path through it, down to its newest reply, becomes the active one
+             */
+            message_id: string;
+        };
+        /** MessageResponse */
+        MessageResponse: {
+            /**
+             * Success
+             * @default true
+             * @constant
+             */
+            success: true;
+            data: components["schemas"]["MessageOut"];
+        };
+        /** FeedbackBody */
+        FeedbackBody: {
+            /**
+             * Rating
+             * @description null clears the rating
+             */
+            rating: ("up" | "down") | null;
+            /**
+             * Comment
+             * @description Why; kept with the rating
+             */
+            comment?: string | null;
+        };
+        /** SearchResponse */
+        SearchResponse: {
+            /**
+             * Success
+             * @default true
+             * @constant
+             */
+            success: true;
+            /** Data */
+            data: components["schemas"]["SearchHit"][];
+            /**
+             * Next Cursor
+             * @description Pass as ?cursor= for the next page; null on the last page
+             */
+            next_cursor: string | null;
+        };
+        /** SearchHit */
+        SearchHit: {
+            /** Session Id */
+            session_id: string;
+            /** Session Name */
+            session_name: string;
+            /** Message Id */
+            message_id: string;
+            /**
+             * Role
+             * @enum {string}
+             */
+            role: "user" | "assistant";
+            /** Created At */
+            created_at: string | null;
+            /**
+             * On Active Branch
+             * @description The message is on the path its conversation shows
+             */
+            on_active_branch: boolean;
+            /**
+             * Snippet
+             * @description Plain text around the match (never markup)
+             */
+            snippet: string;
+            /**
+             * Highlights
+             * @description [start, end) character offsets of the matches in snippet
+             */
+            highlights: number[][];
         };
         /** UsageResponse */
         UsageResponse: {
@@ -989,7 +1418,10 @@ export interface components {
             tokens_left: number | null;
             /** Cost Left Micros */
             cost_left_micros: number | null;
-            /** Resets At */
+            /**
+             * Resets At
+             * Format: date-time
+             */
             resets_at: string;
         };
         /** UsageGroup */
@@ -1087,6 +1519,8 @@ export interface components {
             message_count: number;
             session_name: string;
             run_id: string;
+            user_message_id?: string | null;
+            assistant_message_id?: string | null;
         };
         ChatStreamErrorEvent: {
             code: string;
@@ -1542,6 +1976,8 @@ export interface operations {
                 cursor?: string | null;
                 /** @description Only sessions whose name contains this text, case-insensitively (% and _ match themselves); at most 200 characters, no control characters; empty: no filter */
                 q?: string | null;
+                /** @description Give each session its `usage` (calls, tokens and cost so far): one more indexed read for the whole page. Without it sessions carry no `usage` */
+                include_usage?: boolean;
             };
             header?: never;
             path?: never;
@@ -1814,6 +2250,8 @@ export interface operations {
                 messages_limit?: number;
                 /** @description Only messages before this position (messages_start of the previous page) */
                 messages_before?: number | null;
+                /** @description Give the session its `usage` (calls, tokens and cost so far, as GET .../usage totals them) */
+                include_usage?: boolean;
             };
             header?: never;
             path: {
@@ -2090,7 +2528,10 @@ export interface operations {
     };
     sessions_export_session__session_id__export_get: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description v2: every branch and the active leaf; v1: the active path only (as before v2) */
+                format?: "v2" | "v1";
+            };
             header?: never;
             path: {
                 /** @description 1-128 characters of A-Z a-z 0-9 _ . : - (but not '.' or '..') */
@@ -2106,7 +2547,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["SessionExport"];
+                    "application/json": components["schemas"]["SessionExportDocument"];
                 };
             };
             /** @description Bad Request */
@@ -2366,6 +2807,242 @@ export interface operations {
         requestBody: {
             content: {
                 "application/json": components["schemas"]["QueryBody"];
+            };
+        };
+        responses: {
+            /** @description The reply, streamed */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": unknown;
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Request Timeout: the body did not arrive within REQUEST_BODY_TIMEOUT_SECONDS */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Request Entity Too Large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Too Many Requests */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Internal Server Error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    chat_edit_message_sessions__session_id__messages__message_id__edit_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description 1-128 characters of A-Z a-z 0-9 _ . : - (but not '.' or '..') */
+                session_id: string;
+                message_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["EditBody"];
+            };
+        };
+        responses: {
+            /** @description The reply, streamed */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": unknown;
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Request Timeout: the body did not arrive within REQUEST_BODY_TIMEOUT_SECONDS */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Request Entity Too Large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Too Many Requests */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Internal Server Error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    chat_regenerate_message_sessions__session_id__messages__message_id__regenerate_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description 1-128 characters of A-Z a-z 0-9 _ . : - (but not '.' or '..') */
+                session_id: string;
+                message_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RegenerateBody"];
             };
         };
         responses: {
@@ -2784,6 +3461,307 @@ export interface operations {
             };
             /** @description Too Many Requests */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Internal Server Error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    messages_switch_branch__session_id__branch_put: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description 1-128 characters of A-Z a-z 0-9 _ . : - (but not '.' or '..') */
+                session_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SwitchBranchBody"];
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BranchResponse"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Request Timeout: the body did not arrive within REQUEST_BODY_TIMEOUT_SECONDS */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Request Entity Too Large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Too Many Requests */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Internal Server Error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    messages_rate_message__session_id__messages__message_id__feedback_put: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description 1-128 characters of A-Z a-z 0-9 _ . : - (but not '.' or '..') */
+                session_id: string;
+                message_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["FeedbackBody"];
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MessageResponse"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Request Timeout: the body did not arrive within REQUEST_BODY_TIMEOUT_SECONDS */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Request Entity Too Large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Too Many Requests */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Internal Server Error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    search_search_messages_search_get: {
+        parameters: {
+            query: {
+                /** @description Words (all must match), "exact phrases", -excluded words; a word of a script written without spaces (Chinese, Japanese, Thai...) matches as a substring, and a lone word found as no word is looked for as a substring. At most 200 characters and 12 terms */
+                q: string;
+                /** @description Only this session's messages */
+                session_id?: string | null;
+                role?: ("user" | "assistant") | null;
+                /** @description Archived sessions' messages too */
+                include_archived?: boolean;
+                /** @description Messages written at or after (ISO 8601, with a zone) */
+                since?: string | null;
+                /** @description Messages written before (ISO 8601, with a zone) */
+                until?: string | null;
+                /** @description all: every branch of each conversation; active: only what each conversation shows */
+                branch?: "all" | "active";
+                /** @description rank: best matches first (among the newest 5,000 messages when a page matches there); recent: newest first */
+                order?: "rank" | "recent";
+                limit?: number;
+                /** @description next_cursor of the previous page, same q and order */
+                cursor?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SearchResponse"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -88,6 +88,8 @@ export type ChatStreamEvent = (
 
 export type QueryBody = Schemas["QueryBody"];
 export type MultitaskStrategy = NonNullable<QueryBody["multitask_strategy"]>;
+export type EditBody = Schemas["EditBody"];
+export type RegenerateBody = Schemas["RegenerateBody"];
 
 const CHAT_EVENTS = new Set(["run", "token", "done", "error"]);
 
@@ -100,6 +102,17 @@ async function* chatEvents(response: Response, lastEventId: string | null = null
   }
 }
 
+async function* postStream(config: ApiConfig, path: string, body: unknown, signal?: AbortSignal): AsyncGenerator<ChatStreamEvent> {
+  const response = await fetch(`${config.baseUrl}${path}`, {
+    method: "POST",
+    credentials: "include",
+    headers: { ...requestHeaders(config), "Content-Type": "application/json", Accept: "text/event-stream" },
+    body: JSON.stringify(body),
+    signal,
+  });
+  yield* chatEvents(response);
+}
+
 /**
  * Send a message and read the reply as it is written: first `run` (its run_id: join it again,
  * stop it), then `token`s, then `done` or `error`. Closing the stream (aborting `signal`) leaves
@@ -108,15 +121,25 @@ async function* chatEvents(response: Response, lastEventId: string | null = null
  * Errors before the stream (bad input, 409 session_busy / session_archived, 429 with
  * Retry-After) throw ApiError.
  */
-export async function* streamChat(config: ApiConfig, body: QueryBody, signal?: AbortSignal): AsyncGenerator<ChatStreamEvent> {
-  const response = await fetch(`${config.baseUrl}/api/llm/query/stream`, {
-    method: "POST",
-    credentials: "include",
-    headers: { ...requestHeaders(config), "Content-Type": "application/json", Accept: "text/event-stream" },
-    body: JSON.stringify(body),
-    signal,
-  });
-  yield* chatEvents(response);
+export function streamChat(config: ApiConfig, body: QueryBody, signal?: AbortSignal): AsyncGenerator<ChatStreamEvent> {
+  return postStream(config, "/api/llm/query/stream", body, signal);
+}
+
+const messagePath = (sessionId: string, messageId: string, action: "edit" | "regenerate") =>
+  `/api/llm/sessions/${encodeURIComponent(sessionId)}/messages/${encodeURIComponent(messageId)}/${action}`;
+
+/** Ask a user message again with new text: a new branch beside it, streamed as a chat turn (the same events). */
+export function streamEdit(
+  config: ApiConfig, sessionId: string, messageId: string, body: EditBody, signal?: AbortSignal,
+): AsyncGenerator<ChatStreamEvent> {
+  return postStream(config, messagePath(sessionId, messageId, "edit"), body, signal);
+}
+
+/** Answer a reply's question again: a new reply beside it, streamed as a chat turn (the same events). */
+export function streamRegenerate(
+  config: ApiConfig, sessionId: string, messageId: string, body: RegenerateBody, signal?: AbortSignal,
+): AsyncGenerator<ChatStreamEvent> {
+  return postStream(config, messagePath(sessionId, messageId, "regenerate"), body, signal);
 }
 
 /**
@@ -141,7 +164,9 @@ export type SessionEvent =
   | Schemas["SessionUpdatedEvent"]
   | Schemas["SessionDeletedEvent"]
   | Schemas["RunStartedEvent"]
+  | Schemas["RunQueuedEvent"]
   | Schemas["RunFinishedEvent"]
+  | Schemas["UsageUpdatedEvent"]
   | Schemas["ResetEvent"]
   | Schemas["AuthExpiredEvent"];
 

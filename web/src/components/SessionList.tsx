@@ -1,4 +1,4 @@
-import { useEffect, useRef, useState, type KeyboardEvent } from "react";
+import { useEffect, useRef, useState, type KeyboardEvent, type ReactNode } from "react";
 import type { ListedSession } from "../hooks/useSessions";
 
 interface Props {
@@ -16,6 +16,8 @@ interface Props {
   onArchive(id: string, archived: boolean): void;
   onDelete(id: string): void;
   onLoadMore(): void;
+  /** Under the chats: the messages that match the search. */
+  children?: ReactNode;
 }
 
 const DAY = 86_400_000;
@@ -83,6 +85,7 @@ export function SessionList(props: Props) {
         </section>
       ))}
       {hasMore && <div ref={sentinel} className="more" aria-hidden="true">Loading more…</div>}
+      {props.children}
     </nav>
   );
 }
