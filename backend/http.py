@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from datetime import datetime, timezone
@@ -69,14 +70,30 @@ def _has_lone_surrogate(value: Any) -> bool:
 NO_CONTROL_CHARS_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
 
 
-def _in_utc(value: datetime) -> datetime:
+def encode_cursor_values(values: list) -> str:
+    """An opaque page cursor holding `values` (JSON, base64url without its padding)."""
+    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+
+
+def decode_cursor_values(cursor: str) -> Any:
+    """What encode_cursor_values held; ValueError (binascii's and JSON's errors are ones) if
+    `cursor` is not one."""
+    return json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+
+
+def is_row_id(value: Any) -> bool:
+    """A table's bigint id as a cursor holds it (anything else, PostgreSQL would refuse with a 500)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63
+
+
+def in_utc(value: datetime) -> datetime:
     return value if value.tzinfo is timezone.utc else value.astimezone(timezone.utc)
 
 
 # Times leave the server as ISO 8601 in UTC with a Z, e.g. 2026-11-22T10:15:00.123456Z: made UTC
 # when a response is built, then written by pydantic's own serializer (which writes UTC as Z), so
 # a page of a thousand messages costs no Python call per time as it is written.
-UtcDatetime = Annotated[datetime, AfterValidator(_in_utc)]
+UtcDatetime = Annotated[datetime, AfterValidator(in_utc)]
 
 
 class DocumentSchema(GenerateJsonSchema):

@@ -154,17 +154,21 @@ def to_openai_messages(messages: list[BaseMessage], system_prompt: str | None = 
     return out
 
 
+def checkpoint_messages(checkpoint: dict | None) -> list[BaseMessage] | None:
+    """The messages of a checkpoint (none: no checkpoint), each with its id (with_ids: the objects
+    themselves get it); None when it keeps no message list (a custom channel type)."""
+    messages = checkpoint.get("channel_values", {}).get("messages") if checkpoint is not None else []
+    return with_ids([m for m in messages if isinstance(m, BaseMessage)]) if isinstance(messages, list) else None
+
+
 def load_thread_messages(checkpointer: Any, thread_id: str) -> list[BaseMessage]:
-    """The messages of a thread's latest checkpoint (none for an unknown thread).
+    """The messages of a thread's latest checkpoint, each with its id (none for an unknown thread).
 
     `checkpointer` is any LangGraph saver; pass one built on a connection to
     read inside that connection's transaction.
     """
     saved = checkpointer.get_tuple({"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}})
-    if saved is None:
-        return []
-    messages = saved.checkpoint.get("channel_values", {}).get("messages", [])
-    return [m for m in messages if isinstance(m, BaseMessage)]
+    return checkpoint_messages(saved.checkpoint if saved is not None else None) or []
 
 
 def trim_to_budget(messages: list[BaseMessage], max_tokens: int | None) -> list[BaseMessage]:

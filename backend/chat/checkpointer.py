@@ -41,8 +41,8 @@ from psycopg_pool import ConnectionPool
 
 from backend.messages.store import MessageStore
 from backend.sessions.store import SessionStore
-from backend.sessions.thread_store import history_bytes
-from llm.messages import visible_messages, with_ids
+from backend.sessions.thread_store import ThreadStore, history_bytes
+from llm.messages import checkpoint_messages, visible_messages
 
 
 class SessionGone(Exception):
@@ -110,41 +110,34 @@ class SessionCheckpointSaver(PostgresSaver):
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         run = _current_run.get()
-        if _root_of(run, config) and not run.start_used and not get_checkpoint_id(config):
+        if not _root_of(run, config):
+            run = None
+        if run is not None and not run.start_used and not get_checkpoint_id(config):
             run.start_used = True  # later loads come after the run's own writes: read the table
-            value = run.start_row
-            if value is None:
-                run.path_ids = []
-                return None
-            # Older checkpoints keep their pending sends elsewhere: the library migrates them on load.
-            if not (value["checkpoint"]["v"] < 4 and value["parent_checkpoint_id"]):
-                return self._with_ids(self._load_checkpoint_tuple(value), run)
-        return self._with_ids(super().get_tuple(config), run if _root_of(run, config) else None)
+            saved = self._start_tuple(run)
+        else:
+            saved = super().get_tuple(config)
+        # Every message loaded has an id (checkpoint_messages), and a run knows the path it loaded.
+        messages = checkpoint_messages(saved.checkpoint if saved is not None else None)
+        if run is not None and run.path_ids is None and messages is not None:
+            run.path_ids = [m["id"] for m in visible_messages(messages)]
+        return saved
+
+    def _start_tuple(self, run: RunCheckpoints) -> CheckpointTuple | None:
+        """The checkpoint `run` starts from, from the row read with its lease."""
+        value = run.start_row
+        if value is None:
+            return None
+        # Older checkpoints keep their pending sends elsewhere: the library migrates them on load.
+        if value["checkpoint"]["v"] < 4 and value["parent_checkpoint_id"]:
+            return super().get_tuple({"configurable": {"thread_id": run.thread_id, "checkpoint_ns": ""}})
+        return self._load_checkpoint_tuple(value)
 
     def start_messages(self, run: RunCheckpoints | None) -> list[BaseMessage]:
         """The messages of the checkpoint `run` starts from (read with its lease), without using
         it up: the run's own first load still gets it."""
-        if run is None:
-            return []
-        value = run.start_row
-        if value is None:
-            return []
-        if not (value["checkpoint"]["v"] < 4 and value["parent_checkpoint_id"]):
-            saved = self._load_checkpoint_tuple(value)
-        else:
-            saved = super().get_tuple({"configurable": {"thread_id": run.thread_id, "checkpoint_ns": ""}})
-        messages = saved.checkpoint.get("channel_values", {}).get("messages") if saved is not None else None
-        return with_ids([m for m in messages if isinstance(m, BaseMessage)]) if isinstance(messages, list) else []
-
-    @staticmethod
-    def _with_ids(saved: CheckpointTuple | None, run: RunCheckpoints | None) -> CheckpointTuple | None:
-        """Every message loaded has an id (with_ids), and a run knows the path it loaded."""
-        messages = saved.checkpoint.get("channel_values", {}).get("messages") if saved is not None else None
-        if isinstance(messages, list):
-            with_ids(messages)
-            if run is not None and run.path_ids is None:
-                run.path_ids = [m["id"] for m in visible_messages(messages)]
-        return saved
+        saved = self._start_tuple(run) if run is not None else None
+        return checkpoint_messages(saved.checkpoint if saved is not None else None) or []
 
     @contextmanager
     def _session_locked(self, config: RunnableConfig) -> Iterator[tuple[Connection, dict]]:
@@ -160,10 +153,10 @@ class SessionCheckpointSaver(PostgresSaver):
     ) -> RunnableConfig:
         run = _current_run.get()
         run = run if _root_of(run, config) else None
-        messages = checkpoint["channel_values"].get("messages")
+        messages = checkpoint_messages(checkpoint)
         # Anything but a plain list (a custom channel type) is not a conversation this backend reads.
-        path = (visible_messages(with_ids([m for m in messages if isinstance(m, BaseMessage)]))
-                if isinstance(messages, list) and not config["configurable"].get("checkpoint_ns") else None)
+        path = (visible_messages(messages)
+                if messages is not None and not config["configurable"].get("checkpoint_ns") else None)
         with self._session_locked(config) as (conn, session):
             saved = PostgresSaver(conn, serde=self.serde).put(config, checkpoint, metadata, new_versions)
             if path is not None:
@@ -178,8 +171,7 @@ class SessionCheckpointSaver(PostgresSaver):
         knows the path its thread held says so; otherwise (or after a switch) the rows say."""
         trusted = run is not None and run.path_ids is not None and session["messages_indexed"] \
             and not session["switched_to"]
-        known = run.path_ids if trusted else MessageStore.path_ids(conn, session["id"])
-        MessageStore.sync_path(conn, session, known, path)
+        MessageStore.sync_path(conn, session, path, run.path_ids if trusted else None)
         if run is not None:
             run.path_ids = [m["id"] for m in path]
 
@@ -196,12 +188,8 @@ class SessionCheckpointSaver(PostgresSaver):
         config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
         try:
             with self._session_locked(config) as (conn, session):
-                if session["messages_indexed"]:
-                    return True
-                saved = PostgresSaver(conn, serde=self.serde).get_tuple(config)
-                messages = saved.checkpoint.get("channel_values", {}).get("messages") if saved else None
-                path = visible_messages(with_ids([m for m in messages or [] if isinstance(m, BaseMessage)]))
-                MessageStore.sync_path(conn, session, MessageStore.path_ids(conn, session["id"]), path)
+                if not session["messages_indexed"]:
+                    MessageStore.sync_path(conn, session, ThreadStore.visible_history(conn, thread_id))
         except SessionGone:
             return False
         return True

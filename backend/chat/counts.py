@@ -72,7 +72,7 @@ class MessageCounts:
                 return row, queued  # the run wrote nothing after a switch, which set the counts
             # The history as written (by anything: a dead process, another saver): its rows follow it.
             path = self._threads.visible_history(conn, row["thread_id"])
-            MessageStore.sync_path(conn, row, MessageStore.path_ids(conn, row["id"]), path)
+            MessageStore.sync_path(conn, row, path)
             count, size = len(path), history_bytes(path)
             delta = count - row["message_count"]
             if delta > 0:

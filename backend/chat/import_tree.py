@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from backend.errors import ApiError
-
-V1 = "chat-session/v1"
-V2 = "chat-session/v2"
-RATINGS = {"up": 1, "down": -1}
+from backend.messages.service import RATINGS
+from backend.sessions.documents import EXPORT_FORMAT_V2 as V2
+from backend.sessions.models import EXPORT_FORMAT as V1
 
 
 @dataclass

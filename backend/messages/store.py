@@ -149,9 +149,11 @@ class MessageStore:
         return [r["message_id"] for r in conn.execute(PATH_IDS_SQL, (row_id,))]
 
     @staticmethod
-    def sync_path(conn: Connection, session: dict, known: Sequence[str], path: Sequence[dict]) -> None:
+    def sync_path(conn: Connection, session: dict, path: Sequence[dict], known: Sequence[str] | None = None) -> None:
         """Make the session's rows follow `path` ([{id, role, content, status, created_at}], the
-        checkpoint's messages a client sees), given `known`, the path the rows had."""
+        checkpoint's messages a client sees), given `known`, the path the rows had (None: read it)."""
+        if known is None:
+            known = MessageStore.path_ids(conn, session["id"])
         first = 0
         while first < len(known) and first < len(path) and known[first] == path[first]["id"]:
             first += 1

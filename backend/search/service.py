@@ -6,15 +6,13 @@ offsets into it, so a client marks them without trusting any HTML.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import re
 from collections.abc import Callable
 from datetime import datetime
 
 from backend.auth.service import AuthUser
 from backend.errors import ApiError
+from backend.http import decode_cursor_values, encode_cursor_values, is_row_id
 from backend.search.query import ParsedQuery, QueryError, parse_query
 from backend.search.store import MARK_END, MARK_START, SearchStore
 
@@ -136,25 +134,23 @@ def merged(spans: list[list[int]]) -> list[list[int]]:
 
 def encode_cursor(row: dict, order: str) -> str:
     stamp = row["created_at"].isoformat() if row["created_at"] else None
-    raw = json.dumps([order, row["rank"], stamp, row["session_row_id"], row["message_id"]]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return encode_cursor_values([order, row["rank"], stamp, row["session_row_id"], row["message_id"]])
 
 
 def decode_cursor(cursor: str, order: str) -> tuple:
     """(rank, created_at, session_row_id, message_id) of the last hit of the page before."""
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        made_for, rank, stamp, row_id, message_id = json.loads(raw)
+        made_for, rank, stamp, row_id, message_id = decode_cursor_values(cursor)
         when = datetime.fromisoformat(stamp) if stamp is not None else None
         if when is not None and when.tzinfo is None:
             raise ValueError
         if made_for != order or not isinstance(rank, (int, float)) or isinstance(rank, bool):
             raise ValueError
-        if not isinstance(row_id, int) or isinstance(row_id, bool) or not 0 < row_id < 2**63:
+        if not is_row_id(row_id):
             raise ValueError
         if not isinstance(message_id, str) or len(message_id) > 128:
             raise ValueError
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, TypeError):
         raise ApiError(400, "validation_error", "Invalid cursor: not one this search gave",
                        fields={"cursor": "not a cursor from this search"}) from None
     return (rank, when if when is not None else "-infinity", row_id, message_id)

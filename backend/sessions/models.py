@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from datetime import datetime, timezone
 from typing import Annotated, Literal
 from uuid import UUID
 
@@ -20,7 +19,15 @@ from pydantic import (
     model_validator,
 )
 
-from backend.http import NO_CONTROL_CHARS_PATTERN, ApiModel, DocumentedModel, QueryModel, SuccessModel, UtcDatetime
+from backend.http import (
+    NO_CONTROL_CHARS_PATTERN,
+    ApiModel,
+    DocumentedModel,
+    QueryModel,
+    SuccessModel,
+    UtcDatetime,
+    in_utc,
+)
 
 # 1-128 of [A-Za-z0-9_.:-], but not "." or "..": URL clients (fetch, urllib3)
 # remove such path segments, so a session with that id could never be opened
@@ -280,13 +287,10 @@ def trusted_messages(messages: list[dict]) -> list[MessageOut]:
     for message in messages:
         created, feedback = message.get("created_at"), message.get("feedback")
         if feedback is not None:
-            feedback = Feedback.model_construct(**{**feedback, "rated_at": _utc(feedback["rated_at"])})
-        out.append(MessageOut.model_construct(**{**message, "created_at": _utc(created), "feedback": feedback}))
+            feedback = Feedback.model_construct(**{**feedback, "rated_at": in_utc(feedback["rated_at"])})
+        out.append(MessageOut.model_construct(
+            **{**message, "created_at": in_utc(created) if created is not None else None, "feedback": feedback}))
     return out
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    return value.astimezone(timezone.utc) if value is not None else None
 
 
 class SessionCreatedResponse(SuccessModel):

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import logging
 import secrets
 import string
@@ -21,6 +18,7 @@ from psycopg_pool import ConnectionPool
 
 from backend.auth.service import AuthUser
 from backend.errors import ApiError, NotFound
+from backend.http import decode_cursor_values, encode_cursor_values, is_row_id
 from backend.sessions.deletion_store import DeletionStore
 from backend.sessions.store import SessionCreateRaced, SessionQuotaExceeded, SessionStore
 
@@ -41,21 +39,17 @@ def build_thread_id(user_id: str, business_id: str, session_id: str) -> str:
 
 
 def encode_cursor(row: dict) -> str:
-    raw = json.dumps([row["last_activity_at"].isoformat(), row["id"]]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return encode_cursor_values([row["last_activity_at"].isoformat(), row["id"]])
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, int]:
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        stamp, row_id = json.loads(raw)
+        stamp, row_id = decode_cursor_values(cursor)
         when = datetime.fromisoformat(stamp)
-        if when.tzinfo is None or not isinstance(row_id, int) or isinstance(row_id, bool):
-            raise ValueError
-        if not 0 < row_id < 2**63:  # a bigint, or PostgreSQL would refuse it with a 500
+        if when.tzinfo is None or not is_row_id(row_id):
             raise ValueError
         return when, row_id
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, TypeError):
         raise ApiError(400, "validation_error", "Invalid cursor", {"cursor": "not a cursor this server issued"}) from None
 
 

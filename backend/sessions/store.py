@@ -60,8 +60,8 @@ returning {SESSION_COLUMNS}
 """
 
 # Taken by every checkpoint write (SessionCheckpointSaver): conflicts with a
-# delete's FOR UPDATE, so no write lands in a deleted session.
-# What a checkpoint write needs of its session (chat_messages' side, sql/025), held against a delete.
+# delete's FOR UPDATE, so no write lands in a deleted session; and it reads what
+# the write needs of its session for chat_messages (sql/025).
 LOCK_FOR_CHECKPOINT_WRITE_SQL = (
     "select id, user_id, messages_indexed, switched_to from chat_sessions where thread_id = %s for key share"
 )

@@ -15,7 +15,7 @@ from psycopg import Connection
 from psycopg_pool import ConnectionPool
 
 from backend.sessions.store import SessionStore
-from llm.messages import load_thread_messages, visible_messages, with_ids
+from llm.messages import load_thread_messages, visible_messages
 
 # LangGraph's tables, each keyed by thread_id. Deleted in this order; the
 # counts are reported per table.
@@ -48,7 +48,7 @@ class ThreadStore:
     def visible_history(conn: Connection, thread_id: str) -> list[dict]:
         """The messages a client sees in the thread's latest checkpoint, each with its id
         (llm.messages.with_ids), read on the caller's connection."""
-        return visible_messages(with_ids(load_thread_messages(PostgresSaver(conn), thread_id)))
+        return visible_messages(load_thread_messages(PostgresSaver(conn), thread_id))
 
     def first_user_message(self, thread_id: str) -> str | None:
         with self._pool.connection() as conn:
